@@ -1,0 +1,63 @@
+# pipehost — build, demo and test entry points. `make demo` and `make test` are the two
+# commands a fresh machine needs; each installs what is missing and is quick otherwise.
+SHELL := /bin/bash
+GO ?= go
+TOOLS := $(CURDIR)/.tools
+export PATH := $(TOOLS)/bin:$(PATH)
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+
+GO_PLUGINS := $(notdir $(wildcard plugins/go/*))
+GO_TESTPLUGINS := $(notdir $(wildcard testplugins/go/*))
+
+.PHONY: all build demo test proto proto-check deps deps-go deps-sys fmt vet bench clean
+
+all: build
+
+deps: deps-sys deps-go
+
+deps-sys:
+	@scripts/ensure-deps.sh
+
+deps-go:
+	@$(GO) mod download
+
+build: deps-go
+	@mkdir -p bin/plugins bin/testplugins
+	$(GO) build -o bin/pipehost ./cmd/pipehost
+	@for p in $(GO_PLUGINS); do $(GO) build -o bin/plugins/$$p ./plugins/go/$$p || exit 1; done
+	@for p in $(GO_TESTPLUGINS); do $(GO) build -o bin/testplugins/$$p ./testplugins/go/$$p || exit 1; done
+
+demo: build
+	bin/pipehost run examples/dummy.toml --out out --plugin-dir bin/testplugins
+
+test: deps build proto-check
+	@scripts/test.sh
+
+proto: $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc
+	@scripts/ensure-deps.sh protoc
+	protoc -I proto --go_out=proto --go_opt=module=github.com/pipehost/pipehost/proto \
+	  --go-grpc_out=proto --go-grpc_opt=module=github.com/pipehost/pipehost/proto \
+	  proto/pipehost/v1/stage.proto
+
+# Regenerates into a scratch copy and fails when the committed code differs.
+proto-check: $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc
+	@scripts/proto-check.sh
+
+$(TOOLS)/bin/protoc-gen-go:
+	GOBIN=$(TOOLS)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(TOOLS)/bin/protoc-gen-go-grpc:
+	GOBIN=$(TOOLS)/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+vet:
+	$(GO) vet ./...
+
+bench: build
+	@scripts/bench.sh
+
+clean:
+	rm -rf bin out
