@@ -15,10 +15,15 @@ apt_ensure() {
   echo "ensure-deps: installing Debian packages: ${missing[*]}" >&2
   local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   # apt-get update only when the package lists are missing or older than a day.
+  mkdir -p "$TOOLS"
+  local log="$TOOLS/apt.log"
   if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
-    $sudo apt-get update -qq >&2
+    $sudo apt-get update -qq >"$log" 2>&1 || { cat "$log" >&2; return 1; }
   fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+    cat "$log" >&2
+    return 1
+  fi
 }
 
 ensure_protoc() { apt_ensure protobuf-compiler libprotobuf-dev; }

@@ -1,0 +1,228 @@
+package dataset
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"math"
+)
+
+// PreviewStyle selects how WritePNG turns values into colours.
+type PreviewStyle uint8
+
+const (
+	// ColorRamp maps values from low to high through blue, green, tan, brown and white.
+	ColorRamp PreviewStyle = iota
+	// Hillshade renders relief in grey, lit from the north-west at 45°.
+	Hillshade
+	// ShadedRamp multiplies the colour ramp by the hillshade.
+	ShadedRamp
+)
+
+// PreviewOptions controls WritePNG.
+type PreviewOptions struct {
+	Style PreviewStyle
+	// MaxSize caps the long side of the image in pixels; 0 means 1024.
+	MaxSize int
+	// NoData marks cells without a value; they and NaN cells are transparent.
+	NoData *float64
+	// Min and Max fix the ends of the colour ramp; nil uses the smallest and largest value
+	// in the preview.
+	Min, Max *float64
+}
+
+// WritePNG writes an RGBA preview of g. The grid is reduced by an integer factor so that its
+// long side is at most MaxSize, each pixel the mean of (a regular sample of at most 4×4 of)
+// the valid cells it covers, read row band by row band from g.Data. A pixel with no valid cell
+// is fully transparent. Any dtype is accepted.
+func (w *Writer) WritePNG(name string, g Grid, opt PreviewOptions) (Artifact, error) {
+	if err := w.checkName(name); err != nil {
+		return Artifact{}, err
+	}
+	fail := func(err error) (Artifact, error) {
+		return Artifact{}, fmt.Errorf("dataset: %s: %w", w.display(name), err)
+	}
+	if err := g.check("grid"); err != nil {
+		return fail(err)
+	}
+	if opt.Style > ShadedRamp {
+		return fail(fmt.Errorf("unknown preview style %d", opt.Style))
+	}
+	if opt.MaxSize < 0 {
+		return fail(fmt.Errorf("preview size %d is negative", opt.MaxSize))
+	}
+	img := renderPreview(g, opt)
+	p, err := w.create(name)
+	if err != nil {
+		return Artifact{}, err
+	}
+	bw := bufio.NewWriter(p.f)
+	enc := png.Encoder{CompressionLevel: png.BestSpeed}
+	if err := enc.Encode(bw, img); err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		p.abort()
+		return fail(err)
+	}
+	return p.commit("png")
+}
+
+// downsample reduces g to at most maxSize pixels on its long side. Invalid cells (NaN,
+// nodata) are left out of each mean; a pixel without valid cells is NaN.
+func downsample(g Grid, maxSize int, nodata *float64) (vals []float64, w, h int) {
+	long := max(g.Width, g.Height)
+	f := (long + maxSize - 1) / maxSize
+	step := (f + 3) / 4 // at most 4×4 samples per pixel
+	w, h = (g.Width+f-1)/f, (g.Height+f-1)/f
+	vals = make([]float64, w*h)
+	sum := make([]float64, w)
+	cnt := make([]int, w)
+	size := g.DType.Size()
+	for oy := 0; oy < h; oy++ {
+		clear(sum)
+		clear(cnt)
+		for y := oy * f; y < min(g.Height, (oy+1)*f); y += step {
+			row := g.row(y)
+			for ox := 0; ox < w; ox++ {
+				for x := ox * f; x < min(g.Width, (ox+1)*f); x += step {
+					v := sampleAt(g.DType, row[x*size:])
+					if v != v || (nodata != nil && v == *nodata) {
+						continue
+					}
+					sum[ox] += v
+					cnt[ox]++
+				}
+			}
+		}
+		for ox := 0; ox < w; ox++ {
+			if cnt[ox] == 0 {
+				vals[oy*w+ox] = math.NaN()
+			} else {
+				vals[oy*w+ox] = sum[ox] / float64(cnt[ox])
+			}
+		}
+	}
+	return vals, w, h
+}
+
+func sampleAt(dt DType, b []byte) float64 {
+	le := binary.LittleEndian
+	switch dt {
+	case Float32:
+		return float64(math.Float32frombits(le.Uint32(b)))
+	case Float64:
+		return math.Float64frombits(le.Uint64(b))
+	case Int8:
+		return float64(int8(b[0]))
+	case Uint8:
+		return float64(b[0])
+	case Int16:
+		return float64(int16(le.Uint16(b)))
+	case Uint16:
+		return float64(le.Uint16(b))
+	case Int32:
+		return float64(int32(le.Uint32(b)))
+	case Uint32:
+		return float64(le.Uint32(b))
+	case Int64:
+		return float64(int64(le.Uint64(b)))
+	case Uint64:
+		return float64(le.Uint64(b))
+	}
+	return math.NaN()
+}
+
+// rampStops is the colour ramp, evenly meaningful from low (0) to high (1) values.
+var rampStops = []struct {
+	at      float64
+	r, g, b float64
+}{
+	{0.00, 38, 52, 150},
+	{0.25, 58, 144, 196},
+	{0.45, 118, 192, 118},
+	{0.62, 218, 206, 124},
+	{0.80, 156, 108, 72},
+	{1.00, 248, 248, 248},
+}
+
+func ramp(t float64) (r, g, b float64) {
+	t = math.Max(0, math.Min(1, t))
+	for i := 1; i < len(rampStops); i++ {
+		a, c := rampStops[i-1], rampStops[i]
+		if t <= c.at {
+			u := (t - a.at) / (c.at - a.at)
+			return a.r + u*(c.r-a.r), a.g + u*(c.g-a.g), a.b + u*(c.b-a.b)
+		}
+	}
+	last := rampStops[len(rampStops)-1]
+	return last.r, last.g, last.b
+}
+
+func renderPreview(g Grid, opt PreviewOptions) *image.NRGBA {
+	maxSize := opt.MaxSize
+	if maxSize == 0 {
+		maxSize = 1024
+	}
+	vals, w, h := downsample(g, maxSize, opt.NoData)
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, v := range vals {
+		if v == v {
+			lo, hi = math.Min(lo, v), math.Max(hi, v)
+		}
+	}
+	if opt.Min != nil {
+		lo = *opt.Min
+	}
+	if opt.Max != nil {
+		hi = *opt.Max
+	}
+	span := hi - lo
+	if !(span > 0) || math.IsInf(span, 0) {
+		span = 1
+	}
+	// Relief: the full value range rises a tenth of the image's long side.
+	zScale := 0.1 * float64(max(w, h)) / span
+	at := func(x, y int, centre float64) float64 {
+		x, y = max(0, min(w-1, x)), max(0, min(h-1, y))
+		if v := vals[y*w+x]; v == v {
+			return v
+		}
+		return centre
+	}
+	const az, alt = 315 * math.Pi / 180, 45 * math.Pi / 180
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			v := vals[y*w+x]
+			if v != v {
+				continue // transparent
+			}
+			shade := 1.0
+			if opt.Style != ColorRamp {
+				dx := (at(x+1, y, v) - at(x-1, y, v)) / 2 * zScale
+				dy := (at(x, y+1, v) - at(x, y-1, v)) / 2 * zScale
+				slope := math.Atan(math.Hypot(dx, dy))
+				aspect := math.Atan2(dy, -dx)
+				shade = math.Sin(alt)*math.Cos(slope) + math.Cos(alt)*math.Sin(slope)*math.Cos(az-math.Pi/2-aspect)
+				shade = math.Max(0, math.Min(1, shade))
+			}
+			var r, gr, b float64
+			switch opt.Style {
+			case Hillshade:
+				r, gr, b = 255*shade, 255*shade, 255*shade
+			case ShadedRamp:
+				r, gr, b = ramp((v - lo) / span)
+				k := 0.35 + 0.65*shade
+				r, gr, b = r*k, gr*k, b*k
+			default:
+				r, gr, b = ramp((v - lo) / span)
+			}
+			img.SetNRGBA(x, y, color.NRGBA{uint8(math.Round(r)), uint8(math.Round(gr)), uint8(math.Round(b)), 255})
+		}
+	}
+	return img
+}

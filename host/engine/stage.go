@@ -1,0 +1,246 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	"github.com/pipehost/pipehost/host/arena"
+	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/host/pluginmgr"
+	"github.com/pipehost/pipehost/internal/clock"
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+	"github.com/pipehost/pipehost/shm"
+)
+
+// adoptWait bounds how long the host waits for the fd of a dynamic output
+// the plugin named in its Result (it is sent before the Result).
+const adoptWait = 10 * time.Second
+
+// runStage runs one stage to completion and fills r.
+func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult) {
+	entry, _ := e.reg.Entry(n.Kind)
+	p := entry.Plugin
+	r.StartNs = clock.Now()
+	e.opts.Observer.StageStart(n, r.Slot)
+	fail := func(err error) {
+		r.Status = StatusFailed
+		r.Err = stageError(n, p, err)
+		r.EndNs = clock.Now()
+		for _, o := range r.Outputs {
+			e.arena.Free(o.Entry.ID)
+		}
+		r.Outputs = nil
+	}
+	defer e.releaseInputs(n, results)
+
+	if !n.Desc.GetCapabilities().GetConcurrentRuns() {
+		mu, _ := e.locks.LoadOrStore(p.Path+"\x00"+n.Kind, &sync.Mutex{})
+		mu.(*sync.Mutex).Lock()
+		defer mu.(*sync.Mutex).Unlock()
+	}
+
+	req := &pb.RunRequest{
+		RunId:    e.plan.Config.RunID,
+		Stage:    n.Name,
+		Kind:     n.Kind,
+		Params:   n.Params,
+		Seed:     n.Seed,
+		Topology: e.plan.Topology,
+		Levels:   e.plan.Levels,
+	}
+	r.Outputs = map[string]*Output{}
+	for _, op := range n.Desc.GetOutputs() {
+		if op.GetKind() != pb.PortKind_PORT_KIND_GRID {
+			continue // tables and blobs come back as dynamic outputs
+		}
+		lv := e.plan.Levels[op.GetLevel()]
+		es := uint64(shm.DTypeSize(op.GetDtype()))
+		size := uint64(lv.GetWidth()) * uint64(lv.GetHeight()) * es
+		ent, err := e.arena.Allocate(n.Name+"."+op.GetName(), n.Name, int64(size), consumerNames(n, op.GetName()), e.keep(n, op.GetName()))
+		if err != nil {
+			fail(fmt.Errorf("allocating output %q: %w", op.GetName(), err))
+			return
+		}
+		h := shm.GridHandle(ent.ID, size, 0, op.GetDtype(), uint64(lv.GetHeight()), uint64(lv.GetWidth()), op.GetLevel())
+		r.Outputs[op.GetName()] = &Output{Entry: ent, Handle: h}
+		b, err := e.sendFD(p, ent, h, op.GetName())
+		if err != nil {
+			fail(err)
+			return
+		}
+		req.Outputs = append(req.Outputs, b)
+	}
+	for _, in := range n.Inputs {
+		o := results[in.From.Index].Outputs[in.Output.GetName()]
+		if o == nil {
+			fail(fmt.Errorf("input %q: %s produced no %q", in.Input.GetName(), in.From.Name, in.Output.GetName()))
+			return
+		}
+		b, err := e.sendFD(p, o.Entry, o.Handle, in.Input.GetName())
+		if err != nil {
+			fail(err)
+			return
+		}
+		req.Inputs = append(req.Inputs, b)
+	}
+
+	timeout := n.Config.Timeout
+	if timeout == 0 {
+		timeout = e.plan.Config.Timeout
+	}
+	if timeout == 0 {
+		timeout = e.opts.Timeout
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	if timeout > 0 {
+		runCtx, cancel = context.WithTimeoutCause(ctx, timeout, fmt.Errorf("stage timed out after %s", timeout))
+	}
+	defer cancel()
+
+	res, err := e.call(runCtx, n, p, req)
+	if err != nil {
+		if cause := context.Cause(runCtx); cause != nil && ctx.Err() == nil {
+			err = cause
+			// A stage that ignores cancellation must not keep the plugin busy.
+			p.Stop()
+		}
+		fail(err)
+		return
+	}
+	r.Stats, r.Metrics = res.GetStats(), res.GetMetrics()
+	for _, op := range n.Desc.GetOutputs() {
+		o := r.Outputs[op.GetName()]
+		if o == nil {
+			continue
+		}
+		if err := e.arena.Seal(o.Entry.ID); err != nil {
+			fail(fmt.Errorf("output %q: %w", op.GetName(), err))
+			return
+		}
+	}
+	if err := e.adopt(ctx, n, p, res, r); err != nil {
+		fail(err)
+		return
+	}
+	r.Status = StatusOK
+	r.EndNs = clock.Now()
+}
+
+// sendFD announces a segment to the plugin under a fresh token.
+func (e *Engine) sendFD(p *pluginmgr.Plugin, ent *arena.Entry, h *pb.Handle, port string) (*pb.Binding, error) {
+	tok := e.tokens.Next()
+	msg := shm.Message{Type: shm.MsgSegment, Token: tok, SegmentID: ent.ID, Size: uint64(ent.Size)}
+	if err := p.Channel.Send(msg, ent.Segment.FD()); err != nil {
+		return nil, fmt.Errorf("sending %q to the plugin: %w", port, err)
+	}
+	return &pb.Binding{Port: port, Handle: h, FdToken: tok}, nil
+}
+
+// call runs the RPC and forwards events until the Result.
+func (e *Engine) call(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, req *pb.RunRequest) (*pb.Result, error) {
+	stream, err := p.Client.Run(ctx, req)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	var result *pb.Result
+	for {
+		ev, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, rpcError(err)
+		}
+		if res := ev.GetResult(); res != nil {
+			if result != nil {
+				return nil, errors.New("protocol violation: the plugin sent two results")
+			}
+			result = res
+			continue
+		}
+		e.opts.Observer.StageEvent(n, ev)
+	}
+	if result == nil {
+		return nil, errors.New("protocol violation: the plugin ended the run without a result")
+	}
+	return result, nil
+}
+
+func rpcError(err error) error {
+	if s, ok := status.FromError(err); ok {
+		return errors.New(s.Message())
+	}
+	return err
+}
+
+// adopt takes ownership of the plugin-created segments named in the result.
+func (e *Engine) adopt(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, res *pb.Result, r *StageResult) error {
+	ctx, cancel := context.WithTimeout(ctx, adoptWait)
+	defer cancel()
+	for _, b := range res.GetDynamicOutputs() {
+		op := n.OutputPort(b.GetPort())
+		if op == nil || op.GetKind() == pb.PortKind_PORT_KIND_GRID {
+			return fmt.Errorf("protocol violation: dynamic output %q is not a table or blob output of %s", b.GetPort(), n.Kind)
+		}
+		if r.Outputs[b.GetPort()] != nil {
+			return fmt.Errorf("protocol violation: output %q returned twice", b.GetPort())
+		}
+		_, fd, err := p.Mailbox.Take(ctx, b.GetFdToken())
+		if err != nil {
+			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
+		}
+		ent, err := e.arena.Adopt(fd, n.Name, consumerNames(n, b.GetPort()), e.keep(n, b.GetPort()))
+		if err != nil {
+			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
+		}
+		h := b.GetHandle()
+		if h == nil {
+			h = &pb.Handle{}
+		}
+		h.SegmentId = ent.ID
+		if err := shm.Validate(h, uint64(ent.Size)); err != nil {
+			e.arena.Free(ent.ID)
+			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
+		}
+		if err := e.arena.Seal(ent.ID); err != nil {
+			e.arena.Free(ent.ID)
+			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
+		}
+		r.Outputs[b.GetPort()] = &Output{Entry: ent, Handle: h}
+	}
+	for _, op := range n.Desc.GetOutputs() {
+		if r.Outputs[op.GetName()] == nil {
+			return fmt.Errorf("the stage returned no %q output", op.GetName())
+		}
+	}
+	return nil
+}
+
+// consumerNames lists the distinct stages reading an output port.
+func consumerNames(n *plan.Node, port string) []string {
+	var names []string
+	for _, e := range n.ConsumersOf(port) {
+		if !slices.Contains(names, e.To.Name) {
+			names = append(names, e.To.Name)
+		}
+	}
+	return names
+}
+
+// keep says whether an output outlives its consumers: saved outputs are
+// written as datasets at the end of the run.
+func (e *Engine) keep(n *plan.Node, port string) bool {
+	for _, s := range n.Config.Save {
+		if s.Port == port {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,354 @@
+package pluginmgr
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/pipehost/pipehost/internal/clock"
+	"github.com/pipehost/pipehost/internal/wire"
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+	"github.com/pipehost/pipehost/shm"
+)
+
+// Options configure a Manager.
+type Options struct {
+	// StartTimeout bounds launch → handshake → Describe (default 10 s).
+	StartTimeout time.Duration
+	// Env is added to every plugin's environment (KEY=VALUE). Plugins
+	// otherwise get only PATH, HOME, LANG, TMPDIR and what pipehost sets.
+	Env []string
+	// Logger receives go-plugin's and the plugins' hclog output.
+	Logger hclog.Logger
+	// StderrLines is how many stderr lines each plugin's Tail keeps (default 30).
+	StderrLines int
+}
+
+// Plugin is one running plugin process.
+type Plugin struct {
+	Path       string
+	Digest     string // sha256 of the executable, hex
+	SDK        string
+	SDKVersion string
+	Stages     []*pb.StageDescriptor
+	Pid        int
+	// LaunchNs is launch → first Describe reply, in nanoseconds.
+	LaunchNs int64
+	Stderr   *Tail
+
+	Client  pb.StageClient
+	Channel *shm.Channel
+	Mailbox *shm.Mailbox
+
+	client *plugin.Client
+	cmd    *exec.Cmd
+	once   sync.Once
+}
+
+// Manager owns every plugin process of a run and the private directory
+// their sockets live in.
+type Manager struct {
+	opts    Options
+	sockDir string
+
+	mu      sync.Mutex
+	plugins []*Plugin
+	closed  bool
+}
+
+// New makes a Manager with a private 0700 socket directory.
+func New(opts Options) (*Manager, error) {
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 10 * time.Second
+	}
+	if opts.StderrLines == 0 {
+		opts.StderrLines = 30
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "pipehost", Level: hclog.Off})
+	}
+	dir, err := os.MkdirTemp("", "pipehost-sock-")
+	if err != nil {
+		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
+	}
+	return &Manager{opts: opts, sockDir: dir}, nil
+}
+
+// LaunchError says which plugin failed to start, and why.
+type LaunchError struct {
+	Path   string
+	Err    error
+	Stderr []string
+}
+
+func (e *LaunchError) Error() string {
+	msg := fmt.Sprintf("plugin %s: %v", e.Path, e.Err)
+	if len(e.Stderr) > 0 {
+		msg += "\n  last stderr lines:\n    " + strings.Join(e.Stderr, "\n    ")
+	}
+	return msg
+}
+
+func (e *LaunchError) Unwrap() error { return e.Err }
+
+// LaunchAll starts every path at once and returns the plugins that came up
+// plus one error per path that did not.
+func (m *Manager) LaunchAll(ctx context.Context, paths []string) ([]*Plugin, []error) {
+	plugins := make([]*Plugin, len(paths))
+	errs := make([]error, len(paths))
+	var wg sync.WaitGroup
+	for i, p := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			plugins[i], errs[i] = m.Launch(ctx, p)
+		}()
+	}
+	wg.Wait()
+	var ok []*Plugin
+	var failed []error
+	for i := range paths {
+		if errs[i] != nil {
+			failed = append(failed, errs[i])
+		} else {
+			ok = append(ok, plugins[i])
+		}
+	}
+	return ok, failed
+}
+
+// Launch starts one plugin and asks it what it offers.
+func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, &LaunchError{Path: path, Err: errors.New("plugin manager is closed")}
+	}
+	m.mu.Unlock()
+
+	start := clock.Now()
+	local, remote, err := shm.NewChannelPair()
+	if err != nil {
+		return nil, &LaunchError{Path: path, Err: err}
+	}
+	p := &Plugin{Path: path, Stderr: NewTail(m.opts.StderrLines), Channel: local}
+	cmd := exec.Command(path)
+	cmd.Env = append(m.baseEnv(), m.opts.Env...)
+	cmd.ExtraFiles = []*os.File{remote}
+	// Pdeathsig: the plugin dies with the host. Setpgid: stopping the
+	// plugin stops whatever it started too, which would otherwise hold its
+	// stderr open and stall shutdown.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	p.cmd = cmd
+	p.client = plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  wire.Handshake,
+		Plugins:          wire.PluginSet(nil),
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		SkipHostEnv:      true,
+		StartTimeout:     m.opts.StartTimeout,
+		Logger:           m.opts.Logger.Named(baseName(path)),
+		Stderr:           p.Stderr,
+		SyncStderr:       p.Stderr,
+		SyncStdout:       io.Discard,
+		GRPCDialOptions:  wire.DialOptions(),
+	})
+	m.mu.Lock()
+	m.plugins = append(m.plugins, p)
+	m.mu.Unlock()
+
+	fail := func(err error) (*Plugin, error) {
+		// Nothing graceful is owed to a plugin that never came up.
+		p.killGroup()
+		p.Stop()
+		if st := p.ExitStatus(); st != "" {
+			err = fmt.Errorf("%w (%s)", err, st)
+		}
+		return nil, &LaunchError{Path: path, Err: err, Stderr: p.Stderr.Lines()}
+	}
+	digest := make(chan string, 1)
+	go func() { digest <- fileDigest(path) }()
+
+	rpc, err := p.client.Client()
+	remote.Close() // the child has its copy (or never started)
+	if err != nil {
+		return fail(explainStart(err))
+	}
+	if cmd.Process != nil {
+		p.Pid = cmd.Process.Pid
+	}
+	p.Mailbox = shm.NewMailbox(local)
+	raw, err := rpc.Dispense(wire.PluginName)
+	if err != nil {
+		return fail(fmt.Errorf("not a pipehost stage plugin: %w", err))
+	}
+	p.Client = raw.(pb.StageClient)
+	dctx, cancel := context.WithTimeout(ctx, m.opts.StartTimeout)
+	defer cancel()
+	resp, err := p.Client.Describe(dctx, &pb.DescribeRequest{ProtocolRevision: wire.ProtocolRevision})
+	if err != nil {
+		return fail(fmt.Errorf("Describe failed: %w", err))
+	}
+	if len(resp.GetStages()) == 0 {
+		return fail(errors.New("the plugin offers no stages"))
+	}
+	p.Stages, p.SDK, p.SDKVersion = resp.GetStages(), resp.GetSdk(), resp.GetSdkVersion()
+	p.LaunchNs = clock.Now() - start
+	p.Digest = <-digest
+	return p, nil
+}
+
+func (m *Manager) baseEnv() []string {
+	env := []string{
+		shm.EnvFDChannel + "=3",
+		"PLUGIN_UNIX_SOCKET_DIR=" + m.sockDir,
+	}
+	for _, k := range []string{"PATH", "HOME", "LANG", "TMPDIR"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+// explainStart turns go-plugin's start errors into a sentence for users.
+func explainStart(err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "Failed to read any lines from plugin's stdout"):
+		return errors.New("not a pipehost plugin: it exited during the handshake")
+	case strings.Contains(msg, "Unrecognized remote plugin message"):
+		return fmt.Errorf("not a pipehost plugin: its first line on stdout was not a go-plugin handshake (%s)", firstLine(msg))
+	case strings.Contains(msg, "timeout while waiting for plugin to start"):
+		return errors.New("not a pipehost plugin: it did not complete the handshake in time")
+	case strings.Contains(msg, "plugin exited before we could connect"):
+		return errors.New("not a pipehost plugin: it exited during the handshake")
+	case strings.Contains(msg, "Incompatible API version"), strings.Contains(msg, "Incompatible"):
+		return fmt.Errorf("plugin speaks another protocol version: %s", firstLine(msg))
+	}
+	return fmt.Errorf("starting plugin: %w", err)
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return strings.TrimSpace(s[:i])
+	}
+	return strings.TrimSpace(s)
+}
+
+func baseName(path string) string {
+	if i := strings.LastIndexByte(path, '/'); i >= 0 {
+		return path[i+1:]
+	}
+	return path
+}
+
+func fileDigest(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return ""
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Exited reports whether the plugin process has ended.
+func (p *Plugin) Exited() bool { return p.client.Exited() }
+
+// ExitStatus describes how the process ended ("exit status 2", "signal:
+// segmentation fault"), or "" while it runs.
+func (p *Plugin) ExitStatus() string {
+	if !p.client.Exited() || p.cmd.ProcessState == nil {
+		return ""
+	}
+	return p.cmd.ProcessState.String()
+}
+
+// Stop ends the plugin: a CLOSE on the fd channel (the SDK exits at once),
+// go-plugin's Kill, and SIGKILL to its process group if it lingers. It
+// returns once nothing of the plugin is left. Safe to call many times.
+func (p *Plugin) Stop() {
+	p.once.Do(func() {
+		if p.Channel != nil {
+			_ = p.Channel.Send(shm.Message{Type: shm.MsgClose}, -1)
+		}
+		done := make(chan struct{})
+		go func() { p.client.Kill(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+		}
+		// The group outlives its leader only through the leader's children.
+		p.killGroup()
+		<-done
+		if p.Mailbox != nil {
+			_ = p.Mailbox.Close()
+		} else if p.Channel != nil {
+			_ = p.Channel.Close()
+		}
+	})
+}
+
+// killGroup SIGKILLs the plugin's process group.
+func (p *Plugin) killGroup() {
+	if p.cmd.Process != nil {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+}
+
+// Close stops every plugin (in parallel) and removes the socket directory.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	plugins := m.plugins
+	m.plugins = nil
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range plugins {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.Stop() }()
+	}
+	wg.Wait()
+	return os.RemoveAll(m.sockDir)
+}
+
+// StopUnused stops plugins that serve none of the kinds in use.
+func (m *Manager) StopUnused(used map[*Plugin]bool) {
+	m.mu.Lock()
+	var keep, stop []*Plugin
+	for _, p := range m.plugins {
+		if used[p] {
+			keep = append(keep, p)
+		} else {
+			stop = append(stop, p)
+		}
+	}
+	m.plugins = append(keep, stop...) // Close still stops them if needed
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range stop {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.Stop() }()
+	}
+	wg.Wait()
+}

@@ -1,0 +1,132 @@
+// Package runner ties a run together: config → plugins → plan → engine,
+// and makes sure every plugin process, socket and segment is gone when the
+// session closes, whatever happened.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/pipehost/pipehost/host/arena"
+	"github.com/pipehost/pipehost/host/config"
+	"github.com/pipehost/pipehost/host/engine"
+	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/host/pluginmgr"
+)
+
+// Options for a session.
+type Options struct {
+	ConfigPath   string
+	Overrides    []config.Override
+	PluginDirs   []string
+	PluginEnv    []string
+	StartTimeout time.Duration
+	Engine       engine.Options
+	// MemBudget bounds the arena's live bytes (0: unlimited).
+	MemBudget int64
+	Logger    hclog.Logger
+}
+
+// SetupError is a problem found before any stage ran: a bad config, a bad
+// plugin, a plan that does not validate. The CLI exits 2 for these.
+type SetupError struct{ Err error }
+
+func (e *SetupError) Error() string { return e.Err.Error() }
+func (e *SetupError) Unwrap() error { return e.Err }
+
+// Session is a loaded config with its plugins running and its plan built.
+type Session struct {
+	Config   *config.Pipeline
+	Plugins  []*pluginmgr.Plugin
+	Registry *pluginmgr.Registry
+	Plan     *plan.Plan
+	Arena    *arena.Arena
+	mgr      *pluginmgr.Manager
+	opts     Options
+}
+
+// LoadConfig reads the config and applies overrides.
+func LoadConfig(path string, overrides []config.Override) (*config.Pipeline, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, &SetupError{err}
+	}
+	if err := cfg.Apply(overrides); err != nil {
+		return nil, &SetupError{err}
+	}
+	return cfg, nil
+}
+
+// StartPlugins discovers and launches every plugin at once. On error nothing
+// is left running.
+func StartPlugins(ctx context.Context, opts Options) (*pluginmgr.Manager, []*pluginmgr.Plugin, *pluginmgr.Registry, error) {
+	dirs, err := pluginmgr.SearchDirs(opts.PluginDirs)
+	if err != nil {
+		return nil, nil, nil, &SetupError{err}
+	}
+	paths, err := pluginmgr.Discover(dirs)
+	if err != nil {
+		return nil, nil, nil, &SetupError{err}
+	}
+	if len(paths) == 0 {
+		return nil, nil, nil, &SetupError{fmt.Errorf("no plugins found (searched %s); pass --plugin-dir or set %s", strings.Join(dirs, ", "), pluginmgr.EnvPluginPath)}
+	}
+	mgr, err := pluginmgr.New(pluginmgr.Options{StartTimeout: opts.StartTimeout, Env: opts.PluginEnv, Logger: opts.Logger})
+	if err != nil {
+		return nil, nil, nil, &SetupError{err}
+	}
+	plugins, errs := mgr.LaunchAll(ctx, paths)
+	if len(errs) > 0 {
+		mgr.Close()
+		return nil, nil, nil, &SetupError{errors.Join(errs...)}
+	}
+	reg, err := pluginmgr.NewRegistry(plugins)
+	if err != nil {
+		mgr.Close()
+		return nil, nil, nil, &SetupError{err}
+	}
+	return mgr, plugins, reg, nil
+}
+
+// Open loads the config, starts the plugins and builds the plan.
+func Open(ctx context.Context, opts Options) (*Session, error) {
+	cfg, err := LoadConfig(opts.ConfigPath, opts.Overrides)
+	if err != nil {
+		return nil, err
+	}
+	mgr, plugins, reg, err := StartPlugins(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	p, err := plan.Build(cfg, reg)
+	if err != nil {
+		mgr.Close()
+		return nil, &SetupError{err}
+	}
+	// Plugins no stage needs are stopped now rather than idling all run.
+	used := map[*pluginmgr.Plugin]bool{}
+	for _, n := range p.Nodes {
+		e, _ := reg.Entry(n.Kind)
+		used[e.Plugin] = true
+	}
+	mgr.StopUnused(used)
+	return &Session{Config: cfg, Plugins: plugins, Registry: reg, Plan: p, mgr: mgr, opts: opts,
+		Arena: arena.New(opts.MemBudget)}, nil
+}
+
+// Run executes the plan.
+func (s *Session) Run(ctx context.Context) *engine.Result {
+	return engine.New(s.Plan, s.Registry, s.Arena, s.opts.Engine).Run(ctx)
+}
+
+// Close stops every plugin, removes their sockets and frees every segment.
+func (s *Session) Close() error {
+	err := s.mgr.Close()
+	s.Arena.Close()
+	return err
+}

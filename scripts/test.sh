@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting and vet, Go tests (race detector on for the
+# host, shm and SDK), brief fuzzing, the native SDKs, and the readers nobody
+# here wrote (GDAL, rasterio, NumPy, pyarrow, Perfetto). `make test` runs it
+# after installing what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIPEHOST_REQUIRE_READERS=1
+export PIPEHOST_PYTHON="$PWD/.tools/venv/bin/python"
+FUZZTIME="${FUZZTIME:-8s}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' | grep -v '^proto/pipehostv1/') || true)
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+
+step "go vet"
+go vet ./...
+
+step "go test (race detector on)"
+race_pkgs=$(go list ./... | grep -v -e '/host/dataset' -e '/topology' -e '/sdk/seed')
+plain_pkgs=$(go list ./... | grep -e '/host/dataset' -e '/topology' -e '/sdk/seed')
+go test -race -count=1 -timeout 15m $race_pkgs
+step "go test"
+go test -count=1 -timeout 15m $plain_pkgs
+
+step "fuzz (${FUZZTIME} each)"
+go test -run '^$' -fuzz '^FuzzValidate$' -fuzztime "$FUZZTIME" ./shm
+go test -run '^$' -fuzz '^FuzzDecodeHeader$' -fuzztime "$FUZZTIME" ./shm
+go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "$FUZZTIME" ./host/config
+
+for extra in scripts/test-*.sh; do
+  [ -e "$extra" ] || continue
+  step "$extra"
+  "$extra"
+done
+
+step "all tests passed"

@@ -1,0 +1,186 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+	"github.com/pipehost/pipehost/shm"
+)
+
+// fdWait bounds how long a Run waits for an fd the host announced: the fd is
+// sent before the Run call, so only a broken host makes this expire.
+const fdWait = 10 * time.Second
+
+// dataPlane is the plugin's end of the fd channel.
+type dataPlane struct {
+	ch     *shm.Channel
+	mb     *shm.Mailbox
+	tokens *shm.Tokens
+}
+
+func openDataPlane() (*dataPlane, error) {
+	ch, err := shm.ChannelFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	dp := &dataPlane{ch: ch, mb: shm.NewMailbox(ch), tokens: shm.PluginTokens()}
+	go func() {
+		// The host closed the channel or died: nobody will read our results.
+		<-dp.mb.Done()
+		code := 0
+		if !errors.Is(dp.mb.Err(), shm.ErrPeerClosed) {
+			fmt.Fprintln(os.Stderr, "pipehost plugin: host is gone:", dp.mb.Err())
+			code = 3
+		}
+		os.Exit(code)
+	}()
+	return dp, nil
+}
+
+// buffer is one bound input or output of a Run.
+type buffer struct {
+	binding *pb.Binding
+	seg     *shm.Segment
+	m       *shm.Mapping
+	input   bool
+}
+
+// runData holds a Run's buffers; every mapping and fd is released when the
+// Run ends, and writable mappings before its Result is sent.
+type runData struct {
+	dp      *dataPlane
+	mu      sync.Mutex
+	inputs  map[string]*buffer
+	outputs map[string]*buffer
+	dynamic []*buffer
+}
+
+func (dp *dataPlane) bind(ctx context.Context, req *pb.RunRequest) (*runData, error) {
+	rd := &runData{dp: dp, inputs: map[string]*buffer{}, outputs: map[string]*buffer{}}
+	if len(req.GetInputs())+len(req.GetOutputs()) == 0 {
+		return rd, nil
+	}
+	if dp == nil {
+		return nil, errors.New("the run has buffers but this plugin has no fd channel")
+	}
+	ctx, cancel := context.WithTimeout(ctx, fdWait)
+	defer cancel()
+	for _, set := range []struct {
+		list  []*pb.Binding
+		dst   map[string]*buffer
+		input bool
+	}{{req.GetInputs(), rd.inputs, true}, {req.GetOutputs(), rd.outputs, false}} {
+		for _, b := range set.list {
+			buf, err := dp.open(ctx, b, set.input)
+			if err != nil {
+				rd.release()
+				return nil, err
+			}
+			set.dst[b.GetPort()] = buf
+		}
+	}
+	return rd, nil
+}
+
+func (dp *dataPlane) open(ctx context.Context, b *pb.Binding, input bool) (*buffer, error) {
+	_, fd, err := dp.mb.Take(ctx, b.GetFdToken())
+	if err != nil {
+		return nil, fmt.Errorf("port %q: %w", b.GetPort(), err)
+	}
+	seg, err := shm.Open(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("port %q: %w", b.GetPort(), err)
+	}
+	if err := shm.Validate(b.GetHandle(), uint64(seg.Size())); err != nil {
+		seg.Close()
+		return nil, fmt.Errorf("port %q: %w", b.GetPort(), err)
+	}
+	buf := &buffer{binding: b, seg: seg, input: input}
+	if input {
+		// Inputs are sealed by the host; MapRO refuses anything else.
+		if buf.m, err = seg.MapRO(); err != nil {
+			seg.Close()
+			return nil, fmt.Errorf("input %q: %w", b.GetPort(), err)
+		}
+	}
+	return buf, nil
+}
+
+// bytes returns the buffer's bytes, mapping an output on first use.
+func (b *buffer) bytes() ([]byte, error) {
+	if b.m == nil {
+		m, err := b.seg.MapRW()
+		if err != nil {
+			return nil, fmt.Errorf("output %q: %w", b.binding.GetPort(), err)
+		}
+		b.m = m
+	}
+	h := b.binding.GetHandle()
+	return b.m.Bytes()[h.GetOffset() : h.GetOffset()+h.GetNbytes()], nil
+}
+
+// finish unmaps every writable view and hands dynamic outputs to the host.
+func (rd *runData) finish() ([]*pb.Binding, error) {
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	for _, b := range rd.outputs {
+		if b.m != nil {
+			if err := b.m.Unmap(); err != nil {
+				return nil, fmt.Errorf("output %q: %w", b.binding.GetPort(), err)
+			}
+			b.m = nil
+		}
+	}
+	var out []*pb.Binding
+	for _, b := range rd.dynamic {
+		if b.m != nil {
+			if err := b.m.Unmap(); err != nil {
+				return nil, err
+			}
+			b.m = nil
+		}
+		msg := shm.Message{Type: shm.MsgAdopt, Token: b.binding.GetFdToken(), Size: uint64(b.seg.Size())}
+		if err := rd.dp.ch.Send(msg, b.seg.FD()); err != nil {
+			return nil, fmt.Errorf("dynamic output %q: sending to host: %w", b.binding.GetPort(), err)
+		}
+		out = append(out, b.binding)
+	}
+	return out, nil
+}
+
+// release unmaps and closes everything the Run held.
+func (rd *runData) release() {
+	if rd == nil {
+		return
+	}
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	for _, set := range []map[string]*buffer{rd.inputs, rd.outputs} {
+		for _, b := range set {
+			b.close()
+		}
+	}
+	for _, b := range rd.dynamic {
+		b.close()
+	}
+	rd.dynamic = nil
+}
+
+func (b *buffer) close() {
+	if b.m != nil {
+		_ = b.m.Unmap()
+		b.m = nil
+	}
+	if b.seg != nil {
+		_ = b.seg.Close()
+		b.seg = nil
+	}
+}

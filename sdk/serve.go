@@ -1,0 +1,211 @@
+package sdk
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"reflect"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/pipehost/pipehost/internal/clock"
+	"github.com/pipehost/pipehost/internal/wire"
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+)
+
+// Version is the Go SDK's version, reported in Describe.
+const Version = "0.1.0"
+
+// Serve runs the plugin until the host stops it. It never returns: the
+// process exits when the host shuts it down or goes away.
+func Serve(stages ...Stage) {
+	srv, err := newServer(stages)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pipehost plugin:", err)
+		os.Exit(1)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{
+		Name: "plugin", Level: hclog.Info, JSONFormat: true, Output: os.Stderr,
+	})
+	if os.Getenv(wire.Handshake.MagicCookieKey) == wire.Handshake.MagicCookieValue {
+		// Started by a host: the data plane must be there too.
+		dp, err := openDataPlane()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pipehost plugin:", err)
+			os.Exit(1)
+		}
+		srv.data = dp
+	}
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: wire.Handshake,
+		Plugins:         wire.PluginSet(srv),
+		GRPCServer:      wire.ServerOptions,
+		Logger:          logger,
+	})
+	os.Exit(0)
+}
+
+type server struct {
+	pb.UnimplementedStageServer
+	stages map[string]Stage
+	order  []Stage
+	data   *dataPlane
+	active atomic.Int32
+	// overlap is set while more than one Run is active, so each of them can
+	// say its peak RSS covers another stage too.
+	overlapMu sync.Mutex
+}
+
+func newServer(stages []Stage) (*server, error) {
+	s := &server{stages: map[string]Stage{}}
+	if len(stages) == 0 {
+		return nil, fmt.Errorf("Serve was called with no stages")
+	}
+	for _, st := range stages {
+		if st.desc == nil {
+			return nil, fmt.Errorf("a stage was not built with sdk.Define")
+		}
+		if _, dup := s.stages[st.desc.Kind]; dup {
+			return nil, fmt.Errorf("stage kind %q is registered twice (kinds: %s)", st.desc.Kind, kindList(stages))
+		}
+		s.stages[st.desc.Kind] = st
+		s.order = append(s.order, st)
+	}
+	return s, nil
+}
+
+func (s *server) Describe(_ context.Context, req *pb.DescribeRequest) (*pb.DescribeResponse, error) {
+	resp := &pb.DescribeResponse{Sdk: "go", SdkVersion: Version, ProtocolRevision: wire.ProtocolRevision}
+	for _, st := range s.order {
+		resp.Stages = append(resp.Stages, st.desc)
+	}
+	return resp, nil
+}
+
+func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
+	st, ok := s.stages[req.GetKind()]
+	if !ok {
+		return status.Errorf(codes.NotFound, "this plugin has no stage kind %q", req.GetKind())
+	}
+	params, err := st.decode(req.GetParams())
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "stage %s (%s): %v", req.GetStage(), req.GetKind(), err)
+	}
+	var sendMu sync.Mutex
+	c := &Context{
+		Context: stream.Context(),
+		req:     req,
+		send: func(ev *pb.RunEvent) error {
+			sendMu.Lock()
+			defer sendMu.Unlock()
+			return stream.Send(ev)
+		},
+	}
+	data, err := s.data.bind(stream.Context(), req)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "stage %s (%s): %v", req.GetStage(), req.GetKind(), err)
+	}
+	c.data = data
+	defer data.release()
+
+	shared := s.enter()
+	start := clock.Now()
+	var cpu0 unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &cpu0)
+	runErr := safeRun(st, c, params)
+	end := clock.Now()
+	var cpu1 unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &cpu1)
+	peak := peakRSS()
+	shared = s.leave() || shared
+
+	if runErr != nil {
+		return status.Errorf(codes.Aborted, "%v", runErr)
+	}
+	dyn, err := data.finish()
+	if err != nil {
+		return status.Errorf(codes.FailedPrecondition, "stage %s (%s): %v", req.GetStage(), req.GetKind(), err)
+	}
+	c.metricsMu.Lock()
+	metrics := c.metrics
+	c.metricsMu.Unlock()
+	return c.send(&pb.RunEvent{Event: &pb.RunEvent_Result{Result: &pb.Result{
+		DynamicOutputs: dyn,
+		Metrics:        metrics,
+		Stats: &pb.StageStats{
+			PeakRssBytes: peak, PeakShared: shared, StartNs: start, EndNs: end,
+			CpuNs: uint64(cpuNs(cpu1) - cpuNs(cpu0)),
+		},
+	}}})
+}
+
+// enter marks a Run active; the first one resets the process's peak RSS so
+// VmHWM afterwards is this stage's peak. It reports whether another Run was
+// already active.
+func (s *server) enter() bool {
+	s.overlapMu.Lock()
+	defer s.overlapMu.Unlock()
+	if s.active.Add(1) == 1 {
+		resetPeakRSS()
+		return false
+	}
+	return true
+}
+
+func (s *server) leave() bool {
+	s.overlapMu.Lock()
+	defer s.overlapMu.Unlock()
+	return s.active.Add(-1) > 0
+}
+
+// safeRun turns a panic in the stage's own goroutine into a stage error; the
+// stack goes to stderr, which the host keeps for its failure report.
+func safeRun(st Stage, c *Context, params reflect.Value) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "panic in stage %s (%s): %v\n%s", c.Stage(), c.Kind(), r, debug.Stack())
+			err = fmt.Errorf("stage panicked: %v", r)
+		}
+	}()
+	return st.run(c, params)
+}
+
+func cpuNs(r unix.Rusage) int64 {
+	return r.Utime.Nano() + r.Stime.Nano()
+}
+
+// resetPeakRSS resets VmHWM to the current RSS (Linux clear_refs = 5).
+func resetPeakRSS() {
+	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+}
+
+// peakRSS reads VmHWM in bytes; 0 when unavailable.
+func peakRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 1 {
+				kb, _ := strconv.ParseUint(f[0], 10, 64)
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}

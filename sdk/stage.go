@@ -1,0 +1,322 @@
+// Package sdk is the Go SDK for pipehost stage plugins.
+//
+// A plugin is a program whose main registers one or more stage kinds and
+// calls Serve:
+//
+//	type Params struct {
+//		Octaves int     `param:"octaves" default:"6" doc:"noise octaves"`
+//		Gain    float64 `param:"gain" default:"0.5"`
+//	}
+//
+//	func main() {
+//		sdk.Serve(sdk.Define(sdk.Spec{
+//			Kind:    "terrain.fbm",
+//			Version: "1.0.0",
+//			Outputs: []sdk.Port{sdk.GridPort("height", sdk.F32)},
+//		}, func(c *sdk.Context, p Params) error {
+//			out, err := sdk.OutputGrid[float32](c, "height")
+//			...
+//		}))
+//	}
+//
+// The SDK speaks the go-plugin handshake, answers Describe, decodes params
+// into the author's struct, maps inputs read-only and outputs read-write,
+// and reports progress, logs and timed spans to the host.
+package sdk
+
+import (
+	"fmt"
+	"math"
+	"reflect"
+	"strconv"
+	"strings"
+
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+)
+
+// DType is an element type of a grid.
+type DType = pb.DType
+
+// Element types.
+const (
+	F32 = pb.DType_DTYPE_F32
+	F64 = pb.DType_DTYPE_F64
+	I8  = pb.DType_DTYPE_I8
+	I16 = pb.DType_DTYPE_I16
+	I32 = pb.DType_DTYPE_I32
+	I64 = pb.DType_DTYPE_I64
+	U8  = pb.DType_DTYPE_U8
+	U16 = pb.DType_DTYPE_U16
+	U32 = pb.DType_DTYPE_U32
+	U64 = pb.DType_DTYPE_U64
+)
+
+// Port declares one input or output of a stage.
+type Port struct {
+	Name string
+	Kind pb.PortKind
+	// DType and Level apply to grids.
+	DType DType
+	Level int
+	// Optional inputs may be left unwired in a pipeline.
+	Optional bool
+	Doc      string
+}
+
+// GridPort declares a grid port at the native resolution.
+func GridPort(name string, dt DType) Port {
+	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_GRID, DType: dt}
+}
+
+// GridPortAt declares a grid port at a pyramid level (1 = half resolution).
+func GridPortAt(name string, dt DType, level int) Port {
+	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_GRID, DType: dt, Level: level}
+}
+
+// TablePort declares an Arrow table port.
+func TablePort(name string) Port {
+	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_TABLE}
+}
+
+// BlobPort declares an opaque byte port.
+func BlobPort(name string) Port {
+	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_BLOB}
+}
+
+// Spec describes a stage kind.
+type Spec struct {
+	// Kind is the dotted, globally unique stage kind, e.g. "terrain.fbm".
+	Kind string
+	// Version of the stage's behaviour; bump it when outputs change for the
+	// same inputs, so cached results are not reused.
+	Version string
+	Doc     string
+	Inputs  []Port
+	Outputs []Port
+	// Concurrent lets the host run several instances at once in one process.
+	Concurrent bool
+	// Threads the stage keeps busy (scheduling hint).
+	Threads int
+	// Resources the stage holds while running, e.g. {"gpu": 1}.
+	Resources map[string]int
+}
+
+// Stage is a registered stage kind; build one with Define.
+type Stage struct {
+	desc   *pb.StageDescriptor
+	decode func(map[string]*pb.Value) (reflect.Value, error)
+	run    func(*Context, reflect.Value) error
+}
+
+// Descriptor returns the stage's protocol descriptor.
+func (s Stage) Descriptor() *pb.StageDescriptor { return s.desc }
+
+// Define registers a stage kind whose params are the exported fields of P
+// tagged `param:"name"`, with optional `default:"..."` (no default: the
+// param is required) and `doc:"..."`. Field types: bool, ints, floats,
+// string. Define panics on a malformed Spec or P: that is a programming
+// error the author sees on the first run.
+func Define[P any](spec Spec, run func(c *Context, p P) error) Stage {
+	if spec.Kind == "" {
+		panic("sdk.Define: Spec.Kind is empty")
+	}
+	if spec.Version == "" {
+		spec.Version = "0.0.0"
+	}
+	var zero P
+	pt := reflect.TypeOf(zero)
+	fields, specs, err := paramFields(pt)
+	if err != nil {
+		panic(fmt.Sprintf("sdk.Define(%s): %v", spec.Kind, err))
+	}
+	desc := &pb.StageDescriptor{
+		Kind:    spec.Kind,
+		Version: spec.Version,
+		Doc:     spec.Doc,
+		Params:  specs,
+		Capabilities: &pb.Capabilities{
+			ConcurrentRuns: spec.Concurrent,
+			Threads:        uint32(max(spec.Threads, 0)),
+		},
+	}
+	for name, n := range spec.Resources {
+		desc.Capabilities.Resources = append(desc.Capabilities.Resources, &pb.ResourceRequest{Name: name, Count: uint32(n)})
+	}
+	seen := map[string]bool{}
+	for _, ports := range []struct {
+		list []Port
+		dst  *[]*pb.Port
+	}{{spec.Inputs, &desc.Inputs}, {spec.Outputs, &desc.Outputs}} {
+		for _, p := range ports.list {
+			if p.Name == "" || seen[p.Name] {
+				panic(fmt.Sprintf("sdk.Define(%s): port name %q is empty or used twice", spec.Kind, p.Name))
+			}
+			seen[p.Name] = true
+			if p.Kind == pb.PortKind_PORT_KIND_GRID && p.DType == pb.DType_DTYPE_UNSPECIFIED {
+				panic(fmt.Sprintf("sdk.Define(%s): grid port %q has no dtype", spec.Kind, p.Name))
+			}
+			*ports.dst = append(*ports.dst, &pb.Port{
+				Name: p.Name, Kind: p.Kind, Dtype: p.DType, Level: uint32(p.Level), Optional: p.Optional, Doc: p.Doc,
+			})
+		}
+	}
+	return Stage{
+		desc: desc,
+		decode: func(values map[string]*pb.Value) (reflect.Value, error) {
+			v := reflect.New(pt).Elem()
+			for _, f := range fields {
+				val, ok := values[f.name]
+				if !ok {
+					if f.spec.Default == nil {
+						return v, fmt.Errorf("param %q is required", f.name)
+					}
+					val = f.spec.Default
+				}
+				if err := setField(v.Field(f.index), val); err != nil {
+					return v, fmt.Errorf("param %q: %w", f.name, err)
+				}
+			}
+			return v, nil
+		},
+		run: func(c *Context, v reflect.Value) error { return run(c, v.Interface().(P)) },
+	}
+}
+
+type paramField struct {
+	name  string
+	index int
+	spec  *pb.ParamSpec
+}
+
+func paramFields(t reflect.Type) ([]paramField, []*pb.ParamSpec, error) {
+	if t == nil {
+		return nil, nil, nil
+	}
+	if t.Kind() != reflect.Struct {
+		return nil, nil, fmt.Errorf("params type %s is not a struct", t)
+	}
+	var fields []paramField
+	var specs []*pb.ParamSpec
+	for i := 0; i < t.NumField(); i++ {
+		sf := t.Field(i)
+		name, ok := sf.Tag.Lookup("param")
+		if !ok || !sf.IsExported() {
+			continue
+		}
+		spec := &pb.ParamSpec{Name: name, Doc: sf.Tag.Get("doc")}
+		switch sf.Type.Kind() {
+		case reflect.Bool:
+			spec.Type = pb.ParamType_PARAM_TYPE_BOOL
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			spec.Type = pb.ParamType_PARAM_TYPE_INT
+		case reflect.Float32, reflect.Float64:
+			spec.Type = pb.ParamType_PARAM_TYPE_FLOAT
+		case reflect.String:
+			spec.Type = pb.ParamType_PARAM_TYPE_STRING
+		default:
+			return nil, nil, fmt.Errorf("param %q: unsupported field type %s", name, sf.Type)
+		}
+		if def, ok := sf.Tag.Lookup("default"); ok {
+			v, err := parseDefault(spec.Type, def)
+			if err != nil {
+				return nil, nil, fmt.Errorf("param %q: default %q: %w", name, def, err)
+			}
+			// Reject defaults the field cannot hold, at definition time.
+			if err := setField(reflect.New(sf.Type).Elem(), v); err != nil {
+				return nil, nil, fmt.Errorf("param %q: default %q: %w", name, def, err)
+			}
+			spec.Default = v
+		}
+		fields = append(fields, paramField{name: name, index: i, spec: spec})
+		specs = append(specs, spec)
+	}
+	return fields, specs, nil
+}
+
+func parseDefault(t pb.ParamType, s string) (*pb.Value, error) {
+	switch t {
+	case pb.ParamType_PARAM_TYPE_BOOL:
+		b, err := strconv.ParseBool(s)
+		return &pb.Value{Kind: &pb.Value_BoolValue{BoolValue: b}}, err
+	case pb.ParamType_PARAM_TYPE_INT:
+		i, err := strconv.ParseInt(s, 0, 64)
+		return &pb.Value{Kind: &pb.Value_IntValue{IntValue: i}}, err
+	case pb.ParamType_PARAM_TYPE_FLOAT:
+		f, err := strconv.ParseFloat(s, 64)
+		return &pb.Value{Kind: &pb.Value_FloatValue{FloatValue: f}}, err
+	default:
+		return &pb.Value{Kind: &pb.Value_StringValue{StringValue: s}}, nil
+	}
+}
+
+func setField(f reflect.Value, v *pb.Value) error {
+	switch f.Kind() {
+	case reflect.Bool:
+		b, ok := v.GetKind().(*pb.Value_BoolValue)
+		if !ok {
+			return fmt.Errorf("expected a boolean, got %s", valueString(v))
+		}
+		f.SetBool(b.BoolValue)
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		i, ok := v.GetKind().(*pb.Value_IntValue)
+		if !ok {
+			return fmt.Errorf("expected an integer, got %s", valueString(v))
+		}
+		if f.OverflowInt(i.IntValue) {
+			return fmt.Errorf("%d does not fit in %s", i.IntValue, f.Type())
+		}
+		f.SetInt(i.IntValue)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		i, ok := v.GetKind().(*pb.Value_IntValue)
+		if !ok {
+			return fmt.Errorf("expected an integer, got %s", valueString(v))
+		}
+		if i.IntValue < 0 || f.OverflowUint(uint64(i.IntValue)) {
+			return fmt.Errorf("%d does not fit in %s", i.IntValue, f.Type())
+		}
+		f.SetUint(uint64(i.IntValue))
+	case reflect.Float32, reflect.Float64:
+		switch x := v.GetKind().(type) {
+		case *pb.Value_FloatValue:
+			if f.Kind() == reflect.Float32 && !math.IsInf(x.FloatValue, 0) && math.Abs(x.FloatValue) > math.MaxFloat32 {
+				return fmt.Errorf("%g does not fit in float32", x.FloatValue)
+			}
+			f.SetFloat(x.FloatValue)
+		case *pb.Value_IntValue:
+			f.SetFloat(float64(x.IntValue))
+		default:
+			return fmt.Errorf("expected a number, got %s", valueString(v))
+		}
+	case reflect.String:
+		s, ok := v.GetKind().(*pb.Value_StringValue)
+		if !ok {
+			return fmt.Errorf("expected a string, got %s", valueString(v))
+		}
+		f.SetString(s.StringValue)
+	}
+	return nil
+}
+
+func valueString(v *pb.Value) string {
+	switch x := v.GetKind().(type) {
+	case *pb.Value_BoolValue:
+		return fmt.Sprintf("boolean %v", x.BoolValue)
+	case *pb.Value_IntValue:
+		return fmt.Sprintf("integer %d", x.IntValue)
+	case *pb.Value_FloatValue:
+		return fmt.Sprintf("float %g", x.FloatValue)
+	case *pb.Value_StringValue:
+		return fmt.Sprintf("string %q", x.StringValue)
+	}
+	return "nothing"
+}
+
+// kindList is used in error messages.
+func kindList(stages []Stage) string {
+	var kinds []string
+	for _, s := range stages {
+		kinds = append(kinds, s.desc.Kind)
+	}
+	return strings.Join(kinds, ", ")
+}

@@ -1,0 +1,156 @@
+package shm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrPeerClosed is the Mailbox error after the peer sent CLOSE: it is
+// shutting down cleanly.
+var ErrPeerClosed = errors.New("fd channel: peer closed the channel cleanly")
+
+// ErrPeerGone is the Mailbox error after EOF without a CLOSE message: the
+// peer process exited or crashed. For a plugin it means the host is gone.
+var ErrPeerGone = errors.New("fd channel: peer is gone (EOF)")
+
+// Mailbox reads a Channel in the background and files each received fd
+// under its token until someone takes it. The fd for a token is sent before
+// the gRPC call that names the token, but the two sockets race, so a reader
+// may have to wait for it.
+type Mailbox struct {
+	ch *Channel
+
+	mu      sync.Mutex
+	pending map[uint64]parcel
+	arrived chan struct{} // closed and replaced on every arrival
+	closed  bool
+	err     error
+
+	done   chan struct{}
+	exited chan struct{}
+}
+
+type parcel struct {
+	msg Message
+	fd  int
+}
+
+// NewMailbox starts reading ch. Until Close the caller may still Send on ch;
+// the Mailbox is its only reader.
+func NewMailbox(ch *Channel) *Mailbox {
+	mb := &Mailbox{
+		ch:      ch,
+		pending: make(map[uint64]parcel),
+		arrived: make(chan struct{}),
+		done:    make(chan struct{}),
+		exited:  make(chan struct{}),
+	}
+	go mb.read()
+	return mb
+}
+
+func (mb *Mailbox) read() {
+	defer close(mb.exited)
+	for {
+		m, fd, err := mb.ch.Recv()
+		if err == nil && m.Type == MsgClose {
+			err = ErrPeerClosed
+		}
+		if errors.Is(err, io.EOF) {
+			err = ErrPeerGone
+		}
+		mb.mu.Lock()
+		if err == nil {
+			if _, dup := mb.pending[m.Token]; dup {
+				unix.Close(fd)
+				err = fmt.Errorf("%w: token %#x received twice", ErrProtocol, m.Token)
+			}
+		}
+		if err != nil {
+			if mb.err == nil {
+				mb.err = err
+			}
+			mb.mu.Unlock()
+			close(mb.done)
+			return
+		}
+		if mb.closed {
+			unix.Close(fd)
+		} else {
+			mb.pending[m.Token] = parcel{m, fd}
+			close(mb.arrived)
+			mb.arrived = make(chan struct{})
+		}
+		mb.mu.Unlock()
+	}
+}
+
+// Take waits for the fd sent under token and hands it over: the caller owns
+// the returned fd. It fails when ctx ends, when the channel ends first, or
+// when the Mailbox is closed.
+func (mb *Mailbox) Take(ctx context.Context, token uint64) (Message, int, error) {
+	for {
+		mb.mu.Lock()
+		if p, ok := mb.pending[token]; ok {
+			delete(mb.pending, token)
+			mb.mu.Unlock()
+			return p.msg, p.fd, nil
+		}
+		if mb.closed {
+			mb.mu.Unlock()
+			return Message{}, -1, fmt.Errorf("fd channel: waiting for token %#x: mailbox %w", token, ErrClosed)
+		}
+		if mb.err != nil {
+			err := mb.err
+			mb.mu.Unlock()
+			return Message{}, -1, fmt.Errorf("fd channel: token %#x never arrived: %w", token, err)
+		}
+		arrived := mb.arrived
+		mb.mu.Unlock()
+		select {
+		case <-arrived:
+		case <-mb.done:
+		case <-ctx.Done():
+			return Message{}, -1, fmt.Errorf("fd channel: waiting for token %#x: %w", token, context.Cause(ctx))
+		}
+	}
+}
+
+// Done is closed when the channel ends: the peer sent CLOSE, closed its end
+// (EOF), or broke the protocol. A plugin should exit when it fires.
+func (mb *Mailbox) Done() <-chan struct{} { return mb.done }
+
+// Err says why Done fired: ErrPeerClosed, ErrPeerGone, a protocol error, or
+// ErrClosed after Close. nil while the channel is open.
+func (mb *Mailbox) Err() error {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	return mb.err
+}
+
+// Close closes the Channel, waits for the reader to stop and closes every fd
+// not yet taken. Idempotent.
+func (mb *Mailbox) Close() error {
+	mb.mu.Lock()
+	already := mb.closed
+	mb.closed = true
+	mb.mu.Unlock()
+	if already {
+		<-mb.exited
+		return nil
+	}
+	err := mb.ch.Close()
+	<-mb.exited
+	mb.mu.Lock()
+	for tok, p := range mb.pending {
+		unix.Close(p.fd)
+		delete(mb.pending, tok)
+	}
+	mb.mu.Unlock()
+	return err
+}
