@@ -10,7 +10,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_PLUGINS := $(notdir $(wildcard plugins/go/*))
 GO_TESTPLUGINS := $(notdir $(wildcard testplugins/go/*))
 
-.PHONY: all build demo test proto proto-check deps deps-go deps-sys fmt vet bench clean
+.PHONY: all build build-go build-cpp build-rust demo test proto proto-check deps deps-go deps-sys fmt vet bench clean
 
 all: build
 
@@ -22,13 +22,24 @@ deps-sys:
 deps-go:
 	@$(GO) mod download
 
-build: deps-go
+build: build-go build-cpp build-rust
+
+# Native SDKs and their plugins: CMake (Debian gRPC) and cargo (tonic).
+build-cpp:
+	@scripts/ensure-deps.sh cpp
+	@scripts/build-cpp.sh
+
+build-rust:
+	@scripts/ensure-deps.sh rust
+	@scripts/build-rust.sh
+
+build-go: deps-go
 	@mkdir -p bin/plugins bin/testplugins
 	$(GO) build -o bin/pipehost ./cmd/pipehost
 	@for p in $(GO_PLUGINS); do $(GO) build -o bin/plugins/$$p ./plugins/go/$$p || exit 1; done
 	@for p in $(GO_TESTPLUGINS); do $(GO) build -o bin/testplugins/$$p ./testplugins/go/$$p || exit 1; done
 
-demo: build
+demo: deps build
 	bin/pipehost run examples/dummy.toml --out out --plugin-dir bin/testplugins
 
 test: deps build proto-check

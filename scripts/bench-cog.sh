@@ -48,6 +48,11 @@ for comp in $COMPRESSIONS; do
     run "gdal $comp" "$work/gdal.tif" "${gdal[@]}" "$work/in.f32" "$work/gdal.tif"
     run "gdal $comp 2 threads" "$work/gdal.tif" "${gdal[@]}" -co NUM_THREADS=ALL_CPUS "$work/in.f32" "$work/gdal.tif"
   done
+  # The file measured must also be a valid COG.
+  py=.tools/venv/bin/python
+  [ -x "$py" ] || py=/usr/bin/python3
+  "$py" -m osgeo_utils.samples.validate_cloud_optimized_geotiff -q --full-check=yes "$work/ours.tif" ||
+    { echo "bench-cog: our $comp output is not a valid COG" >&2; exit 1; }
 done
 echo
 echo "medians over $ROUNDS rounds:"

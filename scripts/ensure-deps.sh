@@ -46,11 +46,25 @@ ensure_python() {
   fi
 }
 
+# Rust comes from rustup on this kind of machine; cargo fetches crates itself.
+ensure_rust() {
+  ensure_protoc
+  if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+      echo "ensure-deps: cargo is in $HOME/.cargo/bin; add it to PATH" >&2
+    else
+      echo "ensure-deps: cargo not found: install a stable Rust toolchain (rustup)" >&2
+    fi
+    exit 1
+  fi
+}
+
 group="${1:-all}"
 case "$group" in
   protoc) ensure_protoc ;;
   cpp) ensure_cpp ;;
+  rust) ensure_rust ;;
   python) ensure_python ;;
-  all) ensure_protoc; ensure_cpp; ensure_python ;;
+  all) ensure_protoc; ensure_cpp; ensure_rust; ensure_python ;;
   *) echo "ensure-deps: unknown group $group" >&2; exit 2 ;;
 esac

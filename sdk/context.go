@@ -18,6 +18,7 @@ type Context struct {
 	context.Context
 
 	req  *pb.RunRequest
+	desc *pb.StageDescriptor
 	send func(*pb.RunEvent) error
 	data *runData
 

@@ -59,7 +59,17 @@ type runData struct {
 	mu      sync.Mutex
 	inputs  map[string]*buffer
 	outputs map[string]*buffer
-	dynamic []*buffer
+	dynamic []*dynOutput
+}
+
+// dynOutput is an output of unknown size the plugin creates: written
+// through a growable segment or allocated at a known size.
+type dynOutput struct {
+	port   string
+	format pb.Format
+	w      *shm.Writer
+	seg    *shm.Segment
+	m      *shm.Mapping
 }
 
 func (dp *dataPlane) bind(ctx context.Context, req *pb.RunRequest) (*runData, error) {
@@ -140,18 +150,36 @@ func (rd *runData) finish() ([]*pb.Binding, error) {
 		}
 	}
 	var out []*pb.Binding
-	for _, b := range rd.dynamic {
-		if b.m != nil {
-			if err := b.m.Unmap(); err != nil {
-				return nil, err
+	for _, d := range rd.dynamic {
+		if d.m != nil {
+			if err := d.m.Unmap(); err != nil {
+				return nil, fmt.Errorf("dynamic output %q: %w", d.port, err)
 			}
-			b.m = nil
+			d.m = nil
 		}
-		msg := shm.Message{Type: shm.MsgAdopt, Token: b.binding.GetFdToken(), Size: uint64(b.seg.Size())}
-		if err := rd.dp.ch.Send(msg, b.seg.FD()); err != nil {
-			return nil, fmt.Errorf("dynamic output %q: sending to host: %w", b.binding.GetPort(), err)
+		if d.w != nil {
+			seg, err := d.w.Finish()
+			d.w = nil
+			if err != nil {
+				return nil, fmt.Errorf("dynamic output %q: %w", d.port, err)
+			}
+			d.seg = seg
 		}
-		out = append(out, b.binding)
+		tok := rd.dp.tokens.Next()
+		size := uint64(d.seg.Size())
+		msg := shm.Message{Type: shm.MsgAdopt, Token: tok, Size: size}
+		if err := rd.dp.ch.Send(msg, d.seg.FD()); err != nil {
+			return nil, fmt.Errorf("dynamic output %q: sending to host: %w", d.port, err)
+		}
+		kind := pb.PortKind_PORT_KIND_BLOB
+		if d.format == pb.Format_FORMAT_ARROW_IPC {
+			kind = pb.PortKind_PORT_KIND_TABLE
+		}
+		h := &pb.Handle{SegmentSize: size, Nbytes: size, Format: d.format, Kind: kind}
+		if d.format == pb.Format_FORMAT_RAW {
+			h.Dtype, h.Shape, h.Strides = pb.DType_DTYPE_U8, []uint64{size}, []uint64{1}
+		}
+		out = append(out, &pb.Binding{Port: d.port, Handle: h, FdToken: tok})
 	}
 	return out, nil
 }
@@ -168,8 +196,16 @@ func (rd *runData) release() {
 			b.close()
 		}
 	}
-	for _, b := range rd.dynamic {
-		b.close()
+	for _, d := range rd.dynamic {
+		if d.m != nil {
+			_ = d.m.Unmap()
+		}
+		if d.w != nil {
+			d.w.Abort()
+		}
+		if d.seg != nil {
+			_ = d.seg.Close()
+		}
 	}
 	rd.dynamic = nil
 }

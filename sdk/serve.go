@@ -85,7 +85,21 @@ func newServer(stages []Stage) (*server, error) {
 	return s, nil
 }
 
+// restoreStdio points os.Stdout and os.Stderr at the process's real stderr
+// once the handshake is done. go-plugin forwards them over an asynchronous
+// gRPC stream that loses the last lines when a process dies; the real
+// stderr is a pipe the host reads to the end, so a crash report always has
+// the stage's last words. Stdout after the handshake is discarded by the
+// host, so it goes to stderr too (fd 1 included, for code that writes it
+// directly).
+var restoreStdio = sync.OnceFunc(func() {
+	_ = unix.Dup2(2, 1)
+	os.Stderr = os.NewFile(2, "/dev/stderr")
+	os.Stdout = os.Stderr
+})
+
 func (s *server) Describe(_ context.Context, req *pb.DescribeRequest) (*pb.DescribeResponse, error) {
+	restoreStdio()
 	resp := &pb.DescribeResponse{Sdk: "go", SdkVersion: Version, ProtocolRevision: wire.ProtocolRevision}
 	for _, st := range s.order {
 		resp.Stages = append(resp.Stages, st.desc)
@@ -94,6 +108,7 @@ func (s *server) Describe(_ context.Context, req *pb.DescribeRequest) (*pb.Descr
 }
 
 func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
+	restoreStdio()
 	st, ok := s.stages[req.GetKind()]
 	if !ok {
 		return status.Errorf(codes.NotFound, "this plugin has no stage kind %q", req.GetKind())
@@ -106,6 +121,7 @@ func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
 	c := &Context{
 		Context: stream.Context(),
 		req:     req,
+		desc:    st.desc,
 		send: func(ev *pb.RunEvent) error {
 			sendMu.Lock()
 			defer sendMu.Unlock()

@@ -55,6 +55,23 @@ func Create(name string, size int64) (*Segment, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("create segment %q: negative size %d", name, size)
 	}
+	fd, err := memfd(name)
+	if err != nil {
+		return nil, fmt.Errorf("create segment %q: %w", name, err)
+	}
+	if err := unix.Ftruncate(fd, size); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("create segment %q: ftruncate to %d bytes: %w", name, size, err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, sizeSeals); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("create segment %q: sealing its size: %w", name, err)
+	}
+	return &Segment{name: name, size: size, fd: fd}, nil
+}
+
+// memfd makes a sealable, close-on-exec memfd of size 0.
+func memfd(name string) (int, error) {
 	memName := name
 	if len(memName) > maxNameLen {
 		memName = memName[:maxNameLen]
@@ -69,17 +86,9 @@ func Create(name string, size int64) (*Segment, error) {
 		fd, err = unix.MemfdCreate(memName, flags)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("create segment %q: memfd_create: %w", name, err)
+		return -1, fmt.Errorf("memfd_create: %w", err)
 	}
-	if err := unix.Ftruncate(fd, size); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("create segment %q: ftruncate to %d bytes: %w", name, size, err)
-	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, sizeSeals); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("create segment %q: sealing its size: %w", name, err)
-	}
-	return &Segment{name: name, size: size, fd: fd}, nil
+	return fd, nil
 }
 
 // Open adopts a received file descriptor. It must be a sealable memfd that

@@ -43,7 +43,7 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) int {
 		}
 		var out []pluginJSON
 		for _, p := range plugins {
-			out = append(out, pluginJSON{p.Path, p.Digest, p.SDK, p.SDKVersion, float64(p.LaunchNs) / 1e6, p.Stages})
+			out = append(out, pluginJSON{p.Path, p.Digest(), p.SDK, p.SDKVersion, float64(p.LaunchNs) / 1e6, p.Stages})
 		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")

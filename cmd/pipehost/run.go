@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pipehost/pipehost/host/config"
@@ -51,6 +53,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	jobs := fs.Int("jobs", runtime.NumCPU(), "stages run at once")
 	keepGoing := fs.Bool("keep-going", false, "after a stage fails, finish the branches that do not depend on it")
 	timeout := fs.Duration("timeout", 0, "default per-stage timeout (0: none; the config's run.timeout and stage timeouts take precedence)")
+	var budget byteSize
+	fs.Var(&budget, "mem-budget", "bound on live shared-memory bytes, e.g. 4GiB (0: unlimited); a stage starts only when its outputs fit")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return flagExit(err)
@@ -64,6 +68,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return report(stderr, err)
 	}
 	opts.Engine = engine.Options{Jobs: *jobs, KeepGoing: *keepGoing, Timeout: *timeout}
+	opts.MemBudget = int64(budget)
 	_ = out
 
 	ctx, stop := signalContext()
@@ -118,4 +123,31 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d stages, %d edges)\n", pos[0], len(sess.Plan.Nodes), edges)
 	return exitOK
+}
+
+// byteSize parses sizes such as 512MiB, 4GiB, 1.5G or 1000000.
+type byteSize int64
+
+func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+func (b *byteSize) Set(s string) error {
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1}}
+	mult := 1.0
+	num := strings.TrimSpace(s)
+	for _, u := range units {
+		if strings.HasSuffix(num, u.suffix) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f < 0 {
+		return fmt.Errorf("%q is not a size (write e.g. 512MiB or 4GiB)", s)
+	}
+	*b = byteSize(f * mult)
+	return nil
 }

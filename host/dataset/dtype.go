@@ -94,7 +94,7 @@ func (g Grid) check(what string) error {
 	return nil
 }
 
-// rowBytes returns the bytes of row y.
+// row returns the bytes of row y.
 func (g Grid) row(y int) []byte {
 	n := g.Width * g.DType.Size()
 	return g.Data[y*n : (y+1)*n]

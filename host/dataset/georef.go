@@ -22,6 +22,8 @@ const (
 	Cylinder
 	// Torus grids wrap in x and y; they are placed in a local engineering CRS in metres.
 	Torus
+	// Plane grids do not wrap; they are placed in a local engineering CRS in metres.
+	Plane
 )
 
 func (t Topology) String() string {
@@ -34,15 +36,18 @@ func (t Topology) String() string {
 		return "cylinder"
 	case Torus:
 		return "torus"
+	case Plane:
+		return "plane"
 	}
 	return fmt.Sprintf("Topology(%d)", uint8(t))
 }
 
 // Wrap policies recorded per axis. Readers of the files see them as metadata only.
 const (
-	WrapRepeat = "repeat" // the axis is periodic
-	WrapClamp  = "clamp"  // the axis ends at the grid's edge
-	WrapPole   = "pole"   // the axis ends at a pole and continues on the opposite meridian
+	WrapRepeat  = "repeat"  // the axis is periodic
+	WrapClamp   = "clamp"   // the axis ends at the grid's edge
+	WrapReflect = "reflect" // the axis mirrors at the grid's edge
+	WrapPole    = "pole"    // the axis ends at a pole and continues on the opposite meridian
 )
 
 // Georef places a grid on its surface.
@@ -53,15 +58,15 @@ type Georef struct {
 	// WGS84 declares the sphere grid to be on the WGS 84 ellipsoid instead of a sphere of
 	// Radius (EPSG:4326).
 	WGS84 bool
-	// PixelSize is the size of one cell in metres along x and y (Cylinder and Torus).
+	// PixelSize is the size of one cell in metres along x and y (Cylinder, Torus, Plane).
 	PixelSize [2]float64
-	// Origin is the engineering coordinate of the grid's upper-left corner (Cylinder and
-	// Torus). Nil places the grid at x 0..W·px, y 0..H·py with row 0 at the top.
+	// Origin is the engineering coordinate of the grid's upper-left corner (Cylinder,
+	// Torus, Plane). Nil places the grid at x 0..W·px, y 0..H·py with row 0 at the top.
 	Origin *[2]float64
 	// WrapX and WrapY override the topology's wrap policy for each axis.
 	WrapX, WrapY string
-	// Name names the CRS; empty gives "pipehost sphere R=<radius>", "pipehost cylinder" or
-	// "pipehost torus".
+	// Name names the CRS; empty gives "pipehost sphere R=<radius>" or "pipehost <topology>"
+	// ("pipehost cylinder", "pipehost torus", "pipehost plane").
 	Name string
 }
 
@@ -73,6 +78,8 @@ func (g Georef) wraps() (x, y string) {
 		x, y = WrapRepeat, WrapClamp
 	case Torus:
 		x, y = WrapRepeat, WrapRepeat
+	case Plane:
+		x, y = WrapClamp, WrapClamp
 	}
 	if g.WrapX != "" {
 		x = g.WrapX
@@ -91,7 +98,7 @@ func (g Georef) check() error {
 		if !g.WGS84 && !(g.Radius > 0 && !math.IsInf(g.Radius, 0)) {
 			return fmt.Errorf("sphere georeferencing needs a positive radius, got %v", g.Radius)
 		}
-	case Cylinder, Torus:
+	case Cylinder, Torus, Plane:
 		for _, p := range g.PixelSize {
 			if !(p > 0 && !math.IsInf(p, 0)) {
 				return fmt.Errorf("%s georeferencing needs a positive pixel size in metres, got %v", g.Topology, g.PixelSize)
@@ -113,9 +120,21 @@ func (g Georef) crsName() string {
 		return g.Name
 	}
 	if g.Topology == Sphere {
-		return "pipehost sphere R=" + strconv.FormatFloat(g.Radius, 'g', -1, 64)
+		return "pipehost sphere R=" + strconv.FormatFloat(g.Radius, 'f', -1, 64)
 	}
 	return "pipehost " + g.Topology.String()
+}
+
+// asciiName makes a CRS name safe for GeoAsciiParams, where '|' separates strings and the
+// whole block is ASCII.
+func asciiName(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c == '|' || c < 0x20 || c > 0x7e {
+			b[i] = '_'
+		}
+	}
+	return string(b)
 }
 
 // transform returns the upper-left corner and the cell size of a width×height grid.
@@ -123,7 +142,7 @@ func (g Georef) transform(width, height int) (x0, y0, dx, dy float64) {
 	switch g.Topology {
 	case Sphere:
 		return -180, 90, 360 / float64(width), 180 / float64(height)
-	case Cylinder, Torus:
+	case Cylinder, Torus, Plane:
 		dx, dy = g.PixelSize[0], g.PixelSize[1]
 		if g.Origin != nil {
 			return g.Origin[0], g.Origin[1], dx, dy
@@ -179,7 +198,7 @@ func (g Georef) geoFields(width, height int) []field {
 		doubles = append(doubles, v)
 	}
 	str := func(id uint16, s string) {
-		s = strings.ReplaceAll(s, "|", "/") + "|" // '|' ends each string in GeoAsciiParams
+		s += "|" // '|' ends each string in GeoAsciiParams
 		keys = append(keys, key{id, tagGeoAsciiParams, uint16(len(s)), uint16(ascii.Len())})
 		ascii.WriteString(s)
 	}
@@ -191,7 +210,7 @@ func (g Georef) geoFields(width, height int) []field {
 		str(keyGeogCitation, "WGS 84")
 		short(keyGeogAngularUnits, angularDegree)
 	case g.Topology == Sphere:
-		name := g.crsName()
+		name := asciiName(g.crsName())
 		short(keyGTModelType, modelTypeGeographic)
 		short(keyGeographicType, userDefined)
 		// GDAL reads the datum and ellipsoid names from this citation layout.
@@ -205,7 +224,7 @@ func (g Georef) geoFields(width, height int) []field {
 	default:
 		// A local engineering CRS: no model type, only a citation and linear units. GDAL reads
 		// this back as LOCAL_CS["<citation>", UNIT["metre", 1]].
-		str(keyGTCitation, g.crsName())
+		str(keyGTCitation, asciiName(g.crsName()))
 		short(keyProjLinearUnits, linearMetre)
 	}
 	sort.Slice(keys, func(a, b int) bool { return keys[a].id < keys[b].id })

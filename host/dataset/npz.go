@@ -8,6 +8,8 @@ import (
 	"io"
 	"math"
 	"strings"
+
+	kflate "github.com/klauspost/compress/flate"
 )
 
 // NPZMember is one array of an NPZ file. numpy.load(path)[Name] returns it with shape
@@ -120,6 +122,11 @@ const npzChunk = 4 << 20
 func writeNPZ(f io.Writer, members []NPZMember, opt NPZOptions) error {
 	cw := &countingWriter{w: f}
 	zw := zip.NewWriter(cw)
+	// The same deflate implementation as the COG tiles: several times faster than the
+	// standard library's at the same level.
+	zw.RegisterCompressor(zip.Deflate, func(out io.Writer) (io.WriteCloser, error) {
+		return kflate.NewWriter(out, 6)
+	})
 	for _, m := range members {
 		head := npyHeader(m.Grid)
 		fh := &zip.FileHeader{Name: m.Name + ".npy", ModifiedDate: msdosDate1980}

@@ -3,10 +3,12 @@ package dataset
 import (
 	"encoding/binary"
 	"fmt"
-	"github.com/klauspost/compress/zlib"
 	"runtime"
 	"sync"
 
+	// Same API and zlib streams as compress/zlib, about three times faster at level 6;
+	// with the standard library the writer was slower than GDAL's.
+	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -58,7 +60,7 @@ type tileEncoder struct {
 
 	mu    sync.Mutex
 	free  []*tileState
-	bufs  sync.Pool
+	bufs  [][]byte // record buffers kept across encode calls; at most a window's worth
 	zopts []zstd.EOption
 }
 
@@ -132,14 +134,27 @@ func (e *tileEncoder) close() {
 	e.free = nil
 }
 
+// getBuf returns an empty record buffer big enough for an incompressible tile, so that
+// records never grow while being compressed.
 func (e *tileEncoder) getBuf() []byte {
-	if b, ok := e.bufs.Get().(*[]byte); ok {
-		return (*b)[:0]
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if n := len(e.bufs); n > 0 {
+		b := e.bufs[n-1]
+		e.bufs = e.bufs[:n-1]
+		return b[:0]
 	}
-	return make([]byte, 0, e.rawSize()/2+64)
+	raw := e.rawSize()
+	return make([]byte, 0, raw+raw/64+256)
 }
 
-func (e *tileEncoder) putBuf(b []byte) { e.bufs.Put(&b) }
+func (e *tileEncoder) putBuf(b []byte) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.bufs) < 2*e.workers+1 {
+		e.bufs = append(e.bufs, b)
+	}
+}
 
 // encodeOne fills, predicts, compresses and frames one tile.
 func (e *tileEncoder) encodeOne(s *tileState, fill func(raw []byte)) ([]byte, error) {

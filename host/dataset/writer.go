@@ -115,11 +115,11 @@ func (p *pending) scratch() (*os.File, error) {
 	name := filepath.Join(filepath.Dir(p.name), "."+filepath.Base(p.name)+".scratch-"+hex.EncodeToString(rnd[:]))
 	f, err := p.w.root.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("dataset: %s: scratch file: %w", p.w.display(p.name), err)
+		return nil, fmt.Errorf("scratch file: %w", err)
 	}
 	if err := p.w.root.Remove(name); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("dataset: %s: scratch file: %w", p.w.display(p.name), err)
+		return nil, fmt.Errorf("scratch file: %w", err)
 	}
 	return f, nil
 }

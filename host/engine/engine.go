@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"runtime"
 	"sort"
 	"strings"
@@ -31,6 +33,9 @@ type Options struct {
 	Timeout time.Duration
 	// Observer sees stage starts, events and ends (run log, progress).
 	Observer Observer
+	// Manager relaunches a plugin that crashed, so later stages of the
+	// same binary (with KeepGoing) still run. Nil: no relaunch.
+	Manager *pluginmgr.Manager
 }
 
 // Observer is told what happens during a run. Calls come from many
@@ -99,6 +104,15 @@ type Engine struct {
 
 	tokens *shm.Tokens
 	locks  sync.Map // plugin path + kind → *sync.Mutex for non-concurrent kinds
+
+	// Admission: inFlight counts stages holding memory; wake is closed and
+	// replaced whenever one finishes (memory may have been released).
+	admitMu  sync.Mutex
+	inFlight int
+	wake     chan struct{}
+
+	pluginMu sync.Mutex
+	respawn  map[string]*pluginmgr.Plugin // crashed plugin path → replacement
 }
 
 // New prepares a run of p using the registry's plugins and the arena.
@@ -109,7 +123,8 @@ func New(p *plan.Plan, reg *pluginmgr.Registry, a *arena.Arena, opts Options) *E
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}
 	}
-	return &Engine{plan: p, reg: reg, arena: a, opts: opts, tokens: shm.HostTokens()}
+	return &Engine{plan: p, reg: reg, arena: a, opts: opts, tokens: shm.HostTokens(),
+		wake: make(chan struct{}), respawn: map[string]*pluginmgr.Plugin{}}
 }
 
 type nopObserver struct{}
@@ -141,28 +156,47 @@ func (e *Engine) Run(ctx context.Context) *Result {
 			defer close(done[i])
 			r := &StageResult{Name: n.Name, Kind: n.Kind, Slot: -1}
 			results[i] = r
+			defer func() { e.opts.Observer.StageEnd(n, r) }()
 			// Wait for every producer, so a stage that will not run can
 			// release what the successful ones made for it.
 			for _, in := range n.Inputs {
 				<-done[in.From.Index]
 			}
+			skip := func(err error) {
+				r.Status, r.Err = StatusSkipped, err
+				e.releaseInputs(n, results)
+			}
 			for _, in := range n.Inputs {
 				if up := results[in.From.Index]; up.Status != StatusOK {
-					r.Status = StatusSkipped
-					r.Err = fmt.Errorf("stage %s skipped: input %q comes from %s, which %s", n.Name, in.Input.GetName(), up.Name, up.Status)
-					e.releaseInputs(n, results)
-					e.opts.Observer.StageEnd(n, r)
+					skip(fmt.Errorf("stage %s skipped: input %q comes from %s, which %s", n.Name, in.Input.GetName(), up.Name, up.Status))
 					return
 				}
 			}
+			if ctx.Err() != nil {
+				skip(fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx)))
+				return
+			}
+			// Memory first, then a worker slot: a stage holding a slot while
+			// it waits for memory could starve the stages that free it.
+			if err := e.admit(ctx, n, r); err != nil {
+				if ctx.Err() != nil {
+					skip(fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx)))
+				} else {
+					r.Status, r.Err = StatusFailed, fmt.Errorf("stage %s (%s): %w", n.Name, n.Kind, err)
+					e.releaseInputs(n, results)
+					if !e.opts.KeepGoing {
+						cancel()
+					}
+				}
+				return
+			}
+			defer e.finished()
 			var slot int
 			select {
 			case slot = <-slots:
 			case <-ctx.Done():
-				r.Status = StatusSkipped
-				r.Err = fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx))
-				e.releaseInputs(n, results)
-				e.opts.Observer.StageEnd(n, r)
+				e.freeOutputs(r)
+				skip(fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx)))
 				return
 			}
 			r.Slot = slot
@@ -171,7 +205,6 @@ func (e *Engine) Run(ctx context.Context) *Result {
 			if r.Status == StatusFailed && !e.opts.KeepGoing {
 				cancel()
 			}
-			e.opts.Observer.StageEnd(n, r)
 		}()
 	}
 	wg.Wait()
@@ -203,15 +236,24 @@ func (e *Engine) releaseInputs(n *plan.Node, results []*StageResult) {
 // stageError builds a failure report naming the stage, its plugin and how
 // the plugin ended, with the plugin's last stderr lines.
 func stageError(n *plan.Node, p *pluginmgr.Plugin, err error) error {
+	s, ok := status.FromError(err)
+	broken := (ok && s.Code() == codes.Unavailable) || strings.Contains(err.Error(), "EOF") || strings.Contains(err.Error(), "connection")
+	if broken {
+		// The connection broke: the process is probably dying.
+		p.WaitExited(2 * time.Second)
+	}
+	if p.Exited() {
+		p.Stderr.Settle(20*time.Millisecond, 500*time.Millisecond)
+		if broken {
+			err = errors.New("the plugin process died during the stage")
+		}
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "stage %s (%s, plugin %s): %v", n.Name, n.Kind, p.Path, err)
 	if p.Exited() {
 		fmt.Fprintf(&b, "\n    plugin process ended: %s", p.ExitStatus())
 	}
-	if lines := p.Stderr.Lines(); len(lines) > 0 {
-		if len(lines) > 10 {
-			lines = lines[len(lines)-10:]
-		}
+	if lines := p.Stderr.Excerpt(10); len(lines) > 0 {
 		b.WriteString("\n    last stderr lines:\n      ")
 		b.WriteString(strings.Join(lines, "\n      "))
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/status"
 
 	"github.com/pipehost/pipehost/host/arena"
@@ -25,18 +26,21 @@ const adoptWait = 10 * time.Second
 
 // runStage runs one stage to completion and fills r.
 func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult) {
-	entry, _ := e.reg.Entry(n.Kind)
-	p := entry.Plugin
 	r.StartNs = clock.Now()
 	e.opts.Observer.StageStart(n, r.Slot)
+	p, err := e.plugin(n.Kind)
 	fail := func(err error) {
 		r.Status = StatusFailed
 		r.Err = stageError(n, p, err)
 		r.EndNs = clock.Now()
-		for _, o := range r.Outputs {
-			e.arena.Free(o.Entry.ID)
-		}
-		r.Outputs = nil
+		e.freeOutputs(r)
+	}
+	if err != nil {
+		r.Status, r.EndNs = StatusFailed, clock.Now()
+		r.Err = fmt.Errorf("stage %s (%s): %w", n.Name, n.Kind, err)
+		e.freeOutputs(r)
+		e.releaseInputs(n, results)
+		return
 	}
 	defer e.releaseInputs(n, results)
 
@@ -55,22 +59,12 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		Topology: e.plan.Topology,
 		Levels:   e.plan.Levels,
 	}
-	r.Outputs = map[string]*Output{}
 	for _, op := range n.Desc.GetOutputs() {
-		if op.GetKind() != pb.PortKind_PORT_KIND_GRID {
-			continue // tables and blobs come back as dynamic outputs
+		o := r.Outputs[op.GetName()]
+		if o == nil {
+			continue
 		}
-		lv := e.plan.Levels[op.GetLevel()]
-		es := uint64(shm.DTypeSize(op.GetDtype()))
-		size := uint64(lv.GetWidth()) * uint64(lv.GetHeight()) * es
-		ent, err := e.arena.Allocate(n.Name+"."+op.GetName(), n.Name, int64(size), consumerNames(n, op.GetName()), e.keep(n, op.GetName()))
-		if err != nil {
-			fail(fmt.Errorf("allocating output %q: %w", op.GetName(), err))
-			return
-		}
-		h := shm.GridHandle(ent.ID, size, 0, op.GetDtype(), uint64(lv.GetHeight()), uint64(lv.GetWidth()), op.GetLevel())
-		r.Outputs[op.GetName()] = &Output{Entry: ent, Handle: h}
-		b, err := e.sendFD(p, ent, h, op.GetName())
+		b, err := e.sendFD(p, o.Entry, o.Handle, op.GetName())
 		if err != nil {
 			fail(err)
 			return
@@ -192,13 +186,18 @@ func (e *Engine) adopt(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, r
 		if r.Outputs[b.GetPort()] != nil {
 			return fmt.Errorf("protocol violation: output %q returned twice", b.GetPort())
 		}
-		_, fd, err := p.Mailbox.Take(ctx, b.GetFdToken())
+		msg, fd, err := p.Mailbox.Take(ctx, b.GetFdToken())
 		if err != nil {
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
 		}
 		ent, err := e.arena.Adopt(fd, n.Name, consumerNames(n, b.GetPort()), e.keep(n, b.GetPort()))
 		if err != nil {
+			unix.Close(fd)
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
+		}
+		r.Outputs[b.GetPort()] = &Output{Entry: ent}
+		if uint64(ent.Size) != msg.Size {
+			return fmt.Errorf("protocol violation: dynamic output %q announced %d bytes, its segment has %d", b.GetPort(), msg.Size, ent.Size)
 		}
 		h := b.GetHandle()
 		if h == nil {
@@ -206,14 +205,15 @@ func (e *Engine) adopt(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, r
 		}
 		h.SegmentId = ent.ID
 		if err := shm.Validate(h, uint64(ent.Size)); err != nil {
-			e.arena.Free(ent.ID)
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
+		}
+		if want := pb.PortKind_PORT_KIND_TABLE; op.GetKind() == want && h.GetFormat() != pb.Format_FORMAT_ARROW_IPC {
+			return fmt.Errorf("protocol violation: table output %q is not in Arrow IPC format", b.GetPort())
 		}
 		if err := e.arena.Seal(ent.ID); err != nil {
-			e.arena.Free(ent.ID)
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
 		}
-		r.Outputs[b.GetPort()] = &Output{Entry: ent, Handle: h}
+		r.Outputs[b.GetPort()].Handle = h
 	}
 	for _, op := range n.Desc.GetOutputs() {
 		if r.Outputs[op.GetName()] == nil {

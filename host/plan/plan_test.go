@@ -42,9 +42,9 @@ func registry() staticRegistry {
 		"dummy.sink": {Kind: "dummy.sink", Inputs: []*pb.Port{grid("in", f32, 0)}},
 		"dummy.mix": {Kind: "dummy.mix", Inputs: []*pb.Port{grid("a", f32, 0), grid("b", f32, 0),
 			{Name: "mask", Kind: pb.PortKind_PORT_KIND_GRID, Dtype: f32, Optional: true}}, Outputs: []*pb.Port{grid("out", f32, 0)}},
-		"dummy.f64": {Kind: "dummy.f64", Outputs: []*pb.Port{grid("out", pb.DType_DTYPE_F64, 0)}},
+		"dummy.f64":    {Kind: "dummy.f64", Outputs: []*pb.Port{grid("out", pb.DType_DTYPE_F64, 0)}},
 		"dummy.coarse": {Kind: "dummy.coarse", Inputs: []*pb.Port{grid("in", f32, 1)}},
-		"dummy.table": {Kind: "dummy.table", Outputs: []*pb.Port{{Name: "rows", Kind: pb.PortKind_PORT_KIND_TABLE}}},
+		"dummy.table":  {Kind: "dummy.table", Outputs: []*pb.Port{{Name: "rows", Kind: pb.PortKind_PORT_KIND_TABLE}}},
 		"dummy.typed": {Kind: "dummy.typed", Params: []*pb.ParamSpec{
 			{Name: "n", Type: pb.ParamType_PARAM_TYPE_INT},
 			{Name: "flag", Type: pb.ParamType_PARAM_TYPE_BOOL, Default: &pb.Value{Kind: &pb.Value_BoolValue{}}},

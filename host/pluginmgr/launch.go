@@ -32,14 +32,14 @@ type Options struct {
 	Env []string
 	// Logger receives go-plugin's and the plugins' hclog output.
 	Logger hclog.Logger
-	// StderrLines is how many stderr lines each plugin's Tail keeps (default 30).
+	// StderrLines is how many stderr lines each plugin's Tail keeps (default
+	// 400: enough to hold the start of a crash dump).
 	StderrLines int
 }
 
 // Plugin is one running plugin process.
 type Plugin struct {
 	Path       string
-	Digest     string // sha256 of the executable, hex
 	SDK        string
 	SDKVersion string
 	Stages     []*pb.StageDescriptor
@@ -55,6 +55,17 @@ type Plugin struct {
 	client *plugin.Client
 	cmd    *exec.Cmd
 	once   sync.Once
+
+	digestOnce sync.Once
+	digest     string
+}
+
+// Digest is the SHA-256 of the plugin executable (hex), computed on first
+// use: only cache keys need it, and hashing every binary would slow every
+// launch.
+func (p *Plugin) Digest() string {
+	p.digestOnce.Do(func() { p.digest = fileDigest(p.Path) })
+	return p.digest
 }
 
 // Manager owns every plugin process of a run and the private directory
@@ -74,7 +85,7 @@ func New(opts Options) (*Manager, error) {
 		opts.StartTimeout = 10 * time.Second
 	}
 	if opts.StderrLines == 0 {
-		opts.StderrLines = 30
+		opts.StderrLines = 400
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "pipehost", Level: hclog.Off})
@@ -180,11 +191,8 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 		if st := p.ExitStatus(); st != "" {
 			err = fmt.Errorf("%w (%s)", err, st)
 		}
-		return nil, &LaunchError{Path: path, Err: err, Stderr: p.Stderr.Lines()}
+		return nil, &LaunchError{Path: path, Err: err, Stderr: p.Stderr.Excerpt(12)}
 	}
-	digest := make(chan string, 1)
-	go func() { digest <- fileDigest(path) }()
-
 	rpc, err := p.client.Client()
 	remote.Close() // the child has its copy (or never started)
 	if err != nil {
@@ -210,7 +218,6 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 	}
 	p.Stages, p.SDK, p.SDKVersion = resp.GetStages(), resp.GetSdk(), resp.GetSdkVersion()
 	p.LaunchNs = clock.Now() - start
-	p.Digest = <-digest
 	return p, nil
 }
 
@@ -274,6 +281,20 @@ func fileDigest(path string) string {
 
 // Exited reports whether the plugin process has ended.
 func (p *Plugin) Exited() bool { return p.client.Exited() }
+
+// WaitExited waits up to d for the process to be reported gone. A
+// connection lost mid-call usually means the process is dying; waiting a
+// moment lets a failure report say how it ended.
+func (p *Plugin) WaitExited(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !p.client.Exited() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
 
 // ExitStatus describes how the process ended ("exit status 2", "signal:
 // segmentation fault"), or "" while it runs.

@@ -2,7 +2,10 @@ package pluginmgr
 
 import (
 	"bytes"
+	"regexp"
+	"strings"
 	"sync"
+	"time"
 )
 
 // Tail keeps the last lines a plugin wrote to stderr, for failure reports.
@@ -10,7 +13,11 @@ type Tail struct {
 	mu    sync.Mutex
 	lines []string
 	max   int
-	part  []byte
+	// said keeps the recent lines that are not stack frames: a Go crash
+	// dumps hundreds of frame lines after the one line that matters.
+	said []string
+	part []byte
+	last time.Time
 	// OnLine, when set, sees every complete line (the run log uses it).
 	OnLine func(line string)
 }
@@ -22,6 +29,7 @@ func NewTail(max int) *Tail { return &Tail{max: max} }
 func (t *Tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.last = time.Now()
 	data := append(t.part, p...)
 	for {
 		i := bytes.IndexByte(data, '\n')
@@ -54,6 +62,12 @@ func (t *Tail) add(line string) {
 	if len(t.lines) > t.max {
 		t.lines = t.lines[len(t.lines)-t.max:]
 	}
+	if !isFrame(line) {
+		t.said = append(t.said, line)
+		if len(t.said) > 64 {
+			t.said = t.said[len(t.said)-64:]
+		}
+	}
 }
 
 // Lines returns the kept lines, oldest first, including a trailing partial
@@ -66,4 +80,44 @@ func (t *Tail) Lines() []string {
 		out = append(out, string(t.part))
 	}
 	return out
+}
+
+// goFrame matches the lines of a Go stack dump that carry no message:
+// function frames, "goroutine N [...]:" headers and "created by" lines.
+var goFrame = regexp.MustCompile(`^(goroutine \d+ .*:|created by .*|[\w./*()\[\]-]+\(.*\)|\.\.\.additional frames elided\.\.\.|exit status \d+)$`)
+
+// Excerpt returns up to n of the most recent lines that say something:
+// stack frames (tab-indented file lines, Go frame lines, goroutine headers)
+// are left out, so a crash report shows "panic: …" and "[signal SIGSEGV …]"
+// rather than the tail of a goroutine dump.
+func (t *Tail) Excerpt(n int) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := append([]string(nil), t.said...)
+	if len(t.part) > 0 && !isFrame(string(t.part)) {
+		out = append(out, string(t.part))
+	}
+	if len(out) > n {
+		out = out[len(out)-n:]
+	}
+	return out
+}
+
+func isFrame(l string) bool {
+	return strings.HasPrefix(l, "\t") || strings.TrimSpace(l) == "" || goFrame.MatchString(strings.TrimSpace(l))
+}
+
+// Settle waits until nothing has been written for quiet (at most max), so a
+// report made right after a crash includes the crash's own lines.
+func (t *Tail) Settle(quiet, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		t.mu.Lock()
+		idle := time.Since(t.last)
+		t.mu.Unlock()
+		if idle >= quiet {
+			return
+		}
+		time.Sleep(quiet - idle)
+	}
 }

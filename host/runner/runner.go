@@ -121,7 +121,9 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 
 // Run executes the plan.
 func (s *Session) Run(ctx context.Context) *engine.Result {
-	return engine.New(s.Plan, s.Registry, s.Arena, s.opts.Engine).Run(ctx)
+	opts := s.opts.Engine
+	opts.Manager = s.mgr
+	return engine.New(s.Plan, s.Registry, s.Arena, opts).Run(ctx)
 }
 
 // Close stops every plugin, removes their sockets and frees every segment.

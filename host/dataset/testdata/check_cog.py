@@ -103,6 +103,9 @@ def check(case):
                     fail(case, "CRS %s is not a sphere of radius %s" % (c.to_wkt(), crs["radius"]))
                 if c.to_epsg() == 4326:
                     fail(case, "sphere CRS read back as WGS 84")
+                names = (c.name, c.datum.name, e.name)
+                if names != (crs["name"], crs["name"] + " datum", crs["name"]):
+                    fail(case, "CRS, datum and ellipsoid names %s, want %r" % (names, crs["name"]))
             elif crs["kind"] == "wgs84":
                 if c.to_epsg() != 4326:
                     fail(case, "CRS %s is not EPSG:4326" % c.to_wkt())

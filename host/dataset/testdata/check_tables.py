@@ -6,7 +6,6 @@ Geometries are given as coordinates and rebuilt here with shapely, so the compar
 rely on the writer's WKB.
 """
 import json
-import math
 import sys
 
 import geopandas as gpd

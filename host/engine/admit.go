@@ -1,0 +1,116 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/pipehost/pipehost/host/arena"
+	"github.com/pipehost/pipehost/host/plan"
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+	"github.com/pipehost/pipehost/shm"
+)
+
+// outputBytes is what a stage's declared (grid) outputs need.
+func (e *Engine) outputBytes(n *plan.Node) int64 {
+	var total int64
+	for _, op := range n.Desc.GetOutputs() {
+		if op.GetKind() == pb.PortKind_PORT_KIND_GRID {
+			total += e.gridBytes(op)
+		}
+	}
+	return total
+}
+
+func (e *Engine) gridBytes(op *pb.Port) int64 {
+	lv := e.plan.Levels[op.GetLevel()]
+	return int64(lv.GetWidth()) * int64(lv.GetHeight()) * int64(shm.DTypeSize(op.GetDtype()))
+}
+
+// admit waits until the stage's outputs fit the memory budget and allocates
+// them. When nothing is in flight and they still do not fit, waiting would
+// never end: that is an error naming the stage and the sizes.
+func (e *Engine) admit(ctx context.Context, n *plan.Node, r *StageResult) error {
+	need := e.outputBytes(n)
+	for {
+		e.admitMu.Lock()
+		if e.arena.Fits(need) {
+			err := e.allocateOutputs(n, r)
+			if err == nil {
+				e.inFlight++
+			}
+			e.admitMu.Unlock()
+			return err
+		}
+		if e.inFlight == 0 {
+			e.admitMu.Unlock()
+			live, bytes := e.arena.Live()
+			if need > e.arena.Budget() {
+				return fmt.Errorf("its outputs need %s, more than the whole memory budget of %s (raise --mem-budget)", humanBytes(need), humanBytes(e.arena.Budget()))
+			}
+			return fmt.Errorf("its outputs need %s but the memory budget is %s with %s held by %d live segment(s) that only this stage's completion could free",
+				humanBytes(need), humanBytes(e.arena.Budget()), humanBytes(bytes), live)
+		}
+		wake := e.wake
+		e.admitMu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// finished marks an admitted stage done and wakes stages waiting for memory.
+func (e *Engine) finished() {
+	e.admitMu.Lock()
+	e.inFlight--
+	close(e.wake)
+	e.wake = make(chan struct{})
+	e.admitMu.Unlock()
+}
+
+// allocateOutputs creates the stage's grid outputs in the arena.
+func (e *Engine) allocateOutputs(n *plan.Node, r *StageResult) error {
+	r.Outputs = map[string]*Output{}
+	for _, op := range n.Desc.GetOutputs() {
+		if op.GetKind() != pb.PortKind_PORT_KIND_GRID {
+			continue // tables and blobs come back as dynamic outputs
+		}
+		lv := e.plan.Levels[op.GetLevel()]
+		size := uint64(e.gridBytes(op))
+		ent, err := e.arena.Allocate(op.GetName(), n.Name, int64(size), consumerNames(n, op.GetName()), e.keep(n, op.GetName()))
+		if err != nil {
+			e.freeOutputs(r)
+			var be *arena.BudgetError
+			if errors.As(err, &be) {
+				return fmt.Errorf("output %q: %w", op.GetName(), err)
+			}
+			return fmt.Errorf("allocating output %q: %w", op.GetName(), err)
+		}
+		h := shm.GridHandle(ent.ID, size, 0, op.GetDtype(), uint64(lv.GetHeight()), uint64(lv.GetWidth()), op.GetLevel())
+		r.Outputs[op.GetName()] = &Output{Entry: ent, Handle: h}
+	}
+	return nil
+}
+
+// freeOutputs drops a stage's outputs (it failed or never ran).
+func (e *Engine) freeOutputs(r *StageResult) {
+	for _, o := range r.Outputs {
+		_ = e.arena.Free(o.Entry.ID)
+	}
+	r.Outputs = nil
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

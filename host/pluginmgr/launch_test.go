@@ -1,0 +1,102 @@
+package pluginmgr_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/pipehost/pipehost/host/pluginmgr"
+	"github.com/pipehost/pipehost/internal/testbin"
+)
+
+func TestMain(m *testing.M) { testbin.Main(m) }
+
+func TestLaunchDescribeStop(t *testing.T) {
+	dir := testbin.Build(t, "testplugins/go")
+	t.Setenv("TMPDIR", t.TempDir())
+	m, err := pluginmgr.New(pluginmgr.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, err := pluginmgr.Discover([]string{testbin.Copy(t, dir, "source", "transform", "sink")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugins, errs := m.LaunchAll(context.Background(), paths)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	reg, err := pluginmgr.NewRegistry(plugins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"dummy.offset", "dummy.scale", "dummy.sink", "dummy.source"}
+	if got := reg.Kinds(); len(got) != len(want) {
+		t.Fatalf("kinds %v, want %v", got, want)
+	}
+	e, _ := reg.Entry("dummy.offset")
+	if filepath.Base(e.Plugin.Path) != "transform" || e.Plugin.SDK != "go" || len(e.Plugin.Digest()) != 64 {
+		t.Errorf("entry %+v", e.Plugin)
+	}
+	// Two plugins offering one kind is refused.
+	if _, err := pluginmgr.NewRegistry(append(plugins, e.Plugin)); err == nil {
+		t.Error("duplicate kind accepted")
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range plugins {
+		if !p.Exited() {
+			t.Errorf("%s still running after Close", p.Path)
+		}
+	}
+}
+
+// BenchmarkLaunch measures launch → handshake → first Describe reply → stop
+// of one Go plugin.
+func BenchmarkLaunch(b *testing.B) {
+	dir := testbin.Build(b, "testplugins/go")
+	path := filepath.Join(dir, "source")
+	m, err := pluginmgr.New(pluginmgr.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	var launchNs int64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		p, err := m.Launch(context.Background(), path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		launchNs += p.LaunchNs
+		b.StopTimer()
+		p.Stop()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(launchNs)/float64(b.N)/1e6, "ms-to-describe")
+}
+
+// BenchmarkLaunchTen starts ten plugin processes at once, as a run with ten
+// plugin binaries does.
+func BenchmarkLaunchTen(b *testing.B) {
+	dir := testbin.Build(b, "testplugins/go")
+	var paths []string
+	for i := 0; i < 10; i++ {
+		paths = append(paths, filepath.Join(dir, []string{"source", "transform", "sink"}[i%3]))
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		m, err := pluginmgr.New(pluginmgr.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, errs := m.LaunchAll(context.Background(), paths)
+		if len(errs) > 0 {
+			b.Fatal(errs)
+		}
+		b.StopTimer()
+		m.Close()
+		b.StartTimer()
+	}
+}

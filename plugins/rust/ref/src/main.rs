@@ -1,0 +1,109 @@
+//! The reference stages in Rust, `ref.noise-rust` and `ref.blur-rust`
+//! (docs/reference-stage.md): arithmetic specified so that the Go, C++ and
+//! Rust implementations give bit-identical outputs.
+
+use pipehost::topology::Grid as Lattice;
+use pipehost::{serve, DType, Error, ParamSpec, ParamValues, Params, Port, RunContext, Stage};
+
+mod kernels;
+
+struct Noise {
+    octaves: i64,
+    cell: i64,
+}
+
+impl Params for Noise {
+    fn specs() -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::int("octaves").default(4).doc("number of octaves, 1..8"),
+            ParamSpec::int("cell")
+                .default(16)
+                .doc("lattice spacing of octave 0 in cells: a power of two ≥ 2^(octaves-1) dividing width and height"),
+        ]
+    }
+    fn decode(p: &ParamValues) -> Result<Self, Error> {
+        Ok(Noise { octaves: p.get("octaves")?, cell: p.get("cell")? })
+    }
+}
+
+struct Blur {
+    radius: i64,
+}
+
+impl Params for Blur {
+    fn specs() -> Vec<ParamSpec> {
+        vec![ParamSpec::int("radius").default(1).doc("half-width of the box, 0..16")]
+    }
+    fn decode(p: &ParamValues) -> Result<Self, Error> {
+        Ok(Blur { radius: p.get("radius")? })
+    }
+}
+
+fn noise(ctx: &RunContext, p: Noise) -> Result<(), Error> {
+    let mut out = ctx.output::<f32>("out")?;
+    let (w, h) = (out.width(), out.height());
+    let cfg = kernels::NoiseConfig::new(p.octaves, p.cell, w, h)?;
+    let lattices = {
+        let _s = ctx.timed("lattice");
+        kernels::lattices(ctx.seed(), &cfg)
+    };
+    let _s = ctx.timed("fill");
+    let rows = out.rows_mut();
+    for (y, row) in rows.enumerate() {
+        if y % 64 == 0 {
+            ctx.check_cancelled()?;
+            ctx.progress(y as f64 / h as f64, "noise");
+        }
+        kernels::noise_row(&cfg, &lattices, y, row);
+    }
+    ctx.progress(1.0, "noise");
+    Ok(())
+}
+
+fn blur(ctx: &RunContext, p: Blur) -> Result<(), Error> {
+    if !(0..=16).contains(&p.radius) {
+        return Err(Error::param("radius", format!("{} is out of range 0..16", p.radius)));
+    }
+    let input = ctx.input::<f32>("in")?;
+    let mut out = ctx.output::<f32>("out")?;
+    let topo = ctx.topology()?;
+    let grid: Lattice = *topo.grid();
+    if (input.width(), input.height()) != (grid.width(), grid.height())
+        || (out.width(), out.height()) != (grid.width(), grid.height())
+    {
+        return Err(Error::new(format!(
+            "grid sizes differ: input {}x{}, output {}x{}, topology {}x{}",
+            input.width(),
+            input.height(),
+            out.width(),
+            out.height(),
+            grid.width(),
+            grid.height()
+        )));
+    }
+    let _s = ctx.timed("blur");
+    let h = grid.height();
+    for (y, row) in out.rows_mut().enumerate() {
+        if y % 64 == 0 {
+            ctx.check_cancelled()?;
+            ctx.progress(y as f64 / h as f64, "blur");
+        }
+        kernels::blur_row(&grid, input.data(), p.radius as usize, y, row);
+    }
+    ctx.progress(1.0, "blur");
+    Ok(())
+}
+
+fn main() {
+    serve(vec![
+        Stage::new("ref.noise-rust", "1.0.0", noise)
+            .doc("Integer value noise (docs/reference-stage.md), bit-identical with ref.noise-go and ref.noise-cpp.")
+            .output(Port::grid("out", DType::F32))
+            .concurrent(true),
+        Stage::new("ref.blur-rust", "1.0.0", blur)
+            .doc("Box blur that respects the topology (docs/reference-stage.md), bit-identical with ref.blur-go and ref.blur-cpp.")
+            .input(Port::grid("in", DType::F32))
+            .output(Port::grid("out", DType::F32))
+            .concurrent(true),
+    ])
+}

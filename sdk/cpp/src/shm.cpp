@@ -1,0 +1,549 @@
+#include "shm.hpp"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/memfd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "pipehost/error.hpp"
+
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020
+#endif
+
+namespace pipehost::detail {
+
+namespace {
+
+constexpr int kSizeSeals = F_SEAL_SHRINK | F_SEAL_GROW;
+
+std::string errstr(int e) { return std::string(strerror(e)); }
+
+int memfd(const std::string& name) {
+  std::string n = name.substr(0, 249);
+  if (n.empty() || n.find('\0') != std::string::npos) n = "pipehost";
+  const unsigned flags = MFD_CLOEXEC | MFD_ALLOW_SEALING;
+  int fd = static_cast<int>(::syscall(SYS_memfd_create, n.c_str(), flags | MFD_NOEXEC_SEAL));
+  if (fd < 0 && errno == EINVAL) {
+    // Kernels before 6.3 do not know MFD_NOEXEC_SEAL.
+    fd = static_cast<int>(::syscall(SYS_memfd_create, n.c_str(), flags));
+  }
+  if (fd < 0) throw Error("create segment \"" + name + "\": memfd_create: " + errstr(errno));
+  return fd;
+}
+
+void put16(uint8_t* p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+}
+void put32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+void put64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint16_t get16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+uint32_t get32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+uint64_t get64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+std::string hex(uint64_t v) {
+  std::ostringstream o;
+  o << "0x" << std::hex << v;
+  return o.str();
+}
+
+}  // namespace
+
+int64_t now_ns() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+void UniqueFd::reset(int fd) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+std::string seal_string(int seals) {
+  static const std::pair<int, const char*> names[] = {
+      {F_SEAL_SEAL, "seal"},   {F_SEAL_SHRINK, "shrink"},           {F_SEAL_GROW, "grow"},
+      {F_SEAL_WRITE, "write"}, {F_SEAL_FUTURE_WRITE, "future-write"}, {F_SEAL_EXEC, "exec"}};
+  std::string out;
+  for (const auto& [bit, name] : names) {
+    if (seals & bit) {
+      if (!out.empty()) out += ',';
+      out += name;
+      seals &= ~bit;
+    }
+  }
+  if (seals != 0) {
+    if (!out.empty()) out += ',';
+    out += hex(static_cast<uint64_t>(seals));
+  }
+  return out.empty() ? "none" : out;
+}
+
+// --- Segment ---------------------------------------------------------------------------
+
+Segment Segment::create(const std::string& name, uint64_t size) {
+  if (size > static_cast<uint64_t>(INT64_MAX)) throw Error("create segment \"" + name + "\": size too large");
+  UniqueFd fd(memfd(name));
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    throw Error("create segment \"" + name + "\": ftruncate to " + std::to_string(size) + " bytes: " + errstr(errno));
+  }
+  if (::fcntl(fd.get(), F_ADD_SEALS, kSizeSeals) != 0) {
+    throw Error("create segment \"" + name + "\": sealing its size: " + errstr(errno));
+  }
+  return Segment(std::move(fd), size, name);
+}
+
+Segment Segment::create_growable(const std::string& name) { return Segment(UniqueFd(memfd(name)), 0, name); }
+
+Segment Segment::open(UniqueFd fd) {
+  const std::string what = "open segment fd " + std::to_string(fd.get());
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) throw Error(what + ": fstat: " + errstr(errno));
+  if (!S_ISREG(st.st_mode)) throw Error(what + ": not a memfd (not a regular file)");
+  const int seals = ::fcntl(fd.get(), F_GET_SEALS);
+  if (seals < 0) throw Error(what + ": not a sealable memfd (F_GET_SEALS: " + errstr(errno) + ")");
+  if ((seals & kSizeSeals) != kSizeSeals) {
+    throw Error(what + ": size is not sealed (seals " + seal_string(seals) + "; need shrink,grow)");
+  }
+  std::string name = "fd " + std::to_string(fd.get());
+  char link[512];
+  const std::string proc = "/proc/self/fd/" + std::to_string(fd.get());
+  const ssize_t n = ::readlink(proc.c_str(), link, sizeof link - 1);
+  if (n > 0) {
+    std::string l(link, static_cast<size_t>(n));
+    if (l.rfind("/memfd:", 0) == 0) {
+      l = l.substr(7);
+      const std::string del = " (deleted)";
+      if (l.size() >= del.size() && l.compare(l.size() - del.size(), del.size(), del) == 0) {
+        l.resize(l.size() - del.size());
+      }
+      name = l;
+    }
+  }
+  return Segment(std::move(fd), static_cast<uint64_t>(st.st_size), name);
+}
+
+int Segment::seals() const {
+  const int s = ::fcntl(fd_.get(), F_GET_SEALS);
+  if (s < 0) throw Error("segment \"" + name_ + "\": F_GET_SEALS: " + errstr(errno));
+  return s;
+}
+
+bool Segment::write_sealed() const { return (seals() & F_SEAL_WRITE) != 0; }
+
+void Segment::seal_size() {
+  struct stat st;
+  if (::fstat(fd_.get(), &st) != 0) throw Error("segment \"" + name_ + "\": fstat: " + errstr(errno));
+  if (::fcntl(fd_.get(), F_ADD_SEALS, kSizeSeals) != 0) {
+    throw Error("segment \"" + name_ + "\": sealing its size: " + errstr(errno));
+  }
+  size_ = static_cast<uint64_t>(st.st_size);
+}
+
+void Segment::seal_write() {
+  const int s = seals();
+  if (s & F_SEAL_WRITE) return;
+  if (s & F_SEAL_SEAL) {
+    throw Error("seal segment \"" + name_ + "\": its seals are frozen without F_SEAL_WRITE (seals " + seal_string(s) +
+                ")");
+  }
+  if (::fcntl(fd_.get(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
+    const int e = errno;
+    if (e == EBUSY) {
+      throw Error("seal segment \"" + name_ + "\": a writable shared mapping of the segment still exists");
+    }
+    throw Error("seal segment \"" + name_ + "\": F_ADD_SEALS: " + errstr(e));
+  }
+}
+
+// --- Mapping ---------------------------------------------------------------------------
+
+bool shmem_thp_allows(const std::string& s) {
+  const auto open = s.find('[');
+  if (open == std::string::npos) return false;
+  const auto close = s.find(']', open);
+  if (close == std::string::npos) return false;
+  const std::string mode = s.substr(open + 1, close - open - 1);
+  return mode == "always" || mode == "within_size" || mode == "advise" || mode == "force";
+}
+
+bool huge_pages_enabled() {
+  static const bool enabled = [] {
+    std::ifstream f("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return shmem_thp_allows(ss.str());
+  }();
+  return enabled;
+}
+
+Mapping Mapping::map_rw(const Segment& seg) {
+  if (seg.write_sealed()) {
+    throw Error("map segment \"" + seg.name() + "\" read-write: it is write-sealed; map it read-only");
+  }
+  if (seg.size() == 0) return Mapping(nullptr, 0, true);
+  void* p = ::mmap(nullptr, seg.size(), PROT_READ | PROT_WRITE, MAP_SHARED, seg.fd(), 0);
+  if (p == MAP_FAILED) {
+    throw Error("map segment \"" + seg.name() + "\" read-write (" + std::to_string(seg.size()) +
+                " bytes): " + errstr(errno));
+  }
+  if (huge_pages_enabled()) ::madvise(p, seg.size(), MADV_HUGEPAGE);  // advice only
+  return Mapping(static_cast<uint8_t*>(p), seg.size(), true);
+}
+
+Mapping Mapping::map_ro(const Segment& seg) {
+  const int s = seg.seals();
+  if (!(s & F_SEAL_WRITE)) {
+    throw Error("map segment \"" + seg.name() + "\" read-only: segment is not write-sealed (seals " + seal_string(s) +
+                ")");
+  }
+  if (seg.size() == 0) return Mapping(nullptr, 0, false);
+  void* p = ::mmap(nullptr, seg.size(), PROT_READ, MAP_SHARED, seg.fd(), 0);
+  if (p == MAP_FAILED) {
+    throw Error("map segment \"" + seg.name() + "\" read-only (" + std::to_string(seg.size()) + " bytes): " +
+                errstr(errno));
+  }
+  return Mapping(static_cast<uint8_t*>(p), seg.size(), false);
+}
+
+Mapping::Mapping(Mapping&& o) noexcept : data_(o.data_), size_(o.size_), writable_(o.writable_) {
+  o.data_ = nullptr;
+  o.size_ = 0;
+}
+
+Mapping& Mapping::operator=(Mapping&& o) noexcept {
+  if (this != &o) {
+    if (data_) ::munmap(data_, size_);
+    data_ = o.data_;
+    size_ = o.size_;
+    writable_ = o.writable_;
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+Mapping::~Mapping() {
+  if (data_) ::munmap(data_, size_);
+}
+
+void Mapping::unmap() {
+  if (!data_) return;
+  uint8_t* p = data_;
+  data_ = nullptr;
+  if (::munmap(p, size_) != 0) throw Error("unmap segment: " + errstr(errno));
+}
+
+// --- fd channel --------------------------------------------------------------------------
+
+const char* msg_type_name(uint16_t t) {
+  switch (t) {
+    case 1: return "SEGMENT";
+    case 2: return "ADOPT";
+    case 3: return "CLOSE";
+  }
+  return "unknown";
+}
+
+std::array<uint8_t, kHeaderSize> encode_header(const Message& m) {
+  std::array<uint8_t, kHeaderSize> b{};
+  put32(&b[0], kMagic);
+  put16(&b[4], kVersion);
+  put16(&b[6], static_cast<uint16_t>(m.type));
+  put64(&b[8], m.token);
+  put64(&b[16], m.segment_id);
+  put64(&b[24], m.size);
+  return b;
+}
+
+std::string check_token(const Message& m) {
+  switch (m.type) {
+    case MsgType::Segment:
+      if (m.token == 0 || (m.token & kPluginTokenBit)) {
+        return "SEGMENT token " + hex(m.token) + " is not a host token (1 ≤ token < 2^63)";
+      }
+      return "";
+    case MsgType::Adopt:
+      if (!(m.token & kPluginTokenBit)) return "ADOPT token " + hex(m.token) + " is not a plugin token (top bit set)";
+      return "";
+    case MsgType::Close: return "";
+  }
+  return "unknown message type " + std::to_string(static_cast<uint16_t>(m.type));
+}
+
+bool decode_header(const uint8_t* b, size_t n, Message& out, std::string& why) {
+  if (n != kHeaderSize) {
+    why = "message is " + std::to_string(n) + " bytes, want 32";
+    return false;
+  }
+  if (const uint32_t mg = get32(b); mg != kMagic) {
+    why = "bad magic " + hex(mg) + ", want 0x44464850 (\"PHFD\")";
+    return false;
+  }
+  if (const uint16_t v = get16(b + 4); v != kVersion) {
+    why = "header version " + std::to_string(v) + ", this side speaks 1";
+    return false;
+  }
+  const uint16_t t = get16(b + 6);
+  if (t < 1 || t > 3) {
+    why = "unknown message type " + std::to_string(t);
+    return false;
+  }
+  Message m;
+  m.type = static_cast<MsgType>(t);
+  m.token = get64(b + 8);
+  m.segment_id = get64(b + 16);
+  m.size = get64(b + 24);
+  why = check_token(m);
+  if (!why.empty()) return false;
+  out = m;
+  return true;
+}
+
+uint64_t next_plugin_token() {
+  static std::atomic<uint64_t> counter{0};
+  return kPluginTokenBit | (counter.fetch_add(1) + 1);
+}
+
+std::unique_ptr<FdChannel> FdChannel::from_env() {
+  const char* v = ::getenv(kEnvFdChannel);
+  if (v == nullptr) {
+    throw Error(std::string("fd channel: ") + kEnvFdChannel +
+                " is not set; this program is a pipehost plugin and must be started by pipehost");
+  }
+  char* end = nullptr;
+  errno = 0;
+  const long fd = ::strtol(v, &end, 10);
+  if (*v == '\0' || *end != '\0' || errno != 0 || fd < 0 || fd > INT32_MAX) {
+    throw Error(std::string("fd channel: ") + kEnvFdChannel + "=\"" + v + "\" is not an fd number");
+  }
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+    throw Error("fd channel: fd " + std::to_string(fd) + " from " + kEnvFdChannel + " is not a socket: " +
+                errstr(errno));
+  }
+  if (type != SOCK_SEQPACKET) {
+    throw Error("fd channel: fd " + std::to_string(fd) + " from " + kEnvFdChannel + " is a socket of type " +
+                std::to_string(type) + ", want SOCK_SEQPACKET");
+  }
+  ::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC);
+  const int fl = ::fcntl(static_cast<int>(fd), F_GETFL);
+  if (fl >= 0 && (fl & O_NONBLOCK)) ::fcntl(static_cast<int>(fd), F_SETFL, fl & ~O_NONBLOCK);
+  ::unsetenv(kEnvFdChannel);
+  return std::make_unique<FdChannel>(UniqueFd(static_cast<int>(fd)));
+}
+
+void FdChannel::send(const Message& m, int fd) {
+  const std::string bad = check_token(m);
+  if (!bad.empty()) throw Error("fd channel: " + bad);
+  const bool wants_fd = m.type == MsgType::Segment || m.type == MsgType::Adopt;
+  if (wants_fd != (fd >= 0)) {
+    throw Error(std::string("fd channel: ") + msg_type_name(static_cast<uint16_t>(m.type)) +
+                (fd >= 0 ? " message must not carry an fd" : " message needs an fd"));
+  }
+  auto hdr = encode_header(m);
+  struct iovec iov;
+  iov.iov_base = hdr.data();
+  iov.iov_len = hdr.size();
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))];
+  if (fd >= 0) {
+    memset(ctrl, 0, sizeof ctrl);
+    msg.msg_control = ctrl;
+    msg.msg_controllen = sizeof ctrl;
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  }
+  std::lock_guard<std::mutex> lock(send_mu_);
+  for (;;) {
+    const ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+    if (n == static_cast<ssize_t>(kHeaderSize)) return;
+    if (n < 0 && errno == EINTR) continue;
+    const int e = errno;
+    throw Error(std::string("fd channel: send ") + msg_type_name(static_cast<uint16_t>(m.type)) + " token " +
+                hex(m.token) + ": " + (n < 0 ? errstr(e) : "short write"));
+  }
+}
+
+FdChannel::Received FdChannel::recv() {
+  Received r;
+  uint8_t buf[kHeaderSize];
+  alignas(struct cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  struct iovec iov;
+  iov.iov_base = buf;
+  iov.iov_len = sizeof buf;
+  struct msghdr msg;
+  ssize_t n;
+  for (;;) {
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl;
+    msg.msg_controllen = sizeof ctrl;
+    n = ::recvmsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC);
+    if (n >= 0 || errno != EINTR) break;
+  }
+  if (n < 0) {
+    r.status = Status::Error;
+    r.error = "fd channel: receive: " + errstr(errno);
+    return r;
+  }
+  // Collect every fd first, so that a rejected message leaks none.
+  std::vector<UniqueFd> fds;
+  bool odd_cmsg = false;
+  if (msg.msg_controllen > 0) {
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
+        odd_cmsg = true;
+        continue;
+      }
+      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds.emplace_back(fd);
+      }
+    }
+  }
+  auto fail = [&](std::string why) {
+    r.status = Status::Protocol;
+    r.error = "fd channel protocol violation: " + why;
+    return std::move(r);
+  };
+  if (n == 0 && msg.msg_controllen == 0 && !(msg.msg_flags & MSG_TRUNC)) {
+    r.status = Status::Eof;
+    return r;
+  }
+  if (odd_cmsg) return fail("unexpected control message");
+  if (msg.msg_flags & MSG_CTRUNC) {
+    return fail("control data truncated (more than 16 fds, or the fd limit is reached)");
+  }
+  if (msg.msg_flags & MSG_TRUNC) return fail("message longer than 32 bytes");
+  Message m;
+  std::string why;
+  if (!decode_header(buf, static_cast<size_t>(n), m, why)) return fail(why);
+  const size_t want = (m.type == MsgType::Segment || m.type == MsgType::Adopt) ? 1 : 0;
+  if (fds.size() != want) {
+    return fail(std::string(msg_type_name(static_cast<uint16_t>(m.type))) + " message for token " + hex(m.token) +
+                " carries " + std::to_string(fds.size()) + " fds, want " + std::to_string(want));
+  }
+  r.status = Status::Ok;
+  r.msg = m;
+  if (want == 1) r.fd = std::move(fds[0]);
+  return r;
+}
+
+// --- Mailbox -------------------------------------------------------------------------------
+
+Mailbox::Mailbox(FdChannel& ch, OnEnd on_end) : ch_(ch), on_end_(std::move(on_end)) {
+  thread_ = std::thread([this] { loop(); });
+}
+
+Mailbox::~Mailbox() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  // Wakes the reader: its recvmsg returns 0.
+  ::shutdown(ch_.fd(), SHUT_RD);
+  if (thread_.joinable()) thread_.join();
+}
+
+void Mailbox::finish(End why, const std::string& msg) {
+  bool call;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (end_ == End::None) {
+      end_ = why;
+      err_ = msg;
+    }
+    call = !stopping_;
+  }
+  cv_.notify_all();
+  if (call && on_end_) on_end_(why, msg);
+}
+
+void Mailbox::loop() {
+  for (;;) {
+    FdChannel::Received r = ch_.recv();
+    switch (r.status) {
+      case FdChannel::Status::Eof: return finish(End::Eof, "fd channel: peer is gone (EOF)");
+      case FdChannel::Status::Protocol: return finish(End::Protocol, r.error);
+      case FdChannel::Status::Error: return finish(End::Error, r.error);
+      case FdChannel::Status::Ok: break;
+    }
+    if (r.msg.type == MsgType::Close) return finish(End::Closed, "fd channel: peer closed the channel cleanly");
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (pending_.count(r.msg.token) == 0) {
+        pending_.emplace(r.msg.token, std::make_pair(r.msg, std::move(r.fd)));
+        cv_.notify_all();
+        continue;
+      }
+    }
+    return finish(End::Protocol, "fd channel protocol violation: token " + hex(r.msg.token) + " received twice");
+  }
+}
+
+std::pair<Message, UniqueFd> Mailbox::take(uint64_t token, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    auto it = pending_.find(token);
+    if (it != pending_.end()) {
+      auto out = std::move(it->second);
+      pending_.erase(it);
+      return out;
+    }
+    if (end_ != End::None) throw Error("fd channel: token " + hex(token) + " never arrived: " + err_);
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && pending_.count(token) == 0) {
+      throw Error("fd channel: waiting for token " + hex(token) + ": no fd arrived within " +
+                  std::to_string(timeout.count()) + " ms");
+    }
+  }
+}
+
+Mailbox::End Mailbox::ended() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return end_;
+}
+
+}  // namespace pipehost::detail

@@ -1,0 +1,293 @@
+//! Typed stage parameters: a stage declares [`ParamSpec`]s (type, default,
+//! doc) and decodes the host's values into its own struct through
+//! [`Params`]. Ints and floats stay apart on the wire so every SDK decodes
+//! them alike; a float parameter also accepts an integer value.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::pb;
+use crate::Error;
+
+/// A parameter's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamType {
+    Bool,
+    Int,
+    Float,
+    String,
+}
+
+impl ParamType {
+    fn to_proto(self) -> pb::ParamType {
+        match self {
+            ParamType::Bool => pb::ParamType::Bool,
+            ParamType::Int => pb::ParamType::Int,
+            ParamType::Float => pb::ParamType::Float,
+            ParamType::String => pb::ParamType::String,
+        }
+    }
+}
+
+/// A parameter value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "boolean {b}"),
+            Value::Int(i) => write!(f, "integer {i}"),
+            Value::Float(x) => write!(f, "float {x}"),
+            Value::String(s) => write!(f, "string {s:?}"),
+        }
+    }
+}
+
+impl Value {
+    pub(crate) fn from_proto(v: &pb::Value) -> Option<Value> {
+        use pb::value::Kind;
+        Some(match v.kind.as_ref()? {
+            Kind::BoolValue(b) => Value::Bool(*b),
+            Kind::IntValue(i) => Value::Int(*i),
+            Kind::FloatValue(x) => Value::Float(*x),
+            Kind::StringValue(s) => Value::String(s.clone()),
+        })
+    }
+
+    pub(crate) fn to_proto(&self) -> pb::Value {
+        use pb::value::Kind;
+        pb::Value {
+            kind: Some(match self {
+                Value::Bool(b) => Kind::BoolValue(*b),
+                Value::Int(i) => Kind::IntValue(*i),
+                Value::Float(x) => Kind::FloatValue(*x),
+                Value::String(s) => Kind::StringValue(s.clone()),
+            }),
+        }
+    }
+}
+
+impl From<bool> for Value {
+    fn from(v: bool) -> Value {
+        Value::Bool(v)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Value {
+        Value::Int(v)
+    }
+}
+impl From<i32> for Value {
+    fn from(v: i32) -> Value {
+        Value::Int(v.into())
+    }
+}
+impl From<u32> for Value {
+    fn from(v: u32) -> Value {
+        Value::Int(v.into())
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Value {
+        Value::Float(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::String(v.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::String(v)
+    }
+}
+
+/// The declaration of one parameter. Without a default it is required.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    name: String,
+    ty: ParamType,
+    default: Option<Value>,
+    doc: String,
+}
+
+impl ParamSpec {
+    fn new(name: &str, ty: ParamType) -> ParamSpec {
+        assert!(!name.is_empty(), "pipehost: a parameter has an empty name");
+        ParamSpec { name: name.to_string(), ty, default: None, doc: String::new() }
+    }
+    /// A boolean parameter.
+    pub fn bool(name: &str) -> ParamSpec {
+        ParamSpec::new(name, ParamType::Bool)
+    }
+    /// An integer parameter (i64 on the wire).
+    pub fn int(name: &str) -> ParamSpec {
+        ParamSpec::new(name, ParamType::Int)
+    }
+    /// A float parameter (f64 on the wire).
+    pub fn float(name: &str) -> ParamSpec {
+        ParamSpec::new(name, ParamType::Float)
+    }
+    /// A string parameter.
+    pub fn string(name: &str) -> ParamSpec {
+        ParamSpec::new(name, ParamType::String)
+    }
+
+    /// Sets the default, which makes the parameter optional.
+    ///
+    /// # Panics
+    /// If the value does not have the parameter's type (an integer default
+    /// for a float parameter is converted).
+    pub fn default(mut self, v: impl Into<Value>) -> ParamSpec {
+        let v = match (self.ty, v.into()) {
+            (ParamType::Float, Value::Int(i)) => Value::Float(i as f64),
+            (ParamType::Bool, v @ Value::Bool(_))
+            | (ParamType::Int, v @ Value::Int(_))
+            | (ParamType::Float, v @ Value::Float(_))
+            | (ParamType::String, v @ Value::String(_)) => v,
+            (t, v) => panic!("pipehost: param {:?} is {t:?} but its default is {v}", self.name),
+        };
+        self.default = Some(v);
+        self
+    }
+
+    /// Documentation shown by `pipehost plugins`.
+    pub fn doc(mut self, doc: &str) -> ParamSpec {
+        self.doc = doc.to_string();
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn param_type(&self) -> ParamType {
+        self.ty
+    }
+    pub fn default_value(&self) -> Option<&Value> {
+        self.default.as_ref()
+    }
+
+    pub(crate) fn to_proto(&self) -> pb::ParamSpec {
+        pb::ParamSpec {
+            name: self.name.clone(),
+            r#type: self.ty.to_proto() as i32,
+            default: self.default.as_ref().map(Value::to_proto),
+            doc: self.doc.clone(),
+        }
+    }
+}
+
+/// A stage's parameter struct: its declarations and how to read it from the
+/// values of a run.
+pub trait Params: Sized + Send + 'static {
+    /// The parameters the stage declares, in order.
+    fn specs() -> Vec<ParamSpec>;
+    /// Reads the struct; [`ParamValues::get`] fills in defaults and checks types.
+    fn decode(values: &ParamValues<'_>) -> Result<Self, Error>;
+}
+
+/// No parameters.
+impl Params for () {
+    fn specs() -> Vec<ParamSpec> {
+        Vec::new()
+    }
+    fn decode(_: &ParamValues<'_>) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// The parameter values of one run, with the stage's declarations.
+pub struct ParamValues<'a> {
+    values: &'a HashMap<String, pb::Value>,
+    specs: &'a [ParamSpec],
+}
+
+impl<'a> ParamValues<'a> {
+    pub fn new(values: &'a HashMap<String, pb::Value>, specs: &'a [ParamSpec]) -> ParamValues<'a> {
+        ParamValues { values, specs }
+    }
+
+    /// The value of parameter `name`, its default when the run has none.
+    pub fn value(&self, name: &str) -> Result<Value, Error> {
+        let spec = self
+            .specs
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::param(name, "is not declared by the stage (add a ParamSpec)"))?;
+        match self.values.get(name) {
+            Some(v) => Value::from_proto(v).ok_or_else(|| Error::param(name, "has no value")),
+            None => spec.default.clone().ok_or_else(|| Error::param(name, "is required")),
+        }
+    }
+
+    /// The value of parameter `name` as a Rust type: `bool`, `i64`, `i32`,
+    /// `u32`, `u64`, `usize`, `f64`, `f32` or `String`.
+    pub fn get<T: FromValue>(&self, name: &str) -> Result<T, Error> {
+        T::from_value(self.value(name)?).map_err(|e| Error::param(name, e))
+    }
+}
+
+/// Rust types a parameter value converts to; the error says why not.
+pub trait FromValue: Sized {
+    fn from_value(v: Value) -> Result<Self, String>;
+}
+
+impl FromValue for bool {
+    fn from_value(v: Value) -> Result<bool, String> {
+        match v {
+            Value::Bool(b) => Ok(b),
+            v => Err(format!("expected a boolean, got {v}")),
+        }
+    }
+}
+
+impl FromValue for String {
+    fn from_value(v: Value) -> Result<String, String> {
+        match v {
+            Value::String(s) => Ok(s),
+            v => Err(format!("expected a string, got {v}")),
+        }
+    }
+}
+
+impl FromValue for f64 {
+    fn from_value(v: Value) -> Result<f64, String> {
+        match v {
+            Value::Float(x) => Ok(x),
+            Value::Int(i) => Ok(i as f64),
+            v => Err(format!("expected a number, got {v}")),
+        }
+    }
+}
+
+impl FromValue for f32 {
+    fn from_value(v: Value) -> Result<f32, String> {
+        let x = f64::from_value(v)?;
+        if x.is_finite() && x.abs() > f64::from(f32::MAX) {
+            return Err(format!("{x} does not fit in f32"));
+        }
+        Ok(x as f32)
+    }
+}
+
+macro_rules! from_int {
+    ($($t:ty),*) => {$(
+        impl FromValue for $t {
+            fn from_value(v: Value) -> Result<$t, String> {
+                match v {
+                    Value::Int(i) => <$t>::try_from(i)
+                        .map_err(|_| format!("{i} does not fit in {}", stringify!($t))),
+                    v => Err(format!("expected an integer, got {v}")),
+                }
+            }
+        }
+    )*};
+}
+from_int!(i64, i32, i16, i8, u64, u32, u16, u8, usize, isize);

@@ -1,0 +1,378 @@
+//! The plugin process: go-plugin handshake, the gRPC services, the fd
+//! channel, and running stages on their own threads.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{UnboundedReceiverStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::context::{DataPlane, EventSink, RunContext, RunData, FD_WAIT};
+use crate::goplugin;
+use crate::params::ParamValues;
+use crate::pb;
+use crate::shm::{Channel, ChannelEnd, Mailbox, ENV_FD_CHANNEL};
+use crate::{log, Error, ErrorKind, Stage};
+
+/// The go-plugin handshake cookie: it tells a program started by hand that
+/// it is not being run by pipehost. Not a security measure.
+const COOKIE_KEY: &str = "PIPEHOST_PLUGIN_COOKIE";
+const COOKIE_VALUE: &str = "8f3c1e2a-pipehost-stage-plugin-v1";
+/// go-plugin's core protocol version and pipehost's application version.
+const CORE_PROTOCOL_VERSION: u32 = 1;
+const APP_PROTOCOL_VERSION: u32 = 1;
+/// The additive revision of pipehost.v1 exchanged in Describe.
+const PROTOCOL_REVISION: u32 = 1;
+/// gRPC's 4 MiB default receive limit, raised like the Go SDK's.
+const MAX_RECV: usize = 64 << 20;
+
+static SOCKET_PATH: OnceLock<PathBuf> = OnceLock::new();
+
+/// Leaves the process at once: removes the socket file and `_exit`s,
+/// without unwinding or waiting for any thread.
+fn exit_now(code: i32) -> ! {
+    if let Some(p) = SOCKET_PATH.get() {
+        let _ = std::fs::remove_file(p);
+    }
+    // SAFETY: _exit ends the process; nothing runs after it.
+    unsafe { libc::_exit(code) }
+}
+
+fn fail_start(msg: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "pipehost plugin: {msg}");
+    std::process::exit(1)
+}
+
+/// Runs the plugin until the host stops it; never returns. Call it from
+/// `main` with every stage kind the executable offers.
+///
+/// Started by hand (without the host's handshake cookie) it explains what it
+/// is on stderr and exits with status 1.
+pub fn serve(stages: Vec<Stage>) -> ! {
+    let mut by_kind = HashMap::new();
+    if stages.is_empty() {
+        fail_start("serve was called with no stages");
+    }
+    for s in &stages {
+        if by_kind.insert(s.kind().to_string(), s.clone()).is_some() {
+            fail_start(&format!("stage kind {:?} is registered twice", s.kind()));
+        }
+    }
+    let kinds: Vec<&str> = stages.iter().map(Stage::kind).collect();
+
+    if std::env::var(COOKIE_KEY).ok().as_deref() != Some(COOKIE_VALUE) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "This program is a pipehost stage plugin (it offers {}). It is not meant to be run \
+             by hand: pipehost starts it, talks to it over a private socket and hands it shared \
+             memory, so on its own it has nothing to do. Put it in a plugin directory (bin/plugins, \
+             a --plugin-dir or a directory in PIPEHOST_PLUGIN_PATH) and run a pipeline with \
+             `pipehost run CONFIG`; `pipehost plugins` lists the stages it offers.",
+            kinds.join(", ")
+        );
+        std::process::exit(1);
+    }
+    if std::env::var_os("PLUGIN_CLIENT_CERT").is_some() {
+        fail_start(
+            "the host asked for mutual TLS (PLUGIN_CLIENT_CERT is set), which pipehost plugins do \
+             not support: they listen on a unix socket in a private directory instead",
+        );
+    }
+    if let Ok(v) = std::env::var("PLUGIN_PROTOCOL_VERSIONS") {
+        let ok = v.split(',').any(|s| s.trim().parse::<u32>() == Ok(APP_PROTOCOL_VERSION));
+        if !ok {
+            fail_start(&format!(
+                "the host speaks plugin protocol versions {v:?}; this plugin speaks {APP_PROTOCOL_VERSION}: \
+                 rebuild it against a matching SDK"
+            ));
+        }
+    }
+
+    // Still single-threaded: safe to edit the environment.
+    let channel = Channel::from_env().unwrap_or_else(|e| fail_start(&e.to_string()));
+    std::env::remove_var(ENV_FD_CHANNEL);
+    let channel = Arc::new(channel);
+
+    let dir = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let (listener, path) = bind_socket(&dir).unwrap_or_else(|e| fail_start(&e.to_string()));
+    let _ = SOCKET_PATH.set(path.clone());
+
+    // The host's end closing (EOF) means the host is gone: nobody will read
+    // our results, so leave at once. CLOSE is a clean stop.
+    let mailbox = Mailbox::start(channel.clone(), |end| match end {
+        ChannelEnd::Closed => exit_now(0),
+        ChannelEnd::Gone => {
+            log::error("host is gone (fd channel EOF); exiting");
+            exit_now(3)
+        }
+        ChannelEnd::Broken(why) => {
+            log::error(&format!("fd channel: {why}; exiting"));
+            exit_now(3)
+        }
+    });
+    let plugin = Arc::new(Plugin {
+        stages: by_kind,
+        order: stages,
+        plane: Some(Arc::new(DataPlane::new(channel, mailbox))),
+        active: Mutex::new(0),
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail_start(&format!("starting the runtime: {e}")));
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::from_std(listener)
+            .unwrap_or_else(|e| fail_start(&format!("socket {}: {e}", path.display())));
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        health.set_service_status("plugin", tonic_health::ServingStatus::Serving).await;
+
+        // The handshake line is the first and only thing on stdout.
+        let line = format!(
+            "{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|unix|{}|grpc\n",
+            path.display()
+        );
+        let mut out = std::io::stdout().lock();
+        if out.write_all(line.as_bytes()).and_then(|_| out.flush()).is_err() {
+            exit_now(1);
+        }
+        drop(out);
+        // From here on stray prints go to stderr, never into the protocol.
+        // SAFETY: dup2 on the standard descriptors.
+        unsafe { libc::dup2(2, 1) };
+
+        let stage_svc = pb::stage_server::StageServer::new(StageService(plugin))
+            .max_decoding_message_size(MAX_RECV)
+            .max_encoding_message_size(usize::MAX);
+        let result = tonic::transport::Server::builder()
+            .add_service(health_svc)
+            .add_service(stage_svc)
+            .add_service(goplugin::grpc_controller_server::GrpcControllerServer::new(Controller))
+            .add_service(goplugin::grpc_stdio_server::GrpcStdioServer::new(Stdio))
+            .serve_with_incoming(UnixListenerStream::new(listener))
+            .await;
+        if let Err(e) = result {
+            log::error(&format!("gRPC server: {e}"));
+            exit_now(1);
+        }
+        exit_now(0)
+    })
+}
+
+/// Listens on a fresh socket in `dir`.
+fn bind_socket(dir: &Path) -> Result<(StdUnixListener, PathBuf), Error> {
+    let pid = std::process::id();
+    for attempt in 0..100u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = dir.join(format!("plugin{pid}-{:08x}", nanos.wrapping_add(attempt)));
+        match StdUnixListener::bind(&path) {
+            Ok(l) => {
+                l.set_nonblocking(true)
+                    .map_err(|e| Error::new(format!("socket {}: {e}", path.display())))?;
+                return Ok((l, path));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(Error::new(format!("listening on {}: {e}", path.display()))),
+        }
+    }
+    Err(Error::new(format!("no free socket name in {}", dir.display())))
+}
+
+pub(crate) struct Plugin {
+    stages: HashMap<String, Stage>,
+    order: Vec<Stage>,
+    plane: Option<Arc<DataPlane>>,
+    /// Runs in progress; the first one resets the peak RSS.
+    active: Mutex<u32>,
+}
+
+impl Plugin {
+    /// Marks a run active; reports whether another one already was.
+    fn enter(&self) -> bool {
+        let mut n = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        *n += 1;
+        if *n == 1 {
+            reset_peak_rss();
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Marks a run done; reports whether another one is still active.
+    fn leave(&self) -> bool {
+        let mut n = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        *n > 0
+    }
+
+    /// Executes one run on the calling (blocking) thread: binds its buffers,
+    /// runs the stage, unmaps, adopts dynamic outputs and sends the Result.
+    fn execute(&self, stage: &Stage, req: pb::RunRequest, sink: EventSink, cancelled: Arc<AtomicBool>) -> Result<(), Status> {
+        let (name, kind) = (req.stage.clone(), req.kind.clone());
+        let data = RunData::bind(self.plane.clone(), &req, &stage.descriptor().outputs, FD_WAIT)
+            .map_err(|e| Status::invalid_argument(format!("stage {name} ({kind}): {e}")))?;
+        let params = req.params.clone();
+        let mut ctx = RunContext::new(req, sink.clone(), cancelled, data);
+
+        let shared_before = self.enter();
+        let start = crate::monotonic_ns();
+        let cpu0 = cpu_ns();
+        let values = ParamValues::new(&params, stage.specs());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.call(&ctx, &values)));
+        let end = crate::monotonic_ns();
+        let cpu1 = cpu_ns();
+        let peak = peak_rss();
+        let shared = self.leave() || shared_before;
+
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(match e.kind() {
+                    ErrorKind::Cancelled => Status::cancelled(e.message()),
+                    ErrorKind::InvalidParam => Status::invalid_argument(e.message()),
+                    ErrorKind::Failed => Status::aborted(e.message()),
+                })
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".into());
+                log::error(&format!("panic in stage {name} ({kind}): {what}"));
+                return Err(Status::aborted(format!("stage panicked: {what}")));
+            }
+        }
+        let dynamic = ctx
+            .data_mut()
+            .finish()
+            .map_err(|e| Status::failed_precondition(format!("stage {name} ({kind}): {e}")))?;
+        let metrics = ctx.take_metrics();
+        sink(pb::RunEvent {
+            event: Some(pb::run_event::Event::Result(pb::Result {
+                dynamic_outputs: dynamic,
+                metrics,
+                stats: Some(pb::StageStats {
+                    peak_rss_bytes: peak,
+                    peak_shared: shared,
+                    start_ns: start,
+                    end_ns: end,
+                    cpu_ns: cpu1.saturating_sub(cpu0),
+                }),
+            })),
+        });
+        Ok(())
+        // ctx drops here: every input and output is unmapped and closed.
+    }
+}
+
+fn cpu_ns() -> u64 {
+    // SAFETY: getrusage fills a plain struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Resets VmHWM to the current RSS (Linux clear_refs = 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// VmHWM in bytes; 0 when unavailable.
+fn peak_rss() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+struct StageService(Arc<Plugin>);
+
+type RunItem = Result<pb::RunEvent, Status>;
+
+#[tonic::async_trait]
+impl pb::stage_server::Stage for StageService {
+    async fn describe(&self, _req: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
+        Ok(Response::new(pb::DescribeResponse {
+            stages: self.0.order.iter().map(|s| s.descriptor().clone()).collect(),
+            sdk: "rust".into(),
+            sdk_version: crate::VERSION.into(),
+            protocol_revision: PROTOCOL_REVISION,
+        }))
+    }
+
+    type RunStream = UnboundedReceiverStream<RunItem>;
+
+    async fn run(&self, req: Request<pb::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
+        let req = req.into_inner();
+        let plugin = self.0.clone();
+        let Some(stage) = plugin.stages.get(&req.kind).cloned() else {
+            return Err(Status::not_found(format!("this plugin has no stage kind {:?}", req.kind)));
+        };
+        let (tx, rx) = mpsc::unbounded_channel::<RunItem>();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let events = tx.clone();
+        let sink: EventSink = Arc::new(move |ev| {
+            let _ = events.send(Ok(ev));
+        });
+        let errors = tx.clone();
+        let flag = cancelled.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            if let Err(st) = plugin.execute(&stage, req, sink, flag) {
+                let _ = errors.send(Err(st));
+            }
+        });
+        // The host cancels by dropping the call, which closes the stream:
+        // flag it for the stage. Once the job is done this sender goes too,
+        // which ends the stream.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tx.closed() => cancelled.store(true, Ordering::Relaxed),
+                _ = job => {}
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+struct Controller;
+
+#[tonic::async_trait]
+impl goplugin::grpc_controller_server::GrpcController for Controller {
+    async fn shutdown(&self, _req: Request<goplugin::Empty>) -> Result<Response<goplugin::Empty>, Status> {
+        // Exit right after the reply is on its way.
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            exit_now(0)
+        });
+        Ok(Response::new(goplugin::Empty {}))
+    }
+}
+
+struct Stdio;
+
+#[tonic::async_trait]
+impl goplugin::grpc_stdio_server::GrpcStdio for Stdio {
+    type StreamStdioStream = tokio_stream::Pending<Result<goplugin::StdioData, Status>>;
+
+    /// Stays open and silent: plugins log to stderr, which the host reads.
+    async fn stream_stdio(&self, _req: Request<()>) -> Result<Response<Self::StreamStdioStream>, Status> {
+        Ok(Response::new(tokio_stream::pending()))
+    }
+}
