@@ -9,6 +9,8 @@ import (
 
 	"github.com/pipehost/pipehost/internal/clock"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+	"github.com/pipehost/pipehost/sdk/seed"
+	"github.com/pipehost/pipehost/topology"
 )
 
 // Context is what a stage's run function gets: a context.Context that is
@@ -157,4 +159,20 @@ func (s *Span) End() {
 	_ = s.c.send(&pb.RunEvent{Event: &pb.RunEvent_Span{Span: &pb.Span{
 		Id: s.id, ParentId: s.parent, Name: s.name, StartNs: s.start, EndNs: end,
 	}}})
+}
+
+// Rand returns the stage's deterministic random stream. Use Fork(i) or
+// Child("label") for independent sub-streams (per tile, per row) so
+// parallel code inside a stage stays deterministic; see docs/seeds.md.
+func (c *Context) Rand() seed.Stream { return seed.New(c.Seed()) }
+
+// Topology returns the run's grid topology at the native resolution:
+// wrap rules, neighbours, coordinates, cell areas, sampling. Use
+// Topology().WithSize(w, h) for a coarser pyramid level.
+func (c *Context) Topology() (topology.Topology, error) {
+	levels := c.req.GetLevels()
+	if len(levels) == 0 {
+		return nil, fmt.Errorf("the run has no grid")
+	}
+	return topology.FromProto(c.req.GetTopology(), int(levels[0].GetWidth()), int(levels[0].GetHeight()))
 }

@@ -29,11 +29,25 @@ const Version = "0.1.0"
 
 // Serve runs the plugin until the host stops it. It never returns: the
 // process exits when the host shuts it down or goes away.
-func Serve(stages ...Stage) {
+func Serve(stages ...Stage) { ServeWith(nil, stages...) }
+
+// ServeWith is Serve for a plugin that also offers gRPC services of its
+// own: each entry of extra is served on the same connection under its
+// go-plugin name, which a host dispenses with pluginmgr's Plugin.Dispense.
+func ServeWith(extra plugin.PluginSet, stages ...Stage) {
 	srv, err := newServer(stages)
+	if err == nil {
+		if _, clash := extra[wire.PluginName]; clash {
+			err = fmt.Errorf("extra plugin name %q is the stage service's own", wire.PluginName)
+		}
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pipehost plugin:", err)
 		os.Exit(1)
+	}
+	plugins := wire.PluginSet(srv)
+	for name, p := range extra {
+		plugins[name] = p
 	}
 	logger := hclog.New(&hclog.LoggerOptions{
 		Name: "plugin", Level: hclog.Info, JSONFormat: true, Output: os.Stderr,
@@ -49,7 +63,7 @@ func Serve(stages ...Stage) {
 	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: wire.Handshake,
-		Plugins:         wire.PluginSet(srv),
+		Plugins:         plugins,
 		GRPCServer:      wire.ServerOptions,
 		Logger:          logger,
 	})

@@ -258,3 +258,7 @@ func SealString(seals int) string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// Use runs f with the segment's fd, keeping Close from closing it meanwhile
+// (for in-kernel copies to and from the segment).
+func (s *Segment) Use(f func(fd int) error) error { return s.use("use", f) }

@@ -40,6 +40,7 @@ func commands() []command {
 		{"validate", "check a pipeline config against the plugins without running it", cmdValidate},
 		{"graph", "print a pipeline's DAG as DOT or Mermaid", cmdGraph},
 		{"plugins", "list plugins and the stage kinds they offer", cmdPlugins},
+		{"cache", "list, collect or clear the stage-output cache", cmdCache},
 		{"version", "print the version", cmdVersion},
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/config"
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/runner"
@@ -54,6 +55,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	keepGoing := fs.Bool("keep-going", false, "after a stage fails, finish the branches that do not depend on it")
 	timeout := fs.Duration("timeout", 0, "default per-stage timeout (0: none; the config's run.timeout and stage timeouts take precedence)")
 	var budget byteSize
+	var refresh, resources listFlag
+	gpus := fs.Int("gpus", -1, "GPUs stages may use at once (default: detected)")
+	fs.Var(&resources, "resource", "capacity of a named resource: name=N (repeatable)")
+	noCache := fs.Bool("no-cache", false, "neither read nor write the stage cache")
+	fs.Var(&refresh, "refresh", "recompute this stage even if cached (repeatable)")
+	cacheDir := fs.String("cache-dir", cache.DefaultDir(), "stage cache directory")
+	cacheMax := byteSize(10 << 30)
+	fs.Var(&cacheMax, "cache-max", "collect the cache down to this size after a run, least recently used first (0: no limit)")
 	fs.Var(&budget, "mem-budget", "bound on live shared-memory bytes, e.g. 4GiB (0: unlimited); a stage starts only when its outputs fit")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -69,6 +78,27 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	opts.Engine = engine.Options{Jobs: *jobs, KeepGoing: *keepGoing, Timeout: *timeout}
 	opts.MemBudget = int64(budget)
+	opts.CacheDir, opts.CacheMax = *cacheDir, int64(cacheMax)
+	if *noCache {
+		opts.CacheDir = ""
+	}
+	opts.Resources = map[string]int{}
+	if *gpus >= 0 {
+		opts.Resources["gpu"] = *gpus
+	}
+	for _, r := range resources {
+		name, n, ok := strings.Cut(r, "=")
+		v, err := strconv.Atoi(n)
+		if !ok || name == "" || err != nil || v < 0 {
+			return report(stderr, &runner.SetupError{Err: fmt.Errorf("--resource %q: expected name=N", r)})
+		}
+		opts.Resources[name] = v
+	}
+	opts.Engine.Refresh = map[string]bool{}
+	for _, r := range refresh {
+		opts.Engine.Refresh[r] = true
+	}
+	opts.Warn = func(msg string) { fmt.Fprintln(stderr, "pipehost:", msg) }
 	_ = out
 
 	ctx, stop := signalContext()
@@ -78,17 +108,22 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return report(stderr, err)
 	}
 	defer sess.Close()
+	for name := range opts.Engine.Refresh {
+		if sess.Plan.Node(name) == nil {
+			return report(stderr, &runner.SetupError{Err: fmt.Errorf("--refresh %s: no such stage in %s", name, pos[0])})
+		}
+	}
 	res := sess.Run(ctx)
 	for _, r := range res.Stages {
 		status := string(r.Status)
-		fmt.Fprintf(stdout, "%-20s %-16s %-8s %8.1f ms\n", r.Name, r.Kind, status, float64(r.EndNs-r.StartNs)/1e6)
-	}
-	if err := res.Err(); err != nil {
-		fmt.Fprintln(stderr, "pipehost:", err)
-		return exitFailed
+		fmt.Fprintf(stdout, "%-20s %-16s %-8s %-5s %8.1f ms\n", r.Name, r.Kind, status, r.Cache, float64(r.EndNs-r.StartNs)/1e6)
 	}
 	if ctx.Err() != nil {
 		fmt.Fprintln(stderr, "pipehost: run stopped:", context.Cause(ctx))
+		return exitFailed
+	}
+	if err := res.Err(); err != nil {
+		fmt.Fprintln(stderr, "pipehost:", err)
 		return exitFailed
 	}
 	return exitOK

@@ -362,3 +362,19 @@ func (a *Arena) Pending(id uint64) []string {
 	}
 	return out
 }
+
+// AddConsumer registers one more consumer of a live segment (a stage that
+// must read it again, e.g. to recompute a corrupt cache entry).
+func (a *Arena) AddConsumer(id uint64, consumer string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e, err := a.lookupLocked(id)
+	if err != nil {
+		return fmt.Errorf("add consumer %q: %w", consumer, err)
+	}
+	if !slices.Contains(e.Consumers, consumer) {
+		e.Consumers = append(e.Consumers, consumer)
+	}
+	e.pending[consumer] = true
+	return nil
+}

@@ -22,6 +22,9 @@ type Pipeline struct {
 	Grid    Grid
 	Stages  []*Stage
 	Output  Output
+	// Resources are capacities of named resources (e.g. gpu = 2); the
+	// command line overrides them.
+	Resources map[string]int
 }
 
 // Grid is the run's grid: topology, native size and pyramid depth.
@@ -207,7 +210,7 @@ func decode(file string, root *Node) (*Pipeline, error) {
 	d := &decoder{}
 	p := &Pipeline{File: file, Grid: Grid{Topology: "plane", Width: 64, Height: 64, Levels: 1}}
 	p.RunID = strings.TrimSuffix(filepath.Base(file), filepath.Ext(file))
-	if d.fields(root, "", "run", "grid", "stages", "output") == nil {
+	if d.fields(root, "", "run", "grid", "stages", "output", "resources") == nil {
 		return nil, d.errs.Err()
 	}
 	if f := root.Get("run"); f != nil {
@@ -267,6 +270,18 @@ func decode(file string, root *Node) (*Pipeline, error) {
 		if n := d.fields(f.Value, "output", "dir"); n != nil {
 			if g := n.Get("dir"); g != nil {
 				p.Output.Dir, _ = d.str(g, "output.dir")
+			}
+		}
+	}
+	if f := root.Get("resources"); f != nil {
+		if f.Value.Kind != Map {
+			d.errorf(f.Value.Pos, "resources", "expected a table of name = count, got a %s", f.Value.TypeName())
+		} else {
+			p.Resources = map[string]int{}
+			for _, rf := range f.Value.Fields {
+				if i, ok := d.integer(&rf, "resources."+rf.Key, 0, 1<<20); ok {
+					p.Resources[rf.Key] = int(i)
+				}
 			}
 		}
 	}

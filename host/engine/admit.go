@@ -79,7 +79,7 @@ func (e *Engine) allocateOutputs(n *plan.Node, r *StageResult) error {
 		}
 		lv := e.plan.Levels[op.GetLevel()]
 		size := uint64(e.gridBytes(op))
-		ent, err := e.arena.Allocate(op.GetName(), n.Name, int64(size), consumerNames(n, op.GetName()), e.keep(n, op.GetName()))
+		ent, err := e.arena.Allocate(op.GetName(), n.Name, int64(size), e.claimants(n, op.GetName()), e.keep(n, op.GetName()))
 		if err != nil {
 			e.freeOutputs(r)
 			var be *arena.BudgetError

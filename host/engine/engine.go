@@ -8,15 +8,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/pipehost/pipehost/host/arena"
+	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/host/pluginmgr"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
@@ -36,6 +38,14 @@ type Options struct {
 	// Manager relaunches a plugin that crashed, so later stages of the
 	// same binary (with KeepGoing) still run. Nil: no relaunch.
 	Manager *pluginmgr.Manager
+	// Cache stores and serves stage outputs by content; nil disables it.
+	Cache *cache.Cache
+	// Refresh lists stages to recompute even when cached (their fresh
+	// outputs replace the entry).
+	Refresh map[string]bool
+	// Resources are the capacities of named resources (e.g. "gpu": 1)
+	// that stages may declare they need.
+	Resources map[string]int
 }
 
 // Observer is told what happens during a run. Calls come from many
@@ -67,12 +77,38 @@ type StageResult struct {
 	Metrics        map[string]float64
 	Outputs        map[string]*Output
 	Err            error
+	// Cache is CacheHit, CacheMiss or CacheOff; MissReason says what part
+	// of the key changed; Key is the cache key (empty when off).
+	Cache      CacheStatus
+	MissReason string
+	Key        string
+	// Spans are the subtask spans the stage reported.
+	Spans []*pb.Span
 }
 
-// Output is a stage output living in the arena.
+// CacheStatus of a stage.
+type CacheStatus string
+
+const (
+	CacheHit  CacheStatus = "hit"
+	CacheMiss CacheStatus = "miss"
+	CacheOff  CacheStatus = "off"
+)
+
+// Output is a stage output: a segment in the arena, or, for a cache hit
+// nobody has needed yet, only its digest (materialized on first use).
 type Output struct {
 	Entry  *arena.Entry
 	Handle *pb.Handle
+	Digest cache.Digest
+	// Cached outputs are served from the cache; Entry stays nil until a
+	// stage that runs needs the bytes.
+	Cached bool
+
+	mu sync.Mutex
+	// pending holds the consumers of a not-yet-materialized output that
+	// have not finished, so materializing it knows who will release it.
+	pending map[string]bool
 }
 
 // Result of a whole run.
@@ -103,7 +139,7 @@ type Engine struct {
 	opts  Options
 
 	tokens *shm.Tokens
-	locks  sync.Map // plugin path + kind → *sync.Mutex for non-concurrent kinds
+	pools  sync.Map // plugin path + kind → *pool, for kinds without concurrent runs
 
 	// Admission: inFlight counts stages holding memory; wake is closed and
 	// replaced whenever one finishes (memory may have been released).
@@ -113,6 +149,9 @@ type Engine struct {
 
 	pluginMu sync.Mutex
 	respawn  map[string]*pluginmgr.Plugin // crashed plugin path → replacement
+
+	stores sync.WaitGroup // background cache writes
+	res    *resources
 }
 
 // New prepares a run of p using the registry's plugins and the arena.
@@ -124,7 +163,7 @@ func New(p *plan.Plan, reg *pluginmgr.Registry, a *arena.Arena, opts Options) *E
 		opts.Observer = nopObserver{}
 	}
 	return &Engine{plan: p, reg: reg, arena: a, opts: opts, tokens: shm.HostTokens(),
-		wake: make(chan struct{}), respawn: map[string]*pluginmgr.Plugin{}}
+		wake: make(chan struct{}), respawn: map[string]*pluginmgr.Plugin{}, res: newResources(opts.Resources)}
 }
 
 type nopObserver struct{}
@@ -154,7 +193,7 @@ func (e *Engine) Run(ctx context.Context) *Result {
 		go func() {
 			defer wg.Done()
 			defer close(done[i])
-			r := &StageResult{Name: n.Name, Kind: n.Kind, Slot: -1}
+			r := &StageResult{Name: n.Name, Kind: n.Kind, Slot: -1, Cache: CacheOff}
 			results[i] = r
 			defer func() { e.opts.Observer.StageEnd(n, r) }()
 			// Wait for every producer, so a stage that will not run can
@@ -162,52 +201,15 @@ func (e *Engine) Run(ctx context.Context) *Result {
 			for _, in := range n.Inputs {
 				<-done[in.From.Index]
 			}
-			skip := func(err error) {
-				r.Status, r.Err = StatusSkipped, err
-				e.releaseInputs(n, results)
-			}
-			for _, in := range n.Inputs {
-				if up := results[in.From.Index]; up.Status != StatusOK {
-					skip(fmt.Errorf("stage %s skipped: input %q comes from %s, which %s", n.Name, in.Input.GetName(), up.Name, up.Status))
-					return
-				}
-			}
-			if ctx.Err() != nil {
-				skip(fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx)))
-				return
-			}
-			// Memory first, then a worker slot: a stage holding a slot while
-			// it waits for memory could starve the stages that free it.
-			if err := e.admit(ctx, n, r); err != nil {
-				if ctx.Err() != nil {
-					skip(fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx)))
-				} else {
-					r.Status, r.Err = StatusFailed, fmt.Errorf("stage %s (%s): %w", n.Name, n.Kind, err)
-					e.releaseInputs(n, results)
-					if !e.opts.KeepGoing {
-						cancel()
-					}
-				}
-				return
-			}
-			defer e.finished()
-			var slot int
-			select {
-			case slot = <-slots:
-			case <-ctx.Done():
-				e.freeOutputs(r)
-				skip(fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx)))
-				return
-			}
-			r.Slot = slot
-			e.runStage(ctx, n, r, results)
-			slots <- slot
+			e.runNode(ctx, n, r, results, slots)
 			if r.Status == StatusFailed && !e.opts.KeepGoing {
 				cancel()
 			}
 		}()
 	}
 	wg.Wait()
+	// The cache must be consistent when Run returns, even when stopped.
+	e.stores.Wait()
 	res := &Result{Stages: results}
 	for _, r := range results {
 		if r.Status == StatusFailed {
@@ -220,16 +222,24 @@ func (e *Engine) Run(ctx context.Context) *Result {
 // releaseInputs tells the arena a stage is done with its inputs (whether it
 // ran or not), once per segment, so segments die with their last reader.
 func (e *Engine) releaseInputs(n *plan.Node, results []*StageResult) {
-	seen := map[uint64]bool{}
+	seen := map[*Output]bool{}
 	for _, in := range n.Inputs {
 		up := results[in.From.Index]
 		if up == nil || up.Status != StatusOK {
 			continue
 		}
-		if o := up.Outputs[in.Output.GetName()]; o != nil && !seen[o.Entry.ID] {
-			seen[o.Entry.ID] = true
-			_ = e.arena.Release(o.Entry.ID, n.Name)
+		o := up.Outputs[in.Output.GetName()]
+		if o == nil || seen[o] {
+			continue
 		}
+		seen[o] = true
+		o.mu.Lock()
+		if o.Entry != nil {
+			_ = e.arena.Release(o.Entry.ID, n.Name)
+		} else {
+			delete(o.pending, n.Name)
+		}
+		o.mu.Unlock()
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -28,7 +27,7 @@ const adoptWait = 10 * time.Second
 func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult) {
 	r.StartNs = clock.Now()
 	e.opts.Observer.StageStart(n, r.Slot)
-	p, err := e.plugin(n.Kind)
+	p, release, err := e.lease(ctx, n)
 	fail := func(err error) {
 		r.Status = StatusFailed
 		r.Err = stageError(n, p, err)
@@ -43,12 +42,7 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		return
 	}
 	defer e.releaseInputs(n, results)
-
-	if !n.Desc.GetCapabilities().GetConcurrentRuns() {
-		mu, _ := e.locks.LoadOrStore(p.Path+"\x00"+n.Kind, &sync.Mutex{})
-		mu.(*sync.Mutex).Lock()
-		defer mu.(*sync.Mutex).Unlock()
-	}
+	defer release()
 
 	req := &pb.RunRequest{
 		RunId:    e.plan.Config.RunID,
@@ -92,7 +86,7 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 	if timeout == 0 {
 		timeout = e.opts.Timeout
 	}
-	runCtx, cancel := context.WithCancel(ctx)
+	runCtx, cancel := ctx, context.CancelFunc(func() {})
 	if timeout > 0 {
 		runCtx, cancel = context.WithTimeoutCause(ctx, timeout, fmt.Errorf("stage timed out after %s", timeout))
 	}
@@ -100,10 +94,17 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 
 	res, err := e.call(runCtx, n, p, req)
 	if err != nil {
+		// gRPC sends the deadline to the plugin, whose side may reset the
+		// stream a moment before the host's own timer fires.
+		if dl, ok := runCtx.Deadline(); ok && time.Until(dl) < 100*time.Millisecond {
+			<-runCtx.Done()
+		}
 		if cause := context.Cause(runCtx); cause != nil && ctx.Err() == nil {
 			err = cause
 			// A stage that ignores cancellation must not keep the plugin busy.
 			p.Stop()
+		} else if ctx.Err() != nil {
+			err = fmt.Errorf("stopped: %v", context.Cause(ctx))
 		}
 		fail(err)
 		return
@@ -190,7 +191,7 @@ func (e *Engine) adopt(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, r
 		if err != nil {
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
 		}
-		ent, err := e.arena.Adopt(fd, n.Name, consumerNames(n, b.GetPort()), e.keep(n, b.GetPort()))
+		ent, err := e.arena.Adopt(fd, n.Name, e.claimants(n, b.GetPort()), e.keep(n, b.GetPort()))
 		if err != nil {
 			unix.Close(fd)
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)

@@ -35,6 +35,9 @@ type Options struct {
 	// StderrLines is how many stderr lines each plugin's Tail keeps (default
 	// 400: enough to hold the start of a crash dump).
 	StderrLines int
+	// Plugins are go-plugin plugins a plugin may serve besides the stage
+	// service (sdk.ServeWith); get their clients with Plugin.Dispense.
+	Plugins plugin.PluginSet
 }
 
 // Plugin is one running plugin process.
@@ -53,6 +56,7 @@ type Plugin struct {
 	Mailbox *shm.Mailbox
 
 	client *plugin.Client
+	rpc    plugin.ClientProtocol
 	cmd    *exec.Cmd
 	once   sync.Once
 
@@ -90,7 +94,7 @@ func New(opts Options) (*Manager, error) {
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "pipehost", Level: hclog.Off})
 	}
-	dir, err := os.MkdirTemp("", "pipehost-sock-")
+	dir, err := os.MkdirTemp(socketBase(), "pipehost-sock-")
 	if err != nil {
 		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
 	}
@@ -99,6 +103,16 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
 	}
 	return &Manager{opts: opts, sockDir: dir}, nil
+}
+
+// socketBase picks where the private socket directory goes. A unix socket
+// path must fit in 108 bytes, so a long $TMPDIR falls back to /tmp.
+func socketBase() string {
+	base := os.TempDir()
+	if len(base) > 60 {
+		return "/tmp"
+	}
+	return base
 }
 
 // LaunchError says which plugin failed to start, and why.
@@ -169,7 +183,7 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 	p.cmd = cmd
 	p.client = plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  wire.Handshake,
-		Plugins:          wire.PluginSet(nil),
+		Plugins:          m.pluginSet(),
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		SkipHostEnv:      true,
@@ -202,6 +216,7 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 		p.Pid = cmd.Process.Pid
 	}
 	p.Mailbox = shm.NewMailbox(local)
+	p.rpc = rpc
 	raw, err := rpc.Dispense(wire.PluginName)
 	if err != nil {
 		return fail(fmt.Errorf("not a pipehost stage plugin: %w", err))
@@ -219,6 +234,30 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 	p.Stages, p.SDK, p.SDKVersion = resp.GetStages(), resp.GetSdk(), resp.GetSdkVersion()
 	p.LaunchNs = clock.Now() - start
 	return p, nil
+}
+
+// pluginSet is the stage plugin plus Options.Plugins.
+func (m *Manager) pluginSet() plugin.PluginSet {
+	set := wire.PluginSet(nil)
+	for name, p := range m.opts.Plugins {
+		if name != wire.PluginName {
+			set[name] = p
+		}
+	}
+	return set
+}
+
+// Dispense returns the client of a service the plugin offers besides the
+// stage service, named as in Options.Plugins.
+func (p *Plugin) Dispense(name string) (any, error) {
+	if p.rpc == nil {
+		return nil, fmt.Errorf("plugin %s: not connected", p.Path)
+	}
+	c, err := p.rpc.Dispense(name)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: %w", p.Path, err)
+	}
+	return c, nil
 }
 
 func (m *Manager) baseEnv() []string {

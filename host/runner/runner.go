@@ -7,12 +7,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pipehost/pipehost/host/arena"
+	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/config"
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/plan"
@@ -30,6 +32,26 @@ type Options struct {
 	// MemBudget bounds the arena's live bytes (0: unlimited).
 	MemBudget int64
 	Logger    hclog.Logger
+	// CacheDir is the stage-output cache ("" disables caching).
+	CacheDir string
+	// CacheMax is the size the cache is collected down to after a run
+	// (least recently used entries go first); 0 means no limit.
+	CacheMax int64
+	// Warn receives one-line notices (e.g. the cache being unusable).
+	Warn func(string)
+	// Resources override the config's resource capacities; "gpu" defaults
+	// to the number of GPUs detected.
+	Resources map[string]int
+}
+
+// DetectGPUs counts the NVIDIA and DRM render devices of this machine.
+func DetectGPUs() int {
+	nv, _ := filepath.Glob("/dev/nvidia[0-9]*")
+	if len(nv) > 0 {
+		return len(nv)
+	}
+	dri, _ := filepath.Glob("/dev/dri/renderD*")
+	return len(dri)
 }
 
 // SetupError is a problem found before any stage ran: a bad config, a bad
@@ -46,6 +68,7 @@ type Session struct {
 	Registry *pluginmgr.Registry
 	Plan     *plan.Plan
 	Arena    *arena.Arena
+	Cache    *cache.Cache
 	mgr      *pluginmgr.Manager
 	opts     Options
 }
@@ -108,6 +131,18 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 		mgr.Close()
 		return nil, &SetupError{err}
 	}
+	caps := map[string]int{"gpu": DetectGPUs()}
+	for k, v := range cfg.Resources {
+		caps[k] = v
+	}
+	for k, v := range opts.Resources {
+		caps[k] = v
+	}
+	if err := engine.CheckResources(p, caps); err != nil {
+		mgr.Close()
+		return nil, &SetupError{err}
+	}
+	opts.Engine.Resources = caps
 	// Plugins no stage needs are stopped now rather than idling all run.
 	used := map[*pluginmgr.Plugin]bool{}
 	for _, n := range p.Nodes {
@@ -115,15 +150,38 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 		used[e.Plugin] = true
 	}
 	mgr.StopUnused(used)
-	return &Session{Config: cfg, Plugins: plugins, Registry: reg, Plan: p, mgr: mgr, opts: opts,
-		Arena: arena.New(opts.MemBudget)}, nil
+	sess := &Session{Config: cfg, Plugins: plugins, Registry: reg, Plan: p, mgr: mgr, opts: opts,
+		Arena: arena.New(opts.MemBudget)}
+	if opts.CacheDir != "" {
+		c, err := cache.Open(opts.CacheDir)
+		if err != nil {
+			// An unusable cache costs speed, not correctness: run without.
+			sess.warn(fmt.Sprintf("running without the cache: %v", err))
+		} else {
+			sess.Cache = c
+		}
+	}
+	return sess, nil
+}
+
+func (s *Session) warn(msg string) {
+	if s.opts.Warn != nil {
+		s.opts.Warn(msg)
+	}
 }
 
 // Run executes the plan.
 func (s *Session) Run(ctx context.Context) *engine.Result {
 	opts := s.opts.Engine
 	opts.Manager = s.mgr
-	return engine.New(s.Plan, s.Registry, s.Arena, opts).Run(ctx)
+	opts.Cache = s.Cache
+	res := engine.New(s.Plan, s.Registry, s.Arena, opts).Run(ctx)
+	if s.Cache != nil && s.opts.CacheMax > 0 && s.Cache.Usage() > s.opts.CacheMax {
+		if _, err := s.Cache.GC(s.opts.CacheMax); err != nil {
+			s.warn(fmt.Sprintf("cache collection failed: %v", err))
+		}
+	}
+	return res
 }
 
 // Close stops every plugin, removes their sockets and frees every segment.

@@ -46,7 +46,12 @@ func Build(tb testing.TB, pkgDir string) string {
 	}
 	var pkgs []string
 	for _, e := range entries {
-		if e.IsDir() {
+		if !e.IsDir() {
+			continue
+		}
+		// Only directories with Go files are packages (one being written
+		// may still be empty).
+		if gos, _ := filepath.Glob(filepath.Join(root, pkgDir, e.Name(), "*.go")); len(gos) > 0 {
 			pkgs = append(pkgs, "./"+filepath.ToSlash(filepath.Join(pkgDir, e.Name())))
 		}
 	}

@@ -9,7 +9,6 @@ import (
 
 	"github.com/pipehost/pipehost/sdk"
 	"github.com/pipehost/pipehost/sdk/seed"
-	"github.com/pipehost/pipehost/topology"
 )
 
 type noiseParams struct {
@@ -119,7 +118,7 @@ func blur(c *sdk.Context, p blurParams) error {
 	if err != nil {
 		return err
 	}
-	topo, err := topology.FromProto(c.TopologyProto(), int(c.Levels()[0].GetWidth()), int(c.Levels()[0].GetHeight()))
+	topo, err := c.Topology()
 	if err != nil {
 		return err
 	}

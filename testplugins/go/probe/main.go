@@ -51,6 +51,25 @@ func main() {
 				}
 				return observe.Append(p.Trace, observe.Record{Stage: c.Stage(), Kind: c.Kind(), StartNs: start, EndNs: observe.Now()})
 			}),
+		sdk.Define(sdk.Spec{Kind: "probe.gpusleep", Version: "1", Inputs: optIn, Outputs: grid, Concurrent: true,
+			Resources: map[string]int{"gpu": 1},
+			Doc:       "Like probe.sleep, holding one gpu while it sleeps."},
+			func(c *sdk.Context, p sleepParams) error {
+				start := observe.Now()
+				select {
+				case <-time.After(time.Duration(p.Ms) * time.Millisecond):
+				case <-c.Done():
+					return c.Err()
+				}
+				return observe.Append(p.Trace, observe.Record{Stage: c.Stage(), Kind: c.Kind(), StartNs: start, EndNs: observe.Now()})
+			}),
+		sdk.Define(sdk.Spec{Kind: "probe.serial", Version: "1", Inputs: optIn, Outputs: grid,
+			Doc: "Like probe.sleep, but one run per process at a time (no concurrent runs)."},
+			func(c *sdk.Context, p sleepParams) error {
+				start := observe.Now()
+				time.Sleep(time.Duration(p.Ms) * time.Millisecond)
+				return observe.Append(p.Trace, observe.Record{Stage: c.Stage(), Kind: c.Kind(), StartNs: start, EndNs: observe.Now()})
+			}),
 		sdk.Define(sdk.Spec{Kind: "probe.alloc", Version: "1", Concurrent: true,
 			Doc: "Allocates and touches mb MiB, then frees it, within a few tens of ms."},
 			func(c *sdk.Context, p allocParams) error {

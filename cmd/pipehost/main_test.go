@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pipehost/pipehost/internal/testbin"
+)
+
+func TestMain(m *testing.M) { testbin.Main(m) }
+
+// cli runs the real pipehost binary.
+func cli(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	bin := filepath.Join(testbin.Build(t, "cmd"), "pipehost")
+	cmd := exec.Command(bin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+t.TempDir(), "PIPEHOST_PLUGIN_PATH=")
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func plugins(t *testing.T) string { return testbin.Build(t, "testplugins/go") }
+
+func writeCfg(t *testing.T, body string) string {
+	p := filepath.Join(t.TempDir(), "p.toml")
+	os.WriteFile(p, []byte(body), 0o644)
+	return p
+}
+
+const good = `
+[grid]
+width = 32
+height = 16
+[stages.a]
+kind = "dummy.source"
+[stages.b]
+kind = "dummy.sink"
+inputs = { in = "a.out" }
+`
+
+func TestExitStatuses(t *testing.T) {
+	pd := plugins(t)
+	if _, _, code := cli(t, "run", writeCfg(t, good), "--plugin-dir", pd); code != 0 {
+		t.Errorf("good run: exit %d", code)
+	}
+	if _, errs, code := cli(t, "run", writeCfg(t, good+"bogus = 1\n"), "--plugin-dir", pd); code != 2 || !strings.Contains(errs, "unknown key") {
+		t.Errorf("bad config: exit %d, %s", code, errs)
+	}
+	failing := strings.Replace(good, `kind = "dummy.sink"`, `kind = "bad-go.writeinput"`, 1)
+	if _, errs, code := cli(t, "run", writeCfg(t, failing), "--plugin-dir", pd); code != 1 || !strings.Contains(errs, "stage b (bad-go.writeinput") {
+		t.Errorf("failing stage: exit %d, %s", code, errs)
+	}
+	if _, _, code := cli(t, "frobnicate"); code != 2 {
+		t.Errorf("unknown command: exit %d", code)
+	}
+	if _, _, code := cli(t, "run"); code != 2 {
+		t.Errorf("missing config: exit %d", code)
+	}
+	if out, _, code := cli(t, "run", "--help"); code != 0 && !strings.Contains(out, "--jobs") {
+		t.Errorf("run --help: exit %d", code)
+	}
+}
+
+func TestPluginsListsKindsAndPorts(t *testing.T) {
+	out, errs, code := cli(t, "plugins", "--plugin-dir", plugins(t))
+	if code != 0 {
+		t.Fatal(errs)
+	}
+	for _, want := range []string{"dummy.source", "out:grid<f32>", "dummy.scale", "in:grid<f32>", "dummy.offset", "delta"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plugins output lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, _ = cli(t, "plugins", "--json", "--plugin-dir", plugins(t))
+	if !strings.Contains(out, `"kind": "dummy.source"`) || !strings.Contains(out, `"sha256"`) {
+		t.Errorf("plugins --json:\n%s", out)
+	}
+}
+
+func TestGraph(t *testing.T) {
+	out, _, code := cli(t, "graph", writeCfg(t, good), "--plugin-dir", plugins(t))
+	if code != 0 || !strings.Contains(out, `"a" -> "b"`) {
+		t.Errorf("dot: %d %s", code, out)
+	}
+	out, _, _ = cli(t, "graph", writeCfg(t, good), "--format", "mermaid", "--plugin-dir", plugins(t))
+	if !strings.Contains(out, "flowchart LR") || !strings.Contains(out, "s_a -->|out → in| s_b") {
+		t.Errorf("mermaid: %s", out)
+	}
+}
+
+// SIGINT mid-run stops the run cleanly: exit 1, no plugin left behind.
+func TestSIGINTStopsCleanly(t *testing.T) {
+	pd := plugins(t)
+	bin := filepath.Join(testbin.Build(t, "cmd"), "pipehost")
+	cfg := writeCfg(t, `
+[grid]
+width = 32
+height = 16
+[stages.slow]
+kind = "probe.sleep"
+params = { ms = 20000 }
+[stages.after]
+kind = "probe.sleep"
+inputs = { in = "slow.out" }
+`)
+	cmd := exec.Command(bin, "run", cfg, "--plugin-dir", pd, "--no-cache")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 1 {
+			t.Errorf("exit %v, want status 1; stderr:\n%s", err, errb.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("pipehost did not stop within 10 s of SIGINT")
+	}
+	if !strings.Contains(errb.String(), "interrupted by interrupt") {
+		t.Errorf("stderr does not say why the run stopped:\n%s", errb.String())
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, p := range procs {
+		if exe, _ := os.Readlink(p); strings.HasPrefix(exe, pd+"/") {
+			t.Errorf("plugin still running: %s", exe)
+		}
+	}
+}

@@ -1,0 +1,403 @@
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+	"github.com/pipehost/pipehost/shm"
+)
+
+// Layout under the cache root:
+//
+//	v1/entries/ab/<key>.json   manifest of one stage run (written last, atomically)
+//	v1/cas/cd/<sha256>         output bytes, content-addressed
+//	v1/locks/ab/<key>.lock     flock'ed while a run computes that key
+//	v1/stages/<id>.json        the last key parts of a stage (miss reasons)
+//	v1/bins.json               plugin binary digests by path, size and mtime
+const layout = "v1"
+
+// ErrCorrupt marks a cache entry whose bytes do not match its digest.
+var ErrCorrupt = errors.New("cache entry is corrupt")
+
+// DefaultDir is $XDG_CACHE_HOME/pipehost, else ~/.cache/pipehost.
+func DefaultDir() string {
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "pipehost")
+	}
+	return filepath.Join(os.TempDir(), "pipehost-cache")
+}
+
+// Cache is an on-disk stage-output cache. Several pipehost processes may
+// share one: entries appear atomically and a per-key file lock lets one
+// compute while the others wait for its result.
+type Cache struct {
+	root string
+	dir  string
+}
+
+// Open prepares the cache at root. An error means the cache cannot be used
+// (e.g. the directory is not writable); callers run without it.
+func Open(root string) (*Cache, error) {
+	c := &Cache{root: root, dir: filepath.Join(root, layout)}
+	for _, d := range []string{"entries", "cas", "locks", "stages", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("cache directory %s: %w", root, err)
+		}
+	}
+	// A directory can exist and still refuse writes (read-only mounts).
+	probe, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "probe-")
+	if err != nil {
+		return nil, fmt.Errorf("cache directory %s is not writable: %w", root, err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return c, nil
+}
+
+// Root is the directory given to Open.
+func (c *Cache) Root() string { return c.root }
+
+// OutputRecord is one cached output.
+type OutputRecord struct {
+	Port   string          `json:"port"`
+	Digest Digest          `json:"digest"`
+	Handle json.RawMessage `json:"handle"`
+}
+
+// Manifest describes one cached stage run.
+type Manifest struct {
+	Key     string         `json:"key"`
+	Stage   string         `json:"stage"`
+	Kind    string         `json:"kind"`
+	Created time.Time      `json:"created"`
+	Parts   Parts          `json:"parts"`
+	Outputs []OutputRecord `json:"outputs"`
+}
+
+// HandleOf decodes an output record's handle.
+func (o OutputRecord) HandleOf() (*pb.Handle, error) {
+	h := &pb.Handle{}
+	if err := protojson.Unmarshal(o.Handle, h); err != nil {
+		return nil, fmt.Errorf("%w: handle of %q: %v", ErrCorrupt, o.Port, err)
+	}
+	return h, nil
+}
+
+// EncodeHandle is the inverse of HandleOf.
+func EncodeHandle(h *pb.Handle) json.RawMessage {
+	b, _ := protojson.Marshal(h)
+	return b
+}
+
+func shard(dir, name, ext string) string {
+	return filepath.Join(dir, name[:2], name+ext)
+}
+
+func (c *Cache) manifestPath(key string) string {
+	return shard(filepath.Join(c.dir, "entries"), key, ".json")
+}
+
+// BlobPath is where the bytes of d live.
+func (c *Cache) BlobPath(d Digest) string { return shard(filepath.Join(c.dir, "cas"), d.Hash, "") }
+
+// Lookup returns the entry for key, or nil. It checks that every output's
+// bytes exist with the right size (a cheap check: full digests are
+// verified when bytes are read) and marks the entry used for LRU eviction.
+// A broken entry is removed and reported through the error.
+func (c *Cache) Lookup(key string) (*Manifest, error) {
+	b, err := os.ReadFile(c.manifestPath(key))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading cache entry %s: %w", key[:12], err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil || m.Key != key {
+		c.Invalidate(key)
+		return nil, fmt.Errorf("%w: entry %s has an unreadable manifest; removed", ErrCorrupt, key[:12])
+	}
+	for _, o := range m.Outputs {
+		st, err := os.Stat(c.BlobPath(o.Digest))
+		if err != nil || st.Size() != o.Digest.Size {
+			c.Invalidate(key)
+			return nil, fmt.Errorf("%w: entry %s: output %q is missing or truncated; removed", ErrCorrupt, key[:12], o.Port)
+		}
+	}
+	now := time.Now()
+	_ = os.Chtimes(c.manifestPath(key), now, now)
+	return &m, nil
+}
+
+// RemoveBlob deletes stored bytes found corrupt; content addressing would
+// otherwise keep the bad copy when the same digest is stored again.
+func (c *Cache) RemoveBlob(d Digest) { _ = os.Remove(c.BlobPath(d)) }
+
+// Invalidate removes an entry (its blobs go at the next gc if unreferenced).
+func (c *Cache) Invalidate(key string) { _ = os.Remove(c.manifestPath(key)) }
+
+// Store writes an entry: each output's bytes (copied in the kernel from its
+// segment) into the content store, then the manifest. Every file is written
+// under a temporary name and renamed, so a crash never leaves a partial
+// entry under its final name.
+func (c *Cache) Store(m *Manifest, segs map[string]*shm.Segment) error {
+	for _, o := range m.Outputs {
+		seg := segs[o.Port]
+		if seg == nil {
+			return fmt.Errorf("cache store %s: no segment for output %q", m.Stage, o.Port)
+		}
+		if err := c.putBlob(o.Digest, seg); err != nil {
+			return fmt.Errorf("cache store %s output %q: %w", m.Stage, o.Port, err)
+		}
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(c.manifestPath(m.Key), b)
+}
+
+func (c *Cache) putBlob(d Digest, seg *shm.Segment) error {
+	dst := c.BlobPath(d)
+	if st, err := os.Stat(dst); err == nil && st.Size() == d.Size {
+		return nil // content-addressed: already there
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "blob-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	err = seg.Use(func(fd int) error { return kernelCopy(int(tmp.Fd()), fd, d.Size) })
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
+}
+
+// Materialize loads cached bytes into a new write-sealed segment through an
+// in-kernel copy, then verifies the digest over the sealed mapping (a read,
+// not a copy). The segment can be handed to any stage: the cache file
+// itself is never exposed, so no stage can write into the cache.
+func (c *Cache) Materialize(d Digest, name string) (*shm.Segment, error) {
+	f, err := os.Open(c.BlobPath(d))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	defer f.Close()
+	seg, err := shm.Create(name, d.Size)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*shm.Segment, error) { seg.Close(); return nil, err }
+	if err := seg.Use(func(fd int) error { return kernelCopy(fd, int(f.Fd()), d.Size) }); err != nil {
+		return fail(fmt.Errorf("%w: %v", ErrCorrupt, err))
+	}
+	if err := seg.SealWrite(); err != nil {
+		return fail(err)
+	}
+	got, err := SegmentDigest(seg)
+	if err != nil {
+		return fail(err)
+	}
+	if got != d {
+		return fail(fmt.Errorf("%w: bytes hash to %s, expected %s", ErrCorrupt, got.Hash[:12], d.Hash[:12]))
+	}
+	return seg, nil
+}
+
+// SegmentDigest hashes a sealed segment through a read-only mapping.
+func SegmentDigest(seg *shm.Segment) (Digest, error) {
+	if seg.Size() == 0 {
+		return DigestOf(nil), nil
+	}
+	m, err := seg.MapRO()
+	if err != nil {
+		return Digest{}, err
+	}
+	defer m.Unmap()
+	return DigestOf(m.Bytes()), nil
+}
+
+// Verify re-hashes a blob file (for readers that map the cache file itself,
+// such as the dataset writer).
+func (c *Cache) Verify(d Digest) error {
+	f, err := os.Open(c.BlobPath(d))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	var n int64
+	for {
+		k, err := f.Read(buf)
+		h.Write(buf[:k])
+		n += int64(k)
+		if err != nil {
+			break
+		}
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != d.Hash || n != d.Size {
+		return fmt.Errorf("%w: blob %s hashes to %s", ErrCorrupt, d.Hash[:12], got[:12])
+	}
+	return nil
+}
+
+// Lock takes the per-key lock, waiting while another process (or run) holds
+// it. The returned function releases it.
+func (c *Cache) Lock(ctx context.Context, key string) (func(), error) {
+	p := shard(filepath.Join(c.dir, "locks"), key, ".lock")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("locking cache key %s: %w", key[:12], err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, context.Cause(ctx)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func stageID(run, stage string) string {
+	sum := sha256.Sum256([]byte(run + "\x00" + stage))
+	return hex.EncodeToString(sum[:12])
+}
+
+// LastParts returns the key parts of the last run of a stage, if any.
+func (c *Cache) LastParts(run, stage string) *Parts {
+	b, err := os.ReadFile(filepath.Join(c.dir, "stages", stageID(run, stage)+".json"))
+	if err != nil {
+		return nil
+	}
+	var p Parts
+	if json.Unmarshal(b, &p) != nil {
+		return nil
+	}
+	return &p
+}
+
+// SaveParts records the key parts of a stage's run.
+func (c *Cache) SaveParts(run, stage string, p Parts) error {
+	b, _ := json.Marshal(p)
+	return writeAtomic(filepath.Join(c.dir, "stages", stageID(run, stage)+".json"), b)
+}
+
+var binMu sync.Mutex
+
+// PluginDigest returns the SHA-256 of a plugin executable, remembered by
+// path, size, mtime and inode so a rerun does not hash every binary again.
+func (c *Cache) PluginDigest(path string, compute func() string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return compute()
+	}
+	var ino uint64
+	if sys, ok := st.Sys().(*unix.Stat_t); ok {
+		ino = sys.Ino
+	}
+	id := path + "|" + strconv.FormatInt(st.Size(), 10) + "|" + strconv.FormatInt(st.ModTime().UnixNano(), 10) + "|" + strconv.FormatUint(ino, 10)
+	memo := filepath.Join(c.dir, "bins.json")
+	binMu.Lock()
+	defer binMu.Unlock()
+	known := map[string]string{}
+	if b, err := os.ReadFile(memo); err == nil {
+		_ = json.Unmarshal(b, &known)
+	}
+	if d, ok := known[id]; ok {
+		return d
+	}
+	d := compute()
+	known[id] = d
+	if b, err := json.Marshal(known); err == nil {
+		_ = writeAtomic(memo, b)
+	}
+	return d
+}
+
+func writeAtomic(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// kernelCopy copies n bytes from src to dst (both at offset 0, dst at its
+// current size 0) without passing them through user space:
+// copy_file_range where the file systems allow it, sendfile otherwise.
+func kernelCopy(dst, src int, n int64) error {
+	var off int64
+	useSendfile := false
+	for off < n {
+		if !useSendfile {
+			roff, woff := off, off
+			k, err := unix.CopyFileRange(src, &roff, dst, &woff, int(min(n-off, 1<<30)), 0)
+			if err == nil && k > 0 {
+				off += int64(k)
+				continue
+			}
+			if err == nil || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) {
+				useSendfile = true
+				if _, err := unix.Seek(dst, off, 0); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("copy_file_range: %w", err)
+		}
+		roff := off
+		k, err := unix.Sendfile(dst, src, &roff, int(min(n-off, 1<<30)))
+		if err != nil {
+			return fmt.Errorf("sendfile: %w", err)
+		}
+		if k == 0 {
+			return fmt.Errorf("source ended after %d of %d bytes", off, n)
+		}
+		off += int64(k)
+	}
+	return nil
+}

@@ -1,0 +1,239 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pipehost/pipehost/host/cache"
+	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/internal/clock"
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+	"github.com/pipehost/pipehost/shm"
+)
+
+// hostClaim is the arena consumer name the host itself holds on each output
+// while the cache needs the bytes (to hash and store them), so an output
+// nobody reads is not freed the moment it is sealed.
+const hostClaim = "\x00host"
+
+// claimants are the consumers an output is allocated with.
+func (e *Engine) claimants(n *plan.Node, port string) []string {
+	names := consumerNames(n, port)
+	if e.opts.Cache != nil {
+		names = append(names, hostClaim)
+	}
+	return names
+}
+
+// releaseHostClaims drops the host's claims once the cache has what it needs.
+func (e *Engine) releaseHostClaims(r *StageResult) {
+	if e.opts.Cache == nil {
+		return
+	}
+	for _, o := range r.Outputs {
+		if o.Entry != nil {
+			_ = e.arena.Release(o.Entry.ID, hostClaim)
+		}
+	}
+}
+
+// dupSegment opens a second descriptor of a segment.
+func dupSegment(seg *shm.Segment) (*shm.Segment, error) {
+	var dup int
+	err := seg.Use(func(fd int) error {
+		var err error
+		dup, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s, err := shm.Open(dup)
+	if err != nil {
+		unix.Close(dup)
+		return nil, err
+	}
+	return s, nil
+}
+
+func logEvent(msg string) *pb.RunEvent {
+	return &pb.RunEvent{Event: &pb.RunEvent_Log{Log: &pb.LogLine{
+		Level: pb.LogLevel_LOG_LEVEL_WARN, Message: msg, TimeNs: clock.Now(),
+	}}}
+}
+
+// store writes the stage's outputs to the cache in the background; the key
+// lock is released when the entry is complete.
+func (e *Engine) store(n *plan.Node, r *StageResult, parts cache.Parts, unlock func()) {
+	m := &cache.Manifest{Key: r.Key, Stage: n.Name, Kind: n.Kind, Parts: parts}
+	segs := map[string]*shm.Segment{}
+	closeAll := func() {
+		for _, s := range segs {
+			s.Close()
+		}
+	}
+	for port, o := range r.Outputs {
+		// A second descriptor keeps the bytes alive while they are copied,
+		// even if the last consumer frees the arena entry meanwhile.
+		dup, err := dupSegment(o.Entry.Segment)
+		if err != nil {
+			closeAll()
+			unlock()
+			e.opts.Observer.StageEvent(n, logEvent("could not store cache entry: "+err.Error()))
+			return
+		}
+		segs[port] = dup
+		m.Outputs = append(m.Outputs, cache.OutputRecord{Port: port, Digest: o.Digest, Handle: cache.EncodeHandle(o.Handle)})
+	}
+	e.stores.Add(1)
+	go func() {
+		defer e.stores.Done()
+		defer unlock()
+		defer closeAll()
+		m.Created = time.Now().UTC()
+		if err := e.opts.Cache.Store(m, segs); err != nil {
+			e.opts.Observer.StageEvent(n, logEvent("could not store cache entry: "+err.Error()))
+		}
+	}()
+}
+
+// materialize makes a cached output's bytes available as an arena segment
+// that needBy (a stage about to run) will release.
+func (e *Engine) materialize(producer *plan.Node, port string, o *Output, needBy string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.Entry != nil && !o.Entry.Freed() {
+		return e.arena.AddConsumer(o.Entry.ID, needBy)
+	}
+	if !o.Cached {
+		return fmt.Errorf("output %q of %s is gone", port, producer.Name)
+	}
+	seg, err := e.opts.Cache.Materialize(o.Digest, port)
+	if err != nil {
+		return err
+	}
+	defer seg.Close()
+	consumers := []string{needBy}
+	for c := range o.pending {
+		if c != needBy {
+			consumers = append(consumers, c)
+		}
+	}
+	var fd int
+	if err := seg.Use(func(f int) error {
+		var err error
+		fd, err = unix.FcntlInt(uintptr(f), unix.F_DUPFD_CLOEXEC, 0)
+		return err
+	}); err != nil {
+		return err
+	}
+	ent, err := e.arena.Adopt(fd, producer.Name, consumers, e.keep(producer, port))
+	if err != nil {
+		unix.Close(fd)
+		return err
+	}
+	if err := e.arena.Seal(ent.ID); err != nil {
+		e.arena.Free(ent.ID)
+		return err
+	}
+	o.Entry = ent
+	o.Handle.SegmentId = ent.ID
+	return nil
+}
+
+// materializeInputs loads the cached inputs of a stage about to run. A
+// cache entry that turns out corrupt is removed and its stage recomputed,
+// so the run still completes with correct data.
+func (e *Engine) materializeInputs(ctx context.Context, n *plan.Node, results []*StageResult, slots chan int) error {
+	if e.opts.Cache == nil {
+		return nil
+	}
+	for _, in := range n.Inputs {
+		up := results[in.From.Index]
+		port := in.Output.GetName()
+		err := e.materialize(in.From, port, up.Outputs[port], n.Name)
+		if isCorrupt(err) {
+			e.opts.Observer.StageEvent(in.From, logEvent(fmt.Sprintf("cached output %q is corrupt (%v): entry removed, recomputing %s", port, err, in.From.Name)))
+			e.opts.Cache.Invalidate(up.Key)
+			e.opts.Cache.RemoveBlob(up.Outputs[port].Digest)
+			if err := e.recompute(ctx, in.From, up, results, slots, n.Name); err != nil {
+				return fmt.Errorf("recomputing %s after its cache entry turned out corrupt: %w", in.From.Name, err)
+			}
+			err = e.materialize(in.From, port, up.Outputs[port], n.Name)
+		}
+		if err != nil {
+			return fmt.Errorf("input %q (cached output of %s): %w", in.Input.GetName(), in.From.Name, err)
+		}
+	}
+	return nil
+}
+
+func isCorrupt(err error) bool { return err != nil && errors.Is(err, cache.ErrCorrupt) }
+
+var recomputeLocks sync.Map // *StageResult → *sync.Mutex
+
+// recompute runs a stage that was served from the cache, because a
+// consumer found the cached bytes corrupt, and swaps its outputs in.
+func (e *Engine) recompute(ctx context.Context, n *plan.Node, up *StageResult, results []*StageResult, slots chan int, needBy string) error {
+	mu, _ := recomputeLocks.LoadOrStore(up, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	if up.Cache != CacheHit {
+		return nil // another consumer already did it
+	}
+	if err := e.materializeInputs(ctx, n, results, slots); err != nil {
+		return err
+	}
+	fresh := &StageResult{Name: n.Name, Kind: n.Kind, Slot: -1}
+	if err := e.admit(ctx, n, fresh); err != nil {
+		e.releaseInputs(n, results)
+		return err
+	}
+	defer e.finished()
+	var slot int
+	select {
+	case slot = <-slots:
+	case <-ctx.Done():
+		e.freeOutputs(fresh)
+		e.releaseInputs(n, results)
+		return context.Cause(ctx)
+	}
+	fresh.Slot = slot
+	e.runStage(ctx, n, fresh, results)
+	slots <- slot
+	if fresh.Status != StatusOK {
+		return fresh.Err
+	}
+	if err := e.digestOutputs(fresh); err != nil {
+		e.freeOutputs(fresh)
+		return err
+	}
+	if parts, ok := e.keyParts(n, results); ok {
+		fresh.Key = up.Key
+		if unlock, err := e.opts.Cache.Lock(ctx, up.Key); err == nil {
+			e.store(n, fresh, parts, unlock)
+		}
+	}
+	e.releaseHostClaims(fresh)
+	for port, o := range up.Outputs {
+		fo := fresh.Outputs[port]
+		o.mu.Lock()
+		// Consumers that already finished will never release the new
+		// segment: release on their behalf (not for the one waiting).
+		for _, c := range fo.Entry.Consumers {
+			if !o.pending[c] && c != needBy && c != hostClaim {
+				_ = e.arena.Release(fo.Entry.ID, c)
+			}
+		}
+		o.Entry, o.Handle, o.Digest, o.Cached = fo.Entry, fo.Handle, fo.Digest, false
+		o.mu.Unlock()
+	}
+	up.Cache, up.MissReason = CacheMiss, "its cache entry was corrupt"
+	up.Stats, up.Metrics = fresh.Stats, fresh.Metrics
+	return nil
+}
