@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 GO ?= go
 TOOLS := $(CURDIR)/.tools
-export PATH := $(TOOLS)/bin:$(PATH)
+export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
@@ -50,6 +50,9 @@ proto: $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc
 	protoc -I proto --go_out=proto --go_opt=module=github.com/pipehost/pipehost/proto \
 	  --go-grpc_out=proto --go-grpc_opt=module=github.com/pipehost/pipehost/proto \
 	  proto/pipehost/v1/stage.proto
+	protoc -I proto --go_out=proto --go_opt=module=github.com/pipehost/pipehost/proto \
+	  --go-grpc_out=proto --go-grpc_opt=module=github.com/pipehost/pipehost/proto \
+	  proto/bench/v1/transfer.proto
 
 # Regenerates into a scratch copy and fails when the committed code differs.
 proto-check: $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc

@@ -49,6 +49,7 @@ ensure_python() {
 # Rust comes from rustup on this kind of machine; cargo fetches crates itself.
 ensure_rust() {
   ensure_protoc
+  apt_ensure build-essential # cargo links through the system C compiler
   if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
       echo "ensure-deps: cargo is in $HOME/.cargo/bin; add it to PATH" >&2

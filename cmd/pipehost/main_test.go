@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"bytes"
 	"os"
 	"os/exec"
@@ -117,7 +118,8 @@ params = { ms = 20000 }
 kind = "probe.sleep"
 inputs = { in = "slow.out" }
 `)
-	cmd := exec.Command(bin, "run", cfg, "--plugin-dir", pd, "--no-cache")
+	out := t.TempDir()
+	cmd := exec.Command(bin, "run", cfg, "--plugin-dir", pd, "--no-cache", "--out", out)
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
 	if err := cmd.Start(); err != nil {
@@ -139,6 +141,25 @@ inputs = { in = "slow.out" }
 	}
 	if !strings.Contains(errb.String(), "interrupted by interrupt") {
 		t.Errorf("stderr does not say why the run stopped:\n%s", errb.String())
+	}
+	// The run log is complete: valid JSON Lines ending with run_end.
+	logs, _ := filepath.Glob(filepath.Join(out, "logs", "run_*.jsonl"))
+	if len(logs) != 1 {
+		t.Fatalf("run logs: %v", logs)
+	}
+	data, _ := os.ReadFile(logs[0])
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	last := lines[len(lines)-1]
+	if !strings.Contains(last, `"type":"run_end"`) || !strings.Contains(last, `"status":"stopped (interrupted by interrupt)"`) {
+		t.Errorf("last run log line: %s", last)
+	}
+	for i, l := range lines {
+		if !json.Valid([]byte(l)) {
+			t.Errorf("run log line %d is not JSON: %s", i+1, l)
+		}
+	}
+	if sum, err := os.ReadFile(filepath.Join(out, "summary.md")); err != nil || !strings.Contains(string(sum), "stopped") {
+		t.Errorf("summary.md after SIGINT: %v", err)
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
 	for _, p := range procs {

@@ -50,7 +50,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("run", "CONFIG [flags]", stderr)
 	var common commonFlags
 	common.register(fs)
-	out := fs.String("out", "", "output directory (default: the config's output.dir, else out)")
+	out := fs.String("out", "", "output directory (default: the config's output.dir, relative to the config file, else out/ beside it)")
+	quiet := fs.Bool("quiet", false, "print nothing but errors")
 	jobs := fs.Int("jobs", runtime.NumCPU(), "stages run at once")
 	keepGoing := fs.Bool("keep-going", false, "after a stage fails, finish the branches that do not depend on it")
 	timeout := fs.Duration("timeout", 0, "default per-stage timeout (0: none; the config's run.timeout and stage timeouts take precedence)")
@@ -99,7 +100,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		opts.Engine.Refresh[r] = true
 	}
 	opts.Warn = func(msg string) { fmt.Fprintln(stderr, "pipehost:", msg) }
-	_ = out
+	opts.OutDir, opts.Version = *out, version
 
 	ctx, stop := signalContext()
 	defer stop()
@@ -113,10 +114,21 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			return report(stderr, &runner.SetupError{Err: fmt.Errorf("--refresh %s: no such stage in %s", name, pos[0])})
 		}
 	}
+	var prog *progress
+	if !*quiet {
+		prog = newProgress(stdout, len(sess.Plan.Nodes))
+		sess.SetObserver(prog)
+	}
 	res := sess.Run(ctx)
-	for _, r := range res.Stages {
-		status := string(r.Status)
-		fmt.Fprintf(stdout, "%-20s %-16s %-8s %-5s %8.1f ms\n", r.Name, r.Kind, status, r.Cache, float64(r.EndNs-r.StartNs)/1e6)
+	if prog != nil {
+		prog.close()
+		hits := 0
+		for _, r := range res.Stages {
+			if r.Cache == engine.CacheHit {
+				hits++
+			}
+		}
+		fmt.Fprintf(stdout, "%d stages, %d from the cache; summary %s, trace %s\n", len(res.Stages), hits, sess.Reports.Summary, sess.Reports.Trace)
 	}
 	if ctx.Err() != nil {
 		fmt.Fprintln(stderr, "pipehost: run stopped:", context.Cause(ctx))

@@ -21,6 +21,7 @@ import (
 	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/host/pluginmgr"
+	"github.com/pipehost/pipehost/internal/clock"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
 )
@@ -51,9 +52,33 @@ type Options struct {
 // Observer is told what happens during a run. Calls come from many
 // goroutines at once and must not block.
 type Observer interface {
-	StageStart(n *plan.Node, slot int)
+	// StageStart: the stage was sent to a plugin process.
+	StageStart(n *plan.Node, r *StageResult)
 	StageEvent(n *plan.Node, ev *pb.RunEvent)
 	StageEnd(n *plan.Node, r *StageResult)
+}
+
+// Observers fans events out to several observers.
+func Observers(obs ...Observer) Observer { return fanout(obs) }
+
+type fanout []Observer
+
+func (f fanout) StageStart(n *plan.Node, r *StageResult) {
+	for _, o := range f {
+		o.StageStart(n, r)
+	}
+}
+
+func (f fanout) StageEvent(n *plan.Node, ev *pb.RunEvent) {
+	for _, o := range f {
+		o.StageEvent(n, ev)
+	}
+}
+
+func (f fanout) StageEnd(n *plan.Node, r *StageResult) {
+	for _, o := range f {
+		o.StageEnd(n, r)
+	}
 }
 
 // Status of a stage after a run.
@@ -82,8 +107,11 @@ type StageResult struct {
 	Cache      CacheStatus
 	MissReason string
 	Key        string
-	// Spans are the subtask spans the stage reported.
-	Spans []*pb.Span
+	// Plugin and Pid say which process ran the stage.
+	Plugin string
+	Pid    int
+	// BytesIn and BytesOut are the sizes of the stage's inputs and outputs.
+	BytesIn, BytesOut int64
 }
 
 // CacheStatus of a stage.
@@ -114,6 +142,8 @@ type Output struct {
 // Result of a whole run.
 type Result struct {
 	Stages []*StageResult // plan order
+	// StartNs and EndNs bound the engine's work (CLOCK_MONOTONIC).
+	StartNs, EndNs int64
 	// Failed lists failed stages (not skipped ones) in plan order.
 	Failed []*StageResult
 }
@@ -168,13 +198,14 @@ func New(p *plan.Plan, reg *pluginmgr.Registry, a *arena.Arena, opts Options) *E
 
 type nopObserver struct{}
 
-func (nopObserver) StageStart(*plan.Node, int)          {}
+func (nopObserver) StageStart(*plan.Node, *StageResult) {}
 func (nopObserver) StageEvent(*plan.Node, *pb.RunEvent) {}
 func (nopObserver) StageEnd(*plan.Node, *StageResult)   {}
 
 // Run executes the plan. It returns when every stage has finished, failed or
 // been skipped; ctx cancellation stops running stages.
 func (e *Engine) Run(ctx context.Context) *Result {
+	startNs := clock.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	nodes := e.plan.Nodes
@@ -210,7 +241,7 @@ func (e *Engine) Run(ctx context.Context) *Result {
 	wg.Wait()
 	// The cache must be consistent when Run returns, even when stopped.
 	e.stores.Wait()
-	res := &Result{Stages: results}
+	res := &Result{Stages: results, StartNs: startNs, EndNs: clock.Now()}
 	for _, r := range results {
 		if r.Status == StatusFailed {
 			res.Failed = append(res.Failed, r)

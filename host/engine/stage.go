@@ -26,7 +26,6 @@ const adoptWait = 10 * time.Second
 // runStage runs one stage to completion and fills r.
 func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult) {
 	r.StartNs = clock.Now()
-	e.opts.Observer.StageStart(n, r.Slot)
 	p, release, err := e.lease(ctx, n)
 	fail := func(err error) {
 		r.Status = StatusFailed
@@ -43,6 +42,13 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 	}
 	defer e.releaseInputs(n, results)
 	defer release()
+	r.Plugin, r.Pid = p.Path, p.Pid
+	for _, in := range n.Inputs {
+		if o := results[in.From.Index].Outputs[in.Output.GetName()]; o != nil && o.Entry != nil {
+			r.BytesIn += o.Entry.Size
+		}
+	}
+	e.opts.Observer.StageStart(n, r)
 
 	req := &pb.RunRequest{
 		RunId:    e.plan.Config.RunID,
@@ -123,6 +129,9 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 	if err := e.adopt(ctx, n, p, res, r); err != nil {
 		fail(err)
 		return
+	}
+	for _, o := range r.Outputs {
+		r.BytesOut += o.Entry.Size
 	}
 	r.Status = StatusOK
 	r.EndNs = clock.Now()

@@ -78,9 +78,38 @@ type Manager struct {
 	opts    Options
 	sockDir string
 
-	mu      sync.Mutex
-	plugins []*Plugin
-	closed  bool
+	mu       sync.Mutex
+	plugins  []*Plugin
+	closed   bool
+	onStderr func(p *Plugin, line string)
+}
+
+// OnStderr routes every stderr line of every plugin, running or launched
+// later, to f (nil stops it).
+func (m *Manager) OnStderr(f func(p *Plugin, line string)) {
+	m.mu.Lock()
+	m.onStderr = f
+	plugins := append([]*Plugin(nil), m.plugins...)
+	m.mu.Unlock()
+	for _, p := range plugins {
+		p.routeStderr(f)
+	}
+}
+
+func (p *Plugin) routeStderr(f func(p *Plugin, line string)) {
+	if f == nil {
+		p.Stderr.SetOnLine(nil)
+		return
+	}
+	p.Stderr.SetOnLine(func(line string) { f(p, line) })
+}
+
+// Plugins lists every plugin process started so far (including stopped
+// and relaunched ones).
+func (m *Manager) Plugins() []*Plugin {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]*Plugin(nil), m.plugins...)
 }
 
 // New makes a Manager with a private 0700 socket directory.
@@ -196,6 +225,9 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 	})
 	m.mu.Lock()
 	m.plugins = append(m.plugins, p)
+	if m.onStderr != nil {
+		p.routeStderr(m.onStderr)
+	}
 	m.mu.Unlock()
 
 	fail := func(err error) (*Plugin, error) {

@@ -18,8 +18,8 @@ type Tail struct {
 	said []string
 	part []byte
 	last time.Time
-	// OnLine, when set, sees every complete line (the run log uses it).
-	OnLine func(line string)
+	// onLine, when set, sees every complete line (the run log uses it).
+	onLine func(line string)
 }
 
 // NewTail keeps up to max lines.
@@ -52,8 +52,8 @@ func (t *Tail) add(line string) {
 	if line == "" {
 		return
 	}
-	if t.OnLine != nil {
-		t.OnLine(line)
+	if t.onLine != nil {
+		t.onLine(line)
 	}
 	if len(line) > 1000 {
 		line = line[:1000] + "…"
@@ -120,4 +120,11 @@ func (t *Tail) Settle(quiet, max time.Duration) {
 		}
 		time.Sleep(quiet - idle)
 	}
+}
+
+// SetOnLine sets the function that sees every complete line from now on.
+func (t *Tail) SetOnLine(f func(line string)) {
+	t.mu.Lock()
+	t.onLine = f
+	t.mu.Unlock()
 }

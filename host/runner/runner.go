@@ -19,6 +19,8 @@ import (
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/host/pluginmgr"
+	"github.com/pipehost/pipehost/host/report"
+	"github.com/pipehost/pipehost/internal/clock"
 )
 
 // Options for a session.
@@ -42,6 +44,10 @@ type Options struct {
 	// Resources override the config's resource capacities; "gpu" defaults
 	// to the number of GPUs detected.
 	Resources map[string]int
+	// OutDir overrides the config's output directory.
+	OutDir string
+	// Version is pipehost's version, for the run log.
+	Version string
 }
 
 // DetectGPUs counts the NVIDIA and DRM render devices of this machine.
@@ -69,8 +75,12 @@ type Session struct {
 	Plan     *plan.Plan
 	Arena    *arena.Arena
 	Cache    *cache.Cache
+	// Reports are the files the last Run wrote.
+	Reports  Reports
 	mgr      *pluginmgr.Manager
 	opts     Options
+	openNs   int64
+	previews map[string]string
 }
 
 // LoadConfig reads the config and applies overrides.
@@ -118,6 +128,7 @@ func StartPlugins(ctx context.Context, opts Options) (*pluginmgr.Manager, []*plu
 
 // Open loads the config, starts the plugins and builds the plan.
 func Open(ctx context.Context, opts Options) (*Session, error) {
+	openNs := clock.Now()
 	cfg, err := LoadConfig(opts.ConfigPath, opts.Overrides)
 	if err != nil {
 		return nil, err
@@ -151,7 +162,7 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	}
 	mgr.StopUnused(used)
 	sess := &Session{Config: cfg, Plugins: plugins, Registry: reg, Plan: p, mgr: mgr, opts: opts,
-		Arena: arena.New(opts.MemBudget)}
+		Arena: arena.New(opts.MemBudget), openNs: openNs}
 	if opts.CacheDir != "" {
 		c, err := cache.Open(opts.CacheDir)
 		if err != nil {
@@ -170,12 +181,30 @@ func (s *Session) warn(msg string) {
 	}
 }
 
-// Run executes the plan.
+// Run executes the plan and records it: the run log as it happens, then
+// summary.md and trace.json in the output directory (for failed and
+// stopped runs too).
 func (s *Session) Run(ctx context.Context) *engine.Result {
+	w := s.startRecording()
+	col := report.NewCollector(w)
 	opts := s.opts.Engine
 	opts.Manager = s.mgr
 	opts.Cache = s.Cache
+	if opts.Observer != nil {
+		opts.Observer = engine.Observers(col, opts.Observer)
+	} else {
+		opts.Observer = col
+	}
 	res := engine.New(s.Plan, s.Registry, s.Arena, opts).Run(ctx)
+	startNs, endNs := res.StartNs, res.EndNs
+	status := "ok"
+	switch {
+	case ctx.Err() != nil:
+		status = fmt.Sprintf("stopped (%v)", context.Cause(ctx))
+	case len(res.Failed) > 0:
+		status = "failed"
+	}
+	s.Reports = s.finishRecording(w, col, res, startNs, endNs, status)
 	if s.Cache != nil && s.opts.CacheMax > 0 && s.Cache.Usage() > s.opts.CacheMax {
 		if _, err := s.Cache.GC(s.opts.CacheMax); err != nil {
 			s.warn(fmt.Sprintf("cache collection failed: %v", err))
@@ -183,6 +212,9 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 	}
 	return res
 }
+
+// SetObserver adds an observer of the next Run (e.g. a progress display).
+func (s *Session) SetObserver(o engine.Observer) { s.opts.Engine.Observer = o }
 
 // Close stops every plugin, removes their sockets and frees every segment.
 func (s *Session) Close() error {

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../proto");
-    let root = root.canonicalize().unwrap_or_else(|e| {
-        panic!("pipehost-sdk: proto directory {}: {e}", root.display())
-    });
+    let root = root
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("pipehost-sdk: proto directory {}: {e}", root.display()));
     let protos = [
         root.join("pipehost/v1/stage.proto"),
         root.join("goplugin/controller.proto"),

@@ -4,7 +4,89 @@
 
 use std::ops::{Deref, DerefMut};
 
-use crate::DType;
+use crate::pb;
+
+/// The element type of a grid (little-endian on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F64,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+}
+
+impl DType {
+    /// The size of one element in bytes.
+    pub fn size(self) -> usize {
+        match self {
+            DType::I8 | DType::U8 => 1,
+            DType::I16 | DType::U16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+        }
+    }
+
+    /// The lower-case name: "f32", "u8", ...
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::I8 => "i8",
+            DType::I16 => "i16",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+            DType::U8 => "u8",
+            DType::U16 => "u16",
+            DType::U32 => "u32",
+            DType::U64 => "u64",
+        }
+    }
+
+    /// The wire enum.
+    pub fn to_proto(self) -> pb::DType {
+        match self {
+            DType::F32 => pb::DType::DtypeF32,
+            DType::F64 => pb::DType::DtypeF64,
+            DType::I8 => pb::DType::DtypeI8,
+            DType::I16 => pb::DType::DtypeI16,
+            DType::I32 => pb::DType::DtypeI32,
+            DType::I64 => pb::DType::DtypeI64,
+            DType::U8 => pb::DType::DtypeU8,
+            DType::U16 => pb::DType::DtypeU16,
+            DType::U32 => pb::DType::DtypeU32,
+            DType::U64 => pb::DType::DtypeU64,
+        }
+    }
+
+    /// Reads a wire value; `None` for unspecified or unknown values.
+    pub fn from_proto(v: i32) -> Option<DType> {
+        Some(match pb::DType::try_from(v).ok()? {
+            pb::DType::DtypeF32 => DType::F32,
+            pb::DType::DtypeF64 => DType::F64,
+            pb::DType::DtypeI8 => DType::I8,
+            pb::DType::DtypeI16 => DType::I16,
+            pb::DType::DtypeI32 => DType::I32,
+            pb::DType::DtypeI64 => DType::I64,
+            pb::DType::DtypeU8 => DType::U8,
+            pb::DType::DtypeU16 => DType::U16,
+            pb::DType::DtypeU32 => DType::U32,
+            pb::DType::DtypeU64 => DType::U64,
+            pb::DType::DtypeUnspecified => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 mod sealed {
     pub trait Sealed {}
@@ -40,7 +122,12 @@ pub struct Grid<'a, T> {
 impl<'a, T: Elem> Grid<'a, T> {
     pub(crate) fn new(data: &'a [T], width: usize, height: usize, level: u32) -> Self {
         debug_assert_eq!(data.len(), width * height);
-        Grid { data, width, height, level }
+        Grid {
+            data,
+            width,
+            height,
+            level,
+        }
     }
     pub fn width(&self) -> usize {
         self.width
@@ -87,7 +174,12 @@ pub struct GridMut<'a, T> {
 impl<'a, T: Elem> GridMut<'a, T> {
     pub(crate) fn new(data: &'a mut [T], width: usize, height: usize, level: u32) -> Self {
         debug_assert_eq!(data.len(), width * height);
-        GridMut { data, width, height, level }
+        GridMut {
+            data,
+            width,
+            height,
+            level,
+        }
     }
     pub fn width(&self) -> usize {
         self.width

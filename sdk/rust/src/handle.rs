@@ -15,55 +15,58 @@ pub const DIGEST_SIZE: usize = 32;
 /// The size in bytes of one element of a dtype (`pb::DType as i32`), or
 /// `None` for an unknown or unspecified dtype.
 pub fn dtype_size(dtype: i32) -> Option<u64> {
-    use pb::DType::*;
-    match pb::DType::try_from(dtype).ok()? {
-        I8 | U8 => Some(1),
-        I16 | U16 => Some(2),
-        F32 | I32 | U32 => Some(4),
-        F64 | I64 | U64 => Some(8),
-        Unspecified => None,
-    }
+    crate::DType::from_proto(dtype).map(|d| d.size() as u64)
 }
 
-/// Which rule a rejected handle broke.
+/// Which rule a rejected handle broke: the reason classes of
+/// testdata/handles.json, in the order the rules are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// No handle at all.
     Missing,
-    /// `segment_size` is not the segment's real size.
+    /// Rule 1: `segment_size` is not the segment's real size.
     SegmentSize,
-    /// `offset` is not a multiple of 64.
-    Alignment,
-    /// `offset + nbytes` runs past the segment (or overflows).
-    Bounds,
-    /// `digest` is neither empty nor 32 bytes.
-    Digest,
-    /// `format` is neither raw nor Arrow IPC.
-    Format,
-    /// A raw buffer's dtype is unknown.
-    DType,
-    /// `shape` and `strides` differ in length, or an Arrow buffer has either.
-    Rank,
-    /// A stride is 0 or not a multiple of the element size.
-    Stride,
-    /// The extent the shape and strides reach exceeds `nbytes` (or overflows).
-    Extent,
+    /// Rule 2: `offset` is not a multiple of 64.
+    UnalignedOffset,
+    /// Rule 3: `offset + nbytes` runs past the segment (or overflows).
+    OutOfBounds,
+    /// Rule 4: `digest` is neither empty nor 32 bytes.
+    DigestLength,
+    /// Rule 5: `format` is neither raw nor Arrow IPC.
+    UnknownFormat,
+    /// Rule 6.1: a raw buffer's dtype is unknown.
+    UnknownDType,
+    /// Rule 6.2: `shape` and `strides` differ in length.
+    RankMismatch,
+    /// Rule 6.3: a stride is 0.
+    ZeroStride,
+    /// Rule 6.3: a stride is not a multiple of the element size.
+    StrideNotMultiple,
+    /// Rule 6.4: computing the extent overflows 64 bits.
+    Overflow,
+    /// Rule 6.4: the extent exceeds `nbytes`.
+    ExtentExceedsNbytes,
+    /// Rule 7: an Arrow IPC buffer has a shape or strides.
+    ArrowShape,
 }
 
 impl Reason {
-    /// A short stable name, as in testdata/handles.json.
+    /// The class name used in testdata/handles.json.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Missing => "missing",
             Reason::SegmentSize => "segment_size",
-            Reason::Alignment => "alignment",
-            Reason::Bounds => "bounds",
-            Reason::Digest => "digest",
-            Reason::Format => "format",
-            Reason::DType => "dtype",
-            Reason::Rank => "rank",
-            Reason::Stride => "stride",
-            Reason::Extent => "extent",
+            Reason::UnalignedOffset => "unaligned_offset",
+            Reason::OutOfBounds => "out_of_bounds",
+            Reason::DigestLength => "digest_length",
+            Reason::UnknownFormat => "unknown_format",
+            Reason::UnknownDType => "unknown_dtype",
+            Reason::RankMismatch => "rank_mismatch",
+            Reason::ZeroStride => "zero_stride",
+            Reason::StrideNotMultiple => "stride_not_multiple",
+            Reason::Overflow => "overflow",
+            Reason::ExtentExceedsNbytes => "extent_exceeds_nbytes",
+            Reason::ArrowShape => "arrow_shape",
         }
     }
 }
@@ -87,7 +90,10 @@ impl std::error::Error for InvalidHandle {}
 /// on u64 and overflow is an error, never a wrap-around.
 pub fn validate(h: Option<&pb::Handle>, segment_size: u64) -> Result<(), InvalidHandle> {
     let Some(h) = h else {
-        return Err(InvalidHandle { reason: Reason::Missing, message: "invalid handle: missing handle".into() });
+        return Err(InvalidHandle {
+            reason: Reason::Missing,
+            message: "invalid handle: missing handle".into(),
+        });
     };
     let bad = |reason: Reason, what: String| InvalidHandle {
         reason,
@@ -104,29 +110,38 @@ pub fn validate(h: Option<&pb::Handle>, segment_size: u64) -> Result<(), Invalid
     }
     let (off, n) = (h.offset, h.nbytes);
     if off % ALIGN != 0 {
-        return Err(bad(Reason::Alignment, format!("offset {off} is not {ALIGN}-byte aligned")));
+        return Err(bad(
+            Reason::UnalignedOffset,
+            format!("offset {off} is not {ALIGN}-byte aligned"),
+        ));
     }
     match off.checked_add(n) {
         Some(end) if end <= segment_size => {}
         _ => {
             return Err(bad(
-                Reason::Bounds,
+                Reason::OutOfBounds,
                 format!("offset {off} + nbytes {n} runs past the segment's {segment_size} bytes"),
             ))
         }
     }
     let d = h.digest.len();
     if d != 0 && d != DIGEST_SIZE {
-        return Err(bad(Reason::Digest, format!("digest is {d} bytes, want {DIGEST_SIZE} (SHA-256)")));
+        return Err(bad(
+            Reason::DigestLength,
+            format!("digest is {d} bytes, want {DIGEST_SIZE} (SHA-256)"),
+        ));
     }
     match pb::Format::try_from(h.format) {
         Ok(pb::Format::Raw) => {
             let Some(es) = dtype_size(h.dtype) else {
-                return Err(bad(Reason::DType, format!("raw buffer has unknown dtype {}", h.dtype)));
+                return Err(bad(
+                    Reason::UnknownDType,
+                    format!("raw buffer has unknown dtype {}", h.dtype),
+                ));
             };
             if h.shape.len() != h.strides.len() {
                 return Err(bad(
-                    Reason::Rank,
+                    Reason::RankMismatch,
                     format!(
                         "shape has {} dimensions but strides has {}",
                         h.shape.len(),
@@ -137,7 +152,7 @@ pub fn validate(h: Option<&pb::Handle>, segment_size: u64) -> Result<(), Invalid
             let extent = raw_extent(&h.shape, &h.strides, es).map_err(|(r, m)| bad(r, m))?;
             if extent > n {
                 return Err(bad(
-                    Reason::Extent,
+                    Reason::ExtentExceedsNbytes,
                     format!(
                         "shape {:?} with strides {:?} reaches {extent} bytes but nbytes is {n}",
                         h.shape, h.strides
@@ -148,7 +163,7 @@ pub fn validate(h: Option<&pb::Handle>, segment_size: u64) -> Result<(), Invalid
         Ok(pb::Format::ArrowIpc) => {
             if !h.shape.is_empty() || !h.strides.is_empty() {
                 return Err(bad(
-                    Reason::Rank,
+                    Reason::ArrowShape,
                     format!(
                         "an Arrow IPC buffer has no shape or strides (got shape {:?}, strides {:?})",
                         h.shape, h.strides
@@ -156,7 +171,12 @@ pub fn validate(h: Option<&pb::Handle>, segment_size: u64) -> Result<(), Invalid
                 ));
             }
         }
-        _ => return Err(bad(Reason::Format, format!("unknown format {}", h.format))),
+        _ => {
+            return Err(bad(
+                Reason::UnknownFormat,
+                format!("unknown format {}", h.format),
+            ))
+        }
     }
     Ok(())
 }
@@ -165,11 +185,14 @@ pub fn validate(h: Option<&pb::Handle>, segment_size: u64) -> Result<(), Invalid
 fn raw_extent(shape: &[u64], strides: &[u64], es: u64) -> Result<u64, (Reason, String)> {
     for (i, &st) in strides.iter().enumerate() {
         if st == 0 {
-            return Err((Reason::Stride, format!("stride {i} is 0 (strides must be positive)")));
+            return Err((
+                Reason::ZeroStride,
+                format!("stride {i} is 0 (strides must be positive)"),
+            ));
         }
         if st % es != 0 {
             return Err((
-                Reason::Stride,
+                Reason::StrideNotMultiple,
                 format!("stride {i} is {st} bytes, not a multiple of the {es}-byte element"),
             ));
         }
@@ -180,10 +203,16 @@ fn raw_extent(shape: &[u64], strides: &[u64], es: u64) -> Result<u64, (Reason, S
     let mut extent = es;
     for (i, (&d, &st)) in shape.iter().zip(strides).enumerate() {
         let span = (d - 1).checked_mul(st).ok_or_else(|| {
-            (Reason::Extent, format!("dimension {i} ({d} × stride {st}) overflows"))
+            (
+                Reason::Overflow,
+                format!("dimension {i} ({d} × stride {st}) overflows"),
+            )
         })?;
         extent = extent.checked_add(span).ok_or_else(|| {
-            (Reason::Extent, format!("shape {shape:?} with strides {strides:?} overflows"))
+            (
+                Reason::Overflow,
+                format!("shape {shape:?} with strides {strides:?} overflows"),
+            )
         })?;
     }
     Ok(extent)
@@ -216,18 +245,18 @@ pub fn grid_handle(
     segment_id: u64,
     segment_size: u64,
     offset: u64,
-    dtype: pb::DType,
+    dtype: crate::DType,
     height: u64,
     width: u64,
     level: u32,
 ) -> pb::Handle {
-    let es = dtype_size(dtype as i32).unwrap_or(0);
+    let es = dtype.size() as u64;
     pb::Handle {
         segment_id,
         segment_size,
         offset,
         nbytes: height * width * es,
-        dtype: dtype as i32,
+        dtype: dtype.to_proto() as i32,
         shape: vec![height, width],
         strides: vec![width * es, es],
         kind: pb::PortKind::Grid as i32,

@@ -50,8 +50,8 @@ mod grid;
 pub mod handle;
 pub mod log;
 mod params;
-mod serve;
 pub mod seed;
+mod serve;
 pub mod shm;
 mod stage;
 pub mod topology;
@@ -69,9 +69,9 @@ pub mod goplugin {
 }
 
 pub use context::{RunContext, Span};
-pub use grid::{Elem, Grid, GridMut};
+pub use grid::{DType, Elem, Grid, GridMut};
 pub use params::{FromValue, ParamSpec, ParamType, ParamValues, Params, Value};
-pub use pb::{DType, LogLevel};
+pub use pb::LogLevel;
 pub use serve::serve;
 pub use stage::{Port, Stage};
 
@@ -100,17 +100,26 @@ pub enum ErrorKind {
 impl Error {
     /// A stage failure with this message.
     pub fn new(message: impl Into<String>) -> Error {
-        Error { kind: ErrorKind::Failed, message: message.into() }
+        Error {
+            kind: ErrorKind::Failed,
+            message: message.into(),
+        }
     }
 
     /// A parameter error; the message names the parameter.
     pub fn param(name: &str, message: impl fmt::Display) -> Error {
-        Error { kind: ErrorKind::InvalidParam, message: format!("param {name:?}: {message}") }
+        Error {
+            kind: ErrorKind::InvalidParam,
+            message: format!("param {name:?}: {message}"),
+        }
     }
 
     /// The error [`RunContext::check_cancelled`] returns.
     pub fn cancelled() -> Error {
-        Error { kind: ErrorKind::Cancelled, message: "stage cancelled by the host".into() }
+        Error {
+            kind: ErrorKind::Cancelled,
+            message: "stage cancelled by the host".into(),
+        }
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -169,7 +178,10 @@ impl From<handle::InvalidHandle> for Error {
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock the host and every plugin on
 /// a machine share, so spans from different processes line up.
 pub fn monotonic_ns() -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime fills ts.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec

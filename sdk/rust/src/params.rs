@@ -121,7 +121,12 @@ pub struct ParamSpec {
 impl ParamSpec {
     fn new(name: &str, ty: ParamType) -> ParamSpec {
         assert!(!name.is_empty(), "pipehost: a parameter has an empty name");
-        ParamSpec { name: name.to_string(), ty, default: None, doc: String::new() }
+        ParamSpec {
+            name: name.to_string(),
+            ty,
+            default: None,
+            doc: String::new(),
+        }
     }
     /// A boolean parameter.
     pub fn bool(name: &str) -> ParamSpec {
@@ -152,7 +157,10 @@ impl ParamSpec {
             | (ParamType::Int, v @ Value::Int(_))
             | (ParamType::Float, v @ Value::Float(_))
             | (ParamType::String, v @ Value::String(_)) => v,
-            (t, v) => panic!("pipehost: param {:?} is {t:?} but its default is {v}", self.name),
+            (t, v) => panic!(
+                "pipehost: param {:?} is {t:?} but its default is {v}",
+                self.name
+            ),
         };
         self.default = Some(v);
         self
@@ -216,14 +224,16 @@ impl<'a> ParamValues<'a> {
 
     /// The value of parameter `name`, its default when the run has none.
     pub fn value(&self, name: &str) -> Result<Value, Error> {
-        let spec = self
-            .specs
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| Error::param(name, "is not declared by the stage (add a ParamSpec)"))?;
+        let spec =
+            self.specs.iter().find(|s| s.name == name).ok_or_else(|| {
+                Error::param(name, "is not declared by the stage (add a ParamSpec)")
+            })?;
         match self.values.get(name) {
             Some(v) => Value::from_proto(v).ok_or_else(|| Error::param(name, "has no value")),
-            None => spec.default.clone().ok_or_else(|| Error::param(name, "is required")),
+            None => spec
+                .default
+                .clone()
+                .ok_or_else(|| Error::param(name, "is required")),
         }
     }
 
@@ -291,3 +301,115 @@ macro_rules! from_int {
     )*};
 }
 from_int!(i64, i32, i16, i8, u64, u32, u16, u8, usize, isize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct P {
+        n: u32,
+        gain: f64,
+        name: String,
+        on: bool,
+        req: i64,
+    }
+
+    impl Params for P {
+        fn specs() -> Vec<ParamSpec> {
+            vec![
+                ParamSpec::int("n").default(4).doc("count"),
+                ParamSpec::float("gain").default(1), // an int default for a float is converted
+                ParamSpec::string("name").default("x"),
+                ParamSpec::bool("on").default(false),
+                ParamSpec::int("req"),
+            ]
+        }
+        fn decode(v: &ParamValues<'_>) -> Result<P, Error> {
+            Ok(P {
+                n: v.get("n")?,
+                gain: v.get("gain")?,
+                name: v.get("name")?,
+                on: v.get("on")?,
+                req: v.get("req")?,
+            })
+        }
+    }
+
+    fn values(pairs: &[(&str, Value)]) -> HashMap<String, pb::Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_proto()))
+            .collect()
+    }
+
+    fn decode(pairs: &[(&str, Value)]) -> Result<P, Error> {
+        let specs = P::specs();
+        P::decode(&ParamValues::new(&values(pairs), &specs))
+    }
+
+    #[test]
+    fn defaults_fill_in_and_types_are_checked() {
+        let p = decode(&[("req", Value::Int(-3))]).unwrap();
+        assert_eq!(
+            (p.n, p.gain, p.name.as_str(), p.on, p.req),
+            (4, 1.0, "x", false, -3)
+        );
+        let p = decode(&[
+            ("req", 1.into()),
+            ("gain", Value::Int(2)),
+            ("on", true.into()),
+            ("name", "y".into()),
+        ])
+        .unwrap();
+        assert_eq!((p.gain, p.on, p.name.as_str()), (2.0, true, "y"));
+
+        let e = decode(&[]).unwrap_err();
+        assert_eq!(e.message(), "param \"req\": is required");
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidParam);
+        let e = decode(&[("req", 1.into()), ("n", Value::Float(1.5))]).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "param \"n\": expected an integer, got float 1.5"
+        );
+        let e = decode(&[("req", 1.into()), ("n", Value::Int(-1))]).unwrap_err();
+        assert_eq!(e.message(), "param \"n\": -1 does not fit in u32");
+        let e = decode(&[("req", 1.into()), ("on", "yes".into())]).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "param \"on\": expected a boolean, got string \"yes\""
+        );
+        let e = decode(&[("req", 1.into()), ("gain", true.into())]).unwrap_err();
+        assert!(e.message().contains("expected a number"), "{e}");
+    }
+
+    #[test]
+    fn specs_go_on_the_wire() {
+        let specs: Vec<pb::ParamSpec> = P::specs().iter().map(ParamSpec::to_proto).collect();
+        assert_eq!(specs[0].name, "n");
+        assert_eq!(specs[0].r#type, pb::ParamType::Int as i32);
+        assert_eq!(specs[0].doc, "count");
+        assert_eq!(specs[1].default, Some(Value::Float(1.0).to_proto()));
+        assert_eq!(specs[4].default, None, "no default: required");
+        assert_eq!(
+            Value::from_proto(&specs[2].default.clone().unwrap()),
+            Some(Value::String("x".into()))
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "its default is string")]
+    fn a_default_of_the_wrong_type_is_a_programming_error() {
+        let _ = ParamSpec::int("n").default("four");
+    }
+
+    #[test]
+    fn undeclared_params_are_refused() {
+        let specs = P::specs();
+        let vals = values(&[]);
+        let e = ParamValues::new(&vals, &specs)
+            .get::<i64>("other")
+            .unwrap_err();
+        assert!(e.message().contains("not declared"), "{e}");
+    }
+}

@@ -61,7 +61,10 @@ pub struct Stream {
 impl Stream {
     /// The stream of a seed: key and state both start at `seed`.
     pub fn new(seed: u64) -> Stream {
-        Stream { key: seed, state: seed }
+        Stream {
+            key: seed,
+            state: seed,
+        }
     }
 
     /// `Stream::new(stage_seed(run_seed, name))`.

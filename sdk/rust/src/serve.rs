@@ -85,7 +85,9 @@ pub fn serve(stages: Vec<Stage>) -> ! {
         );
     }
     if let Ok(v) = std::env::var("PLUGIN_PROTOCOL_VERSIONS") {
-        let ok = v.split(',').any(|s| s.trim().parse::<u32>() == Ok(APP_PROTOCOL_VERSION));
+        let ok = v
+            .split(',')
+            .any(|s| s.trim().parse::<u32>() == Ok(APP_PROTOCOL_VERSION));
         if !ok {
             fail_start(&format!(
                 "the host speaks plugin protocol versions {v:?}; this plugin speaks {APP_PROTOCOL_VERSION}: \
@@ -134,7 +136,9 @@ pub fn serve(stages: Vec<Stage>) -> ! {
         let listener = tokio::net::UnixListener::from_std(listener)
             .unwrap_or_else(|e| fail_start(&format!("socket {}: {e}", path.display())));
         let (health, health_svc) = tonic_health::server::health_reporter();
-        health.set_service_status("plugin", tonic_health::ServingStatus::Serving).await;
+        health
+            .set_service_status("plugin", tonic_health::ServingStatus::Serving)
+            .await;
 
         // The handshake line is the first and only thing on stdout.
         let line = format!(
@@ -142,13 +146,22 @@ pub fn serve(stages: Vec<Stage>) -> ! {
             path.display()
         );
         let mut out = std::io::stdout().lock();
-        if out.write_all(line.as_bytes()).and_then(|_| out.flush()).is_err() {
+        if out
+            .write_all(line.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
             exit_now(1);
         }
         drop(out);
         // From here on stray prints go to stderr, never into the protocol.
-        // SAFETY: dup2 on the standard descriptors.
-        unsafe { libc::dup2(2, 1) };
+        // SAFETY: dup2 on the standard descriptors; signal with SIG_IGN.
+        unsafe {
+            libc::dup2(2, 1);
+            // Like go-plugin's own servers: a Ctrl-C at a terminal is the
+            // host's to handle; the plugin ends when the host stops it.
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+        }
 
         let stage_svc = pb::stage_server::StageServer::new(StageService(plugin))
             .max_decoding_message_size(MAX_RECV)
@@ -156,7 +169,9 @@ pub fn serve(stages: Vec<Stage>) -> ! {
         let result = tonic::transport::Server::builder()
             .add_service(health_svc)
             .add_service(stage_svc)
-            .add_service(goplugin::grpc_controller_server::GrpcControllerServer::new(Controller))
+            .add_service(goplugin::grpc_controller_server::GrpcControllerServer::new(
+                Controller,
+            ))
             .add_service(goplugin::grpc_stdio_server::GrpcStdioServer::new(Stdio))
             .serve_with_incoming(UnixListenerStream::new(listener))
             .await;
@@ -168,15 +183,17 @@ pub fn serve(stages: Vec<Stage>) -> ! {
     })
 }
 
-/// Listens on a fresh socket in `dir`.
+/// Listens on a fresh socket in `dir`, named like go-plugin's own
+/// ("plugin" and 9 digits), which keeps the path as short as theirs.
 fn bind_socket(dir: &Path) -> Result<(StdUnixListener, PathBuf), Error> {
-    let pid = std::process::id();
-    for attempt in 0..100u32 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = dir.join(format!("plugin{pid}-{:08x}", nanos.wrapping_add(attempt)));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut x = u64::from(std::process::id()) << 32 | u64::from(nanos);
+    for _ in 0..100 {
+        x = crate::seed::mix64(x);
+        let path = dir.join(format!("plugin{:09}", x % 1_000_000_000));
         match StdUnixListener::bind(&path) {
             Ok(l) => {
                 l.set_nonblocking(true)
@@ -187,7 +204,10 @@ fn bind_socket(dir: &Path) -> Result<(StdUnixListener, PathBuf), Error> {
             Err(e) => return Err(Error::new(format!("listening on {}: {e}", path.display()))),
         }
     }
-    Err(Error::new(format!("no free socket name in {}", dir.display())))
+    Err(Error::new(format!(
+        "no free socket name in {}",
+        dir.display()
+    )))
 }
 
 pub(crate) struct Plugin {
@@ -218,12 +238,40 @@ impl Plugin {
         *n > 0
     }
 
+    /// Closes the fds of a run that will not use them (taken ones are closed
+    /// already), so a failed run leaks nothing.
+    fn discard(&self, req: &pb::RunRequest) {
+        if let Some(plane) = &self.plane {
+            plane
+                .mailbox
+                .discard(req.inputs.iter().chain(&req.outputs).map(|b| b.fd_token));
+        }
+    }
+
     /// Executes one run on the calling (blocking) thread: binds its buffers,
     /// runs the stage, unmaps, adopts dynamic outputs and sends the Result.
-    fn execute(&self, stage: &Stage, req: pb::RunRequest, sink: EventSink, cancelled: Arc<AtomicBool>) -> Result<(), Status> {
+    fn execute(
+        &self,
+        stage: &Stage,
+        req: pb::RunRequest,
+        sink: EventSink,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<(), Status> {
         let (name, kind) = (req.stage.clone(), req.kind.clone());
-        let data = RunData::bind(self.plane.clone(), &req, &stage.descriptor().outputs, FD_WAIT)
-            .map_err(|e| Status::invalid_argument(format!("stage {name} ({kind}): {e}")))?;
+        let data = match RunData::bind(
+            self.plane.clone(),
+            &req,
+            &stage.descriptor().outputs,
+            FD_WAIT,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                self.discard(&req);
+                return Err(Status::invalid_argument(format!(
+                    "stage {name} ({kind}): {e}"
+                )));
+            }
+        };
         let params = req.params.clone();
         let mut ctx = RunContext::new(req, sink.clone(), cancelled, data);
 
@@ -231,7 +279,8 @@ impl Plugin {
         let start = crate::monotonic_ns();
         let cpu0 = cpu_ns();
         let values = ParamValues::new(&params, stage.specs());
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.call(&ctx, &values)));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.call(&ctx, &values)));
         let end = crate::monotonic_ns();
         let cpu1 = cpu_ns();
         let peak = peak_rss();
@@ -294,7 +343,9 @@ fn reset_peak_rss() {
 
 /// VmHWM in bytes; 0 when unavailable.
 fn peak_rss() -> u64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
     s.lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|rest| rest.split_whitespace().next())
@@ -308,9 +359,17 @@ type RunItem = Result<pb::RunEvent, Status>;
 
 #[tonic::async_trait]
 impl pb::stage_server::Stage for StageService {
-    async fn describe(&self, _req: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
+    async fn describe(
+        &self,
+        _req: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeResponse>, Status> {
         Ok(Response::new(pb::DescribeResponse {
-            stages: self.0.order.iter().map(|s| s.descriptor().clone()).collect(),
+            stages: self
+                .0
+                .order
+                .iter()
+                .map(|s| s.descriptor().clone())
+                .collect(),
             sdk: "rust".into(),
             sdk_version: crate::VERSION.into(),
             protocol_revision: PROTOCOL_REVISION,
@@ -323,7 +382,11 @@ impl pb::stage_server::Stage for StageService {
         let req = req.into_inner();
         let plugin = self.0.clone();
         let Some(stage) = plugin.stages.get(&req.kind).cloned() else {
-            return Err(Status::not_found(format!("this plugin has no stage kind {:?}", req.kind)));
+            plugin.discard(&req);
+            return Err(Status::not_found(format!(
+                "this plugin has no stage kind {:?}",
+                req.kind
+            )));
         };
         let (tx, rx) = mpsc::unbounded_channel::<RunItem>();
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -355,7 +418,10 @@ struct Controller;
 
 #[tonic::async_trait]
 impl goplugin::grpc_controller_server::GrpcController for Controller {
-    async fn shutdown(&self, _req: Request<goplugin::Empty>) -> Result<Response<goplugin::Empty>, Status> {
+    async fn shutdown(
+        &self,
+        _req: Request<goplugin::Empty>,
+    ) -> Result<Response<goplugin::Empty>, Status> {
         // Exit right after the reply is on its way.
         tokio::spawn(async {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -372,7 +438,174 @@ impl goplugin::grpc_stdio_server::GrpcStdio for Stdio {
     type StreamStdioStream = tokio_stream::Pending<Result<goplugin::StdioData, Status>>;
 
     /// Stays open and silent: plugins log to stderr, which the host reads.
-    async fn stream_stdio(&self, _req: Request<()>) -> Result<Response<Self::StreamStdioStream>, Status> {
+    async fn stream_stdio(
+        &self,
+        _req: Request<()>,
+    ) -> Result<Response<Self::StreamStdioStream>, Status> {
         Ok(Response::new(tokio_stream::pending()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::stage_server::Stage as _;
+    use crate::{DType, Port};
+    use std::sync::atomic::AtomicU32;
+    use tokio_stream::StreamExt;
+
+    static SAW_CANCEL: AtomicBool = AtomicBool::new(false);
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+
+    fn plugin() -> Arc<Plugin> {
+        let stages = vec![
+            Stage::new("t.ok", "1", |ctx: &RunContext, _: ()| {
+                let _s = ctx.timed("work");
+                ctx.metric("x", 1.0);
+                Ok(())
+            }),
+            Stage::new("t.param", "1", |_: &RunContext, _: ()| {
+                Err(Error::param("n", "too big"))
+            }),
+            Stage::new(
+                "t.panic",
+                "1",
+                |_: &RunContext, _: ()| -> Result<(), Error> { panic!("boom {}", 7) },
+            ),
+            Stage::new("t.wait", "1", |ctx: &RunContext, _: ()| {
+                STARTED.fetch_add(1, Ordering::SeqCst);
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while std::time::Instant::now() < deadline {
+                    if ctx.check_cancelled().is_err() {
+                        SAW_CANCEL.store(true, Ordering::SeqCst);
+                        return Err(Error::cancelled());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(())
+            }),
+            Stage::new("t.grid", "1", |_: &RunContext, _: ()| Ok(()))
+                .output(Port::grid("out", DType::F32)),
+        ];
+        Arc::new(Plugin {
+            stages: stages
+                .iter()
+                .map(|s| (s.kind().to_string(), s.clone()))
+                .collect(),
+            order: stages,
+            plane: None,
+            active: Mutex::new(0),
+        })
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    async fn run(svc: &StageService, kind: &str) -> Result<Vec<pb::RunEvent>, Status> {
+        let req = pb::RunRequest {
+            stage: "s".into(),
+            kind: kind.into(),
+            ..Default::default()
+        };
+        let mut stream = svc.run(Request::new(req)).await?.into_inner();
+        let mut events = Vec::new();
+        while let Some(ev) = stream.next().await {
+            events.push(ev?);
+        }
+        Ok(events)
+    }
+
+    #[test]
+    fn describe_lists_every_stage() {
+        let svc = StageService(plugin());
+        let resp = rt().block_on(svc.describe(Request::new(pb::DescribeRequest {
+            protocol_revision: 1,
+        })));
+        let resp = resp.unwrap().into_inner();
+        assert_eq!((resp.sdk.as_str(), resp.protocol_revision), ("rust", 1));
+        let kinds: Vec<&str> = resp.stages.iter().map(|s| s.kind.as_str()).collect();
+        assert_eq!(kinds, ["t.ok", "t.param", "t.panic", "t.wait", "t.grid"]);
+    }
+
+    #[test]
+    fn a_run_streams_its_events_and_ends_with_one_result() {
+        let svc = StageService(plugin());
+        let events = rt().block_on(run(&svc, "t.ok")).unwrap();
+        let last = events.last().unwrap();
+        let Some(pb::run_event::Event::Result(res)) = &last.event else {
+            panic!("last event {last:?}")
+        };
+        assert!(
+            matches!(events[0].event, Some(pb::run_event::Event::Span(ref s)) if s.name == "work")
+        );
+        assert_eq!(events.len(), 2);
+        assert_eq!(res.metrics.get("x"), Some(&1.0));
+        let st = res.stats.unwrap();
+        assert!(st.start_ns > 0 && st.end_ns >= st.start_ns && st.peak_rss_bytes > 0);
+    }
+
+    #[test]
+    fn failures_become_statuses() {
+        let svc = StageService(plugin());
+        let rt = rt();
+        let e = rt.block_on(run(&svc, "t.none")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = rt.block_on(run(&svc, "t.param")).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::InvalidArgument, "param \"n\": too big")
+        );
+        let e = rt.block_on(run(&svc, "t.panic")).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::Aborted, "stage panicked: boom 7")
+        );
+        // Buffers without an fd channel cannot be bound.
+        let req = pb::RunRequest {
+            kind: "t.grid".into(),
+            outputs: vec![pb::Binding {
+                port: "out".into(),
+                fd_token: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = rt
+            .block_on(async {
+                let mut s = svc.run(Request::new(req)).await?.into_inner();
+                s.next().await.unwrap()
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("no fd channel"), "{}", e.message());
+    }
+
+    #[test]
+    fn dropping_the_call_cancels_the_stage() {
+        let svc = StageService(plugin());
+        let rt = rt();
+        rt.block_on(async {
+            let req = pb::RunRequest {
+                kind: "t.wait".into(),
+                ..Default::default()
+            };
+            let stream = svc.run(Request::new(req)).await.unwrap().into_inner();
+            while STARTED.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            drop(stream); // what the host's cancellation does to the server side
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !SAW_CANCEL.load(Ordering::SeqCst) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the stage never saw the cancellation"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
     }
 }

@@ -63,16 +63,23 @@ impl Segment {
         }
         // SAFETY: fd was just returned by memfd_create and is owned by no one else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let len = libc::off_t::try_from(size)
-            .map_err(|_| Error::new(format!("create segment {name:?}: size {size} is too large")))?;
+        let len = libc::off_t::try_from(size).map_err(|_| {
+            Error::new(format!("create segment {name:?}: size {size} is too large"))
+        })?;
         // SAFETY: plain syscalls on an fd we own.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
-            return Err(errno(format!("create segment {name:?}: ftruncate to {size} bytes")));
+            return Err(errno(format!(
+                "create segment {name:?}: ftruncate to {size} bytes"
+            )));
         }
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SIZE_SEALS) } != 0 {
             return Err(errno(format!("create segment {name:?}: sealing its size")));
         }
-        Ok(Segment { fd, size, name: name.to_string() })
+        Ok(Segment {
+            fd,
+            size,
+            name: name.to_string(),
+        })
     }
 
     /// Adopts a received descriptor: it must be a sealable memfd (a regular
@@ -91,8 +98,11 @@ impl Segment {
                 st.st_mode & libc::S_IFMT
             )));
         }
-        let seals = get_seals(fd.as_fd())
-            .map_err(|e| Error::new(format!("open segment fd {raw}: not a sealable memfd (F_GET_SEALS: {e})")))?;
+        let seals = get_seals(fd.as_fd()).map_err(|e| {
+            Error::new(format!(
+                "open segment fd {raw}: not a sealable memfd (F_GET_SEALS: {e})"
+            ))
+        })?;
         if seals & SIZE_SEALS != SIZE_SEALS {
             return Err(Error::new(format!(
                 "open segment fd {raw}: size is not sealed (seals {}; need shrink,grow)",
@@ -103,10 +113,15 @@ impl Segment {
             .ok()
             .and_then(|l| {
                 let l = l.to_string_lossy().into_owned();
-                l.strip_prefix("/memfd:").map(|n| n.trim_end_matches(" (deleted)").to_string())
+                l.strip_prefix("/memfd:")
+                    .map(|n| n.trim_end_matches(" (deleted)").to_string())
             })
             .unwrap_or_else(|| format!("fd {raw}"));
-        Ok(Segment { fd, size: st.st_size as u64, name })
+        Ok(Segment {
+            fd,
+            size: st.st_size as u64,
+            name,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -122,7 +137,8 @@ impl Segment {
 
     /// The current `F_GET_SEALS` bit set.
     pub fn seals(&self) -> Result<i32, Error> {
-        get_seals(self.fd.as_fd()).map_err(|e| Error::new(format!("segment {:?}: F_GET_SEALS: {e}", self.name)))
+        get_seals(self.fd.as_fd())
+            .map_err(|e| Error::new(format!("segment {:?}: F_GET_SEALS: {e}", self.name)))
     }
 
     /// Adds `F_SEAL_WRITE | F_SEAL_SEAL` (a no-op when already write-sealed).
@@ -133,7 +149,14 @@ impl Segment {
             return Ok(());
         }
         // SAFETY: plain fcntl on an fd we own.
-        if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE | libc::F_SEAL_SEAL) } != 0 {
+        if unsafe {
+            libc::fcntl(
+                self.fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_WRITE | libc::F_SEAL_SEAL,
+            )
+        } != 0
+        {
             return Err(errno(format!("seal segment {:?}", self.name)));
         }
         Ok(())
@@ -175,18 +198,42 @@ impl Segment {
         let writable = prot & libc::PROT_WRITE != 0;
         if self.size == 0 {
             // mmap refuses length 0: an empty segment is an empty view.
-            return Ok(Mapping { ptr: std::ptr::NonNull::<u64>::dangling().as_ptr().cast(), len: 0, writable });
+            return Ok(Mapping {
+                ptr: std::ptr::NonNull::<u64>::dangling().as_ptr().cast(),
+                len: 0,
+                writable,
+            });
         }
-        let len = usize::try_from(self.size)
-            .map_err(|_| Error::new(format!("map segment {:?}: size {} does not fit in memory", self.name, self.size)))?;
+        let len = usize::try_from(self.size).map_err(|_| {
+            Error::new(format!(
+                "map segment {:?}: size {} does not fit in memory",
+                self.name, self.size
+            ))
+        })?;
         // SAFETY: a fresh shared mapping of an fd we own; the size is sealed,
         // so the mapping can never fault with SIGBUS.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, self.fd.as_raw_fd(), 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                self.fd.as_raw_fd(),
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             let what = if writable { "read-write" } else { "read-only" };
-            return Err(errno(format!("map segment {:?} {what} ({} bytes)", self.name, self.size)));
+            return Err(errno(format!(
+                "map segment {:?} {what} ({} bytes)",
+                self.name, self.size
+            )));
         }
-        Ok(Mapping { ptr: p.cast(), len, writable })
+        Ok(Mapping {
+            ptr: p.cast(),
+            len,
+            writable,
+        })
     }
 }
 
@@ -239,8 +286,12 @@ fn huge_pages() -> bool {
 /// Reads the shmem_enabled format, where the active value is bracketed:
 /// "always within_size advise [never] deny force".
 fn shmem_thp_allows(s: &str) -> bool {
-    let Some((_, rest)) = s.split_once('[') else { return false };
-    let Some((mode, _)) = rest.split_once(']') else { return false };
+    let Some((_, rest)) = s.split_once('[') else {
+        return false;
+    };
+    let Some((mode, _)) = rest.split_once(']') else {
+        return false;
+    };
     matches!(mode, "always" | "within_size" | "advise" | "force")
 }
 
@@ -365,17 +416,24 @@ fn protocol(msg: String) -> Error {
 /// magic, version, type and the token space of the type.
 pub fn decode_header(b: &[u8]) -> Result<Message, Error> {
     if b.len() != HEADER_SIZE {
-        return Err(protocol(format!("message is {} bytes, want {HEADER_SIZE}", b.len())));
+        return Err(protocol(format!(
+            "message is {} bytes, want {HEADER_SIZE}",
+            b.len()
+        )));
     }
     let u16at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
     let u64at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
     let magic = u32::from_le_bytes(b[0..4].try_into().unwrap());
     if magic != MAGIC {
-        return Err(protocol(format!("bad magic {magic:#010x}, want {MAGIC:#010x} (\"PHFD\")")));
+        return Err(protocol(format!(
+            "bad magic {magic:#010x}, want {MAGIC:#010x} (\"PHFD\")"
+        )));
     }
     let v = u16at(4);
     if v != VERSION {
-        return Err(protocol(format!("header version {v}, this side speaks {VERSION}")));
+        return Err(protocol(format!(
+            "header version {v}, this side speaks {VERSION}"
+        )));
     }
     let kind = match u16at(6) {
         1 => MsgType::Segment,
@@ -383,17 +441,24 @@ pub fn decode_header(b: &[u8]) -> Result<Message, Error> {
         3 => MsgType::Close,
         t => return Err(protocol(format!("unknown message type {t}"))),
     };
-    let m = Message { kind, token: u64at(8), segment_id: u64at(16), size: u64at(24) };
+    let m = Message {
+        kind,
+        token: u64at(8),
+        segment_id: u64at(16),
+        size: u64at(24),
+    };
     check_token(&m)?;
     Ok(m)
 }
 
 fn check_token(m: &Message) -> Result<(), Error> {
     match m.kind {
-        MsgType::Segment if m.token == 0 || m.token & PLUGIN_TOKEN_BIT != 0 => Err(protocol(format!(
-            "SEGMENT token {:#x} is not a host token (1 ≤ token < 2^63)",
-            m.token
-        ))),
+        MsgType::Segment if m.token == 0 || m.token & PLUGIN_TOKEN_BIT != 0 => {
+            Err(protocol(format!(
+                "SEGMENT token {:#x} is not a host token (1 ≤ token < 2^63)",
+                m.token
+            )))
+        }
         MsgType::Adopt if m.token & PLUGIN_TOKEN_BIT == 0 => Err(protocol(format!(
             "ADOPT token {:#x} is not a plugin token (top bit set)",
             m.token
@@ -433,15 +498,27 @@ impl Channel {
             .parse()
             .ok()
             .filter(|&fd: &RawFd| fd >= 0)
-            .ok_or_else(|| Error::new(format!("fd channel: {ENV_FD_CHANNEL}={v:?} is not an fd number")))?;
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "fd channel: {ENV_FD_CHANNEL}={v:?} is not an fd number"
+                ))
+            })?;
         let mut typ: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt writes one int.
         let rc = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut typ as *mut libc::c_int).cast(), &mut len)
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut typ as *mut libc::c_int).cast(),
+                &mut len,
+            )
         };
         if rc != 0 {
-            return Err(errno(format!("fd channel: fd {fd} from {ENV_FD_CHANNEL} is not a socket")));
+            return Err(errno(format!(
+                "fd channel: fd {fd} from {ENV_FD_CHANNEL} is not a socket"
+            )));
         }
         if typ != libc::SOCK_SEQPACKET {
             return Err(Error::new(format!(
@@ -456,14 +533,25 @@ impl Channel {
 
     /// Wraps a channel end the caller already owns.
     pub fn from_fd(fd: OwnedFd) -> Channel {
-        Channel { fd, send_lock: Mutex::new(()) }
+        Channel {
+            fd,
+            send_lock: Mutex::new(()),
+        }
     }
 
     /// A connected pair (both ends close-on-exec), for tests.
     pub fn pair() -> Result<(Channel, Channel), Error> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: socketpair fills two fds.
-        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        } != 0
+        {
             return Err(errno("fd channel: socketpair"));
         }
         // SAFETY: both fds are fresh and ours.
@@ -484,11 +572,18 @@ impl Channel {
                 "fd channel: {:?} message for token {:#x} {}",
                 m.kind,
                 m.token,
-                if fd.is_some() { "must not carry an fd" } else { "needs an fd" }
+                if fd.is_some() {
+                    "must not carry an fd"
+                } else {
+                    "needs an fd"
+                }
             )));
         }
         let hdr = encode_header(m);
-        let mut iov = libc::iovec { iov_base: hdr.as_ptr() as *mut _, iov_len: HEADER_SIZE };
+        let mut iov = libc::iovec {
+            iov_base: hdr.as_ptr() as *mut _,
+            iov_len: HEADER_SIZE,
+        };
         // u64 storage keeps the control buffer aligned for cmsghdr.
         let mut cbuf = [0u64; 8];
         // SAFETY: msghdr is plain data; every pointer in it outlives sendmsg.
@@ -516,7 +611,10 @@ impl Channel {
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(Error::new(format!("fd channel: send {:?} token {:#x}: {e}", m.kind, m.token)));
+                return Err(Error::new(format!(
+                    "fd channel: send {:?} token {:#x}: {e}",
+                    m.kind, m.token
+                )));
             }
         }
     }
@@ -525,7 +623,10 @@ impl Channel {
     /// every fd that came with them is closed.
     pub fn recv(&self) -> Result<Received, Error> {
         let mut buf = [0u8; HEADER_SIZE];
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: HEADER_SIZE };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: HEADER_SIZE,
+        };
         // Room for MAX_FDS descriptors, u64-aligned.
         let mut cbuf = [0u64; 16];
         // SAFETY: plain data.
@@ -533,7 +634,8 @@ impl Channel {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as _;
+        msg.msg_controllen =
+            unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as _;
         debug_assert!(msg.msg_controllen as usize <= std::mem::size_of_val(&cbuf));
         let n = loop {
             // SAFETY: every buffer in msg outlives the call.
@@ -568,7 +670,9 @@ impl Channel {
         }
         let flags = msg.msg_flags;
         if let Some((level, typ)) = bad_cmsg {
-            return Err(protocol(format!("unexpected control message level {level} type {typ}")));
+            return Err(protocol(format!(
+                "unexpected control message level {level} type {typ}"
+            )));
         }
         if n == 0 && fds.is_empty() && flags & libc::MSG_TRUNC == 0 {
             return Ok(Received::Eof);
@@ -609,6 +713,8 @@ pub enum ChannelEnd {
 #[derive(Default)]
 struct Pending {
     parcels: HashMap<u64, (Message, OwnedFd)>,
+    /// Tokens of failed runs whose fds are closed as soon as they arrive.
+    unwanted: std::collections::HashSet<u64>,
     end: Option<ChannelEnd>,
 }
 
@@ -623,14 +729,18 @@ impl Mailbox {
     /// Starts the reader thread. `on_end` runs on it once the channel ends.
     pub fn start(ch: Arc<Channel>, on_end: impl FnOnce(ChannelEnd) + Send + 'static) -> Mailbox {
         let shared = Arc::new((Mutex::new(Pending::default()), Condvar::new()));
-        let mb = Mailbox { shared: shared.clone() };
+        let mb = Mailbox {
+            shared: shared.clone(),
+        };
         std::thread::Builder::new()
             .name("pipehost-fd-channel".into())
             .spawn(move || {
                 let end = loop {
                     match ch.recv() {
                         Ok(Received::Eof) => break ChannelEnd::Gone,
-                        Ok(Received::Message(m, _)) if m.kind == MsgType::Close => break ChannelEnd::Closed,
+                        Ok(Received::Message(m, _)) if m.kind == MsgType::Close => {
+                            break ChannelEnd::Closed
+                        }
                         Ok(Received::Message(m, Some(fd))) => {
                             let (lock, cv) = &*shared;
                             let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -640,6 +750,10 @@ impl Mailbox {
                                     "fd channel protocol violation: token {:#x} received twice",
                                     m.token
                                 ));
+                            }
+                            if p.unwanted.remove(&m.token) {
+                                drop(fd);
+                                continue;
                             }
                             p.parcels.insert(m.token, (m, fd));
                             cv.notify_all();
@@ -669,7 +783,9 @@ impl Mailbox {
                 return Ok(parcel);
             }
             if let Some(end) = &p.end {
-                return Err(Error::new(format!("fd channel: token {token:#x} never arrived: channel ended ({end:?})")));
+                return Err(Error::new(format!(
+                    "fd channel: token {token:#x} never arrived: channel ended ({end:?})"
+                )));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -677,12 +793,31 @@ impl Mailbox {
                     "fd channel: waiting for token {token:#x}: timed out after {timeout:?} (the host sends every fd before the Run)"
                 )));
             }
-            p = cv.wait_timeout(p, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            p = cv
+                .wait_timeout(p, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Gives up on `tokens` (a run that failed before taking them): fds
+    /// already here are closed now, the others as soon as they arrive.
+    pub fn discard(&self, tokens: impl IntoIterator<Item = u64>) {
+        let mut p = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        for t in tokens {
+            if p.parcels.remove(&t).is_none() {
+                p.unwanted.insert(t);
+            }
         }
     }
 
     /// Why the channel ended, or `None` while it is open.
     pub fn end(&self) -> Option<ChannelEnd> {
-        self.shared.0.lock().unwrap_or_else(|e| e.into_inner()).end.clone()
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .end
+            .clone()
     }
 }

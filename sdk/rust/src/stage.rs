@@ -13,31 +13,38 @@ use crate::{DType, Error, RunContext};
 pub struct Port {
     name: String,
     kind: pb::PortKind,
-    dtype: DType,
+    dtype: Option<DType>,
     level: u32,
     optional: bool,
     doc: String,
 }
 
 impl Port {
-    fn new(name: &str, kind: pb::PortKind, dtype: DType, level: u32) -> Port {
-        Port { name: name.to_string(), kind, dtype, level, optional: false, doc: String::new() }
+    fn new(name: &str, kind: pb::PortKind, dtype: Option<DType>, level: u32) -> Port {
+        Port {
+            name: name.to_string(),
+            kind,
+            dtype,
+            level,
+            optional: false,
+            doc: String::new(),
+        }
     }
     /// A grid at the native resolution.
     pub fn grid(name: &str, dtype: DType) -> Port {
-        Port::new(name, pb::PortKind::Grid, dtype, 0)
+        Port::new(name, pb::PortKind::Grid, Some(dtype), 0)
     }
     /// A grid at a pyramid level (1 = half resolution).
     pub fn grid_at(name: &str, dtype: DType, level: u32) -> Port {
-        Port::new(name, pb::PortKind::Grid, dtype, level)
+        Port::new(name, pb::PortKind::Grid, Some(dtype), level)
     }
     /// An Arrow IPC table (a dynamic output: its size is known at the end).
     pub fn table(name: &str) -> Port {
-        Port::new(name, pb::PortKind::Table, DType::Unspecified, 0)
+        Port::new(name, pb::PortKind::Table, None, 0)
     }
     /// Opaque bytes (a dynamic output).
     pub fn blob(name: &str) -> Port {
-        Port::new(name, pb::PortKind::Blob, DType::Unspecified, 0)
+        Port::new(name, pb::PortKind::Blob, None, 0)
     }
     /// An input that may be left unwired (check [`RunContext::has_input`]).
     pub fn optional(mut self) -> Port {
@@ -56,7 +63,7 @@ impl Port {
         pb::Port {
             name: self.name.clone(),
             kind: self.kind as i32,
-            dtype: self.dtype as i32,
+            dtype: self.dtype.map_or(0, |d| d.to_proto() as i32),
             level: self.level,
             optional: self.optional,
             doc: self.doc.clone(),
@@ -93,17 +100,30 @@ impl Stage {
         let specs: Vec<ParamSpec> = P::specs();
         let mut seen = HashSet::new();
         for s in &specs {
-            assert!(seen.insert(s.name().to_string()), "pipehost: stage {kind}: param {:?} declared twice", s.name());
+            assert!(
+                seen.insert(s.name().to_string()),
+                "pipehost: stage {kind}: param {:?} declared twice",
+                s.name()
+            );
         }
         let desc = pb::StageDescriptor {
             kind: kind.to_string(),
-            version: if version.is_empty() { "0.0.0".into() } else { version.to_string() },
+            version: if version.is_empty() {
+                "0.0.0".into()
+            } else {
+                version.to_string()
+            },
             params: specs.iter().map(ParamSpec::to_proto).collect(),
             capabilities: Some(pb::Capabilities::default()),
             ..Default::default()
         };
         let run = move |ctx: &RunContext, values: &ParamValues<'_>| run(ctx, P::decode(values)?);
-        Stage { desc, specs: specs.into(), run: Arc::new(run), names: HashSet::new() }
+        Stage {
+            desc,
+            specs: specs.into(),
+            run: Arc::new(run),
+            names: HashSet::new(),
+        }
     }
 
     pub fn doc(mut self, doc: &str) -> Stage {
@@ -125,7 +145,11 @@ impl Stage {
     /// tables and blobs are created by the stage ([`RunContext::dynamic_output`]).
     pub fn output(mut self, p: Port) -> Stage {
         self.check_port(&p);
-        assert!(!p.optional, "pipehost: stage {}: output {:?} cannot be optional", self.desc.kind, p.name);
+        assert!(
+            !p.optional,
+            "pipehost: stage {}: output {:?} cannot be optional",
+            self.desc.kind, p.name
+        );
         self.desc.outputs.push(p.to_proto());
         self
     }
@@ -144,7 +168,10 @@ impl Stage {
 
     /// A named resource the stage holds while it runs, e.g. `("gpu", 1)`.
     pub fn resource(mut self, name: &str, count: u32) -> Stage {
-        self.caps().resources.push(pb::ResourceRequest { name: name.to_string(), count });
+        self.caps().resources.push(pb::ResourceRequest {
+            name: name.to_string(),
+            count,
+        });
         self
     }
 
@@ -177,7 +204,7 @@ impl Stage {
             p.name
         );
         assert!(
-            p.kind != pb::PortKind::Grid || p.dtype != DType::Unspecified,
+            p.kind != pb::PortKind::Grid || p.dtype.is_some(),
             "pipehost: stage {kind}: grid port {:?} has no dtype",
             p.name
         );

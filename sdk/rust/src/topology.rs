@@ -79,8 +79,16 @@ impl Wrap {
 /// Offsets of [`Grid::neighbors4`], in order N, E, S, W (dy < 0 is north).
 pub const OFFSETS4: [(i64, i64); 4] = [(0, -1), (1, 0), (0, 1), (-1, 0)];
 /// Offsets of [`Grid::neighbors8`], clockwise from north.
-pub const OFFSETS8: [(i64, i64); 8] =
-    [(0, -1), (1, -1), (1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1)];
+pub const OFFSETS8: [(i64, i64); 8] = [
+    (0, -1),
+    (1, -1),
+    (1, 0),
+    (1, 1),
+    (0, 1),
+    (-1, 1),
+    (-1, 0),
+    (-1, -1),
+];
 
 /// The lattice of a topology: size and per-axis wrap rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,8 +118,16 @@ impl Grid {
     /// A grid of `width × height` cells with the given wrap rules. Sizes must
     /// be at least 1 (a [`Topology`] checks everything else).
     pub fn new(width: usize, height: usize, wrap_x: Wrap, wrap_y: Wrap) -> Grid {
-        assert!(width >= 1 && height >= 1, "topology: empty grid {width}×{height}");
-        Grid { w: width, h: height, wrap_x, wrap_y }
+        assert!(
+            width >= 1 && height >= 1,
+            "topology: empty grid {width}×{height}"
+        );
+        Grid {
+            w: width,
+            h: height,
+            wrap_x,
+            wrap_y,
+        }
     }
 
     pub fn width(&self) -> usize {
@@ -154,7 +170,10 @@ impl Grid {
 
     /// Normalised coordinates of the centre of cell (x, y), in (0, 1).
     pub fn uv(&self, x: usize, y: usize) -> (f64, f64) {
-        ((x as f64 + 0.5) / self.w as f64, (y as f64 + 0.5) / self.h as f64)
+        (
+            (x as f64 + 0.5) / self.w as f64,
+            (y as f64 + 0.5) / self.h as f64,
+        )
     }
 
     /// The cell containing normalised coordinates (u, v); positions outside
@@ -185,7 +204,8 @@ impl Grid {
         if (x as u64) < self.w as u64 && (y as u64) < self.h as u64 {
             return (x as usize, y as usize);
         }
-        self.resolve_slow(x, y, true).expect("clamped resolution always finds a cell")
+        self.resolve_slow(x, y, true)
+            .expect("clamped resolution always finds a cell")
     }
 
     fn resolve_slow(&self, mut x: i64, mut y: i64, clamp: bool) -> Option<(usize, usize)> {
@@ -228,7 +248,8 @@ impl Grid {
     /// The cell reached from cell `i` by (dx, dy); `None` past a clamp edge.
     pub fn step(&self, i: usize, dx: i64, dy: i64) -> Option<usize> {
         let (x, y) = self.xy(i);
-        self.resolve(x as i64 + dx, y as i64 + dy).map(|(x, y)| self.index(x, y))
+        self.resolve(x as i64 + dx, y as i64 + dy)
+            .map(|(x, y)| self.index(x, y))
     }
 
     /// The N, E, S, W neighbours of cell `i` ([`OFFSETS4`]); `None` past a
@@ -442,7 +463,9 @@ impl Topology {
                 want_wrap(kind, "y", wrap_y, &[Wrap::Pole])?;
                 Topology {
                     grid: Grid::new(w, h, Wrap::Repeat, Wrap::Pole),
-                    surface: Surface::Sphere { radius: or_default(r, EARTH_RADIUS) },
+                    surface: Surface::Sphere {
+                        radius: or_default(r, EARTH_RADIUS),
+                    },
                 }
             }
             "cylinder" => {
@@ -451,7 +474,10 @@ impl Topology {
                 let r = or_default(r, wf / (2.0 * PI));
                 Topology {
                     grid: Grid::new(w, h, Wrap::Repeat, wrap_y.unwrap_or(Wrap::Clamp)),
-                    surface: Surface::Cylinder { radius: r, length: hf * 2.0 * PI * r / wf },
+                    surface: Surface::Cylinder {
+                        radius: r,
+                        length: hf * 2.0 * PI * r / wf,
+                    },
                 }
             }
             "torus" => {
@@ -476,7 +502,10 @@ impl Topology {
                         wrap_x.unwrap_or(Wrap::Clamp),
                         wrap_y.unwrap_or(Wrap::Clamp),
                     ),
-                    surface: Surface::Plane { extent_x: wf, extent_y: hf },
+                    surface: Surface::Plane {
+                        extent_x: wf,
+                        extent_y: hf,
+                    },
                 }
             }
         };
@@ -509,9 +538,9 @@ impl Topology {
     /// Sphere radius, cylinder radius or torus major radius; 0 for a plane.
     pub fn radius(&self) -> f64 {
         match self.surface {
-            Surface::Sphere { radius } | Surface::Cylinder { radius, .. } | Surface::Torus { radius, .. } => {
-                radius
-            }
+            Surface::Sphere { radius }
+            | Surface::Cylinder { radius, .. }
+            | Surface::Torus { radius, .. } => radius,
             Surface::Plane { .. } => 0.0,
         }
     }
@@ -527,7 +556,14 @@ impl Topology {
     /// The same surface on a grid of another size (a pyramid level).
     pub fn with_size(&self, width: usize, height: usize) -> Result<Topology, Error> {
         check_size(self.kind(), width as i64, height as i64)?;
-        Ok(Topology { grid: Grid { w: width, h: height, ..self.grid }, surface: self.surface })
+        Ok(Topology {
+            grid: Grid {
+                w: width,
+                h: height,
+                ..self.grid
+            },
+            surface: self.surface,
+        })
     }
 
     /// The wire form (rebuild with [`Topology::from_proto`] and the native size).
@@ -546,9 +582,10 @@ impl Topology {
         match self.surface {
             Surface::Sphere { .. } => (f64::NAN, f64::NAN),
             Surface::Cylinder { radius, length } => (2.0 * PI * radius / w, length / h),
-            Surface::Torus { radius, minor_radius } => {
-                (2.0 * PI * radius / w, 2.0 * PI * minor_radius / h)
-            }
+            Surface::Torus {
+                radius,
+                minor_radius,
+            } => (2.0 * PI * radius / w, 2.0 * PI * minor_radius / h),
             Surface::Plane { extent_x, extent_y } => (extent_x / w, extent_y / h),
         }
     }
@@ -601,7 +638,12 @@ impl Topology {
             Surface::Sphere { radius } => {
                 let h = self.grid.h as f64;
                 let phi = (0.5 - (y as f64 + 0.5) / h) * PI;
-                radius * radius * (2.0 * PI / self.grid.w as f64) * 2.0 * phi.cos() * (PI / (2.0 * h)).sin()
+                radius
+                    * radius
+                    * (2.0 * PI / self.grid.w as f64)
+                    * 2.0
+                    * phi.cos()
+                    * (PI / (2.0 * h)).sin()
             }
             _ => {
                 let (cw, ch) = self.cell_size();
@@ -620,7 +662,10 @@ impl Topology {
         match self.surface {
             Surface::Sphere { radius } => 4.0 * PI * radius * radius,
             Surface::Cylinder { radius, length } => 2.0 * PI * radius * length,
-            Surface::Torus { radius, minor_radius } => 4.0 * PI * PI * radius * minor_radius,
+            Surface::Torus {
+                radius,
+                minor_radius,
+            } => 4.0 * PI * PI * radius * minor_radius,
             Surface::Plane { extent_x, extent_y } => extent_x * extent_y,
         }
     }
@@ -629,7 +674,12 @@ impl Topology {
     pub fn distance(&self, a: usize, b: usize) -> f64 {
         let (ax, ay) = self.grid.xy(a);
         let (bx, by) = self.grid.xy(b);
-        self.distance_at(ax as f64 + 0.5, ay as f64 + 0.5, bx as f64 + 0.5, by as f64 + 0.5)
+        self.distance_at(
+            ax as f64 + 0.5,
+            ay as f64 + 0.5,
+            bx as f64 + 0.5,
+            by as f64 + 0.5,
+        )
     }
 
     /// Shortest distance along the surface between two points in grid coordinates.
@@ -685,10 +735,18 @@ impl Topology {
                 let (st, ct) = (2.0 * PI * fx / w).sin_cos();
                 [radius * ct, radius * st, length * (0.5 - fy / h), 0.0]
             }
-            Surface::Torus { radius, minor_radius } => {
+            Surface::Torus {
+                radius,
+                minor_radius,
+            } => {
                 let (st, ct) = (2.0 * PI * fx / w).sin_cos();
                 let (sp, cp) = (2.0 * PI * fy / h).sin_cos();
-                [radius * ct, radius * st, minor_radius * cp, minor_radius * sp]
+                [
+                    radius * ct,
+                    radius * st,
+                    minor_radius * cp,
+                    minor_radius * sp,
+                ]
             }
             Surface::Plane { .. } => {
                 let (cw, ch) = self.cell_size();
@@ -728,10 +786,18 @@ pub struct Level {
 
 impl Level {
     pub fn from_proto(g: &pb::GridInfo) -> Level {
-        Level { level: g.level, width: g.width as usize, height: g.height as usize }
+        Level {
+            level: g.level,
+            width: g.width as usize,
+            height: g.height as usize,
+        }
     }
     pub fn to_proto(&self) -> pb::GridInfo {
-        pb::GridInfo { level: self.level, width: self.width as u32, height: self.height as u32 }
+        pb::GridInfo {
+            level: self.level,
+            width: self.width as u32,
+            height: self.height as u32,
+        }
     }
 }
 
@@ -767,11 +833,19 @@ pub fn levels(kind: &str, width: i64, height: i64, levels: i64) -> Result<Vec<Le
             "topology {kind}: {levels} pyramid levels requested for a {width}×{height} grid: want 0..{m} (each level halves both dimensions, and both must still shrink)"
         )));
     }
-    let mut out = vec![Level { level: 0, width: width as usize, height: height as usize }];
+    let mut out = vec![Level {
+        level: 0,
+        width: width as usize,
+        height: height as usize,
+    }];
     for i in 1..=levels as u32 {
         let prev = out[out.len() - 1];
         let (w, h) = next_size(kind, prev.width, prev.height);
-        out.push(Level { level: i, width: w, height: h });
+        out.push(Level {
+            level: i,
+            width: w,
+            height: h,
+        });
     }
     Ok(out)
 }
@@ -789,7 +863,10 @@ fn children_axis(p: usize, n: usize, m: usize) -> (usize, usize) {
 
 /// The cell of `coarse` containing the centre of cell (x, y) of `fine`.
 pub fn parent(fine: Level, coarse: Level, x: usize, y: usize) -> (usize, usize) {
-    (parent_axis(x, fine.width, coarse.width), parent_axis(y, fine.height, coarse.height))
+    (
+        parent_axis(x, fine.width, coarse.width),
+        parent_axis(y, fine.height, coarse.height),
+    )
 }
 
 /// [`parent`] on cell indices.

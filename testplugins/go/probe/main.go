@@ -6,7 +6,10 @@ package main
 
 import (
 	"fmt"
+	"runtime"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -34,6 +37,13 @@ type tableParams struct {
 }
 
 type noParams struct{}
+
+// threadCPU is the calling thread's CPU time in nanoseconds.
+func threadCPU() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts)
+	return ts.Nano()
+}
 
 func main() {
 	grid := []sdk.Port{sdk.GridPort("out", sdk.F32)}
@@ -130,6 +140,35 @@ func main() {
 				}
 				c.Metric("rows", float64(n))
 				return observe.Append(p.Trace, observe.Record{Stage: c.Stage(), Kind: c.Kind(), Inputs: map[string]float64{"rows": sum}, Extra: map[string]any{"n": n}})
+			}),
+		sdk.Define(sdk.Spec{Kind: "probe.spans", Version: "1", Concurrent: true,
+			Doc: "Reports nested timed spans: outer (inner 20 ms), then tail."},
+			func(c *sdk.Context, _ noParams) error {
+				end := c.Timed("outer")
+				time.Sleep(5 * time.Millisecond)
+				inner := c.Timed("inner")
+				time.Sleep(20 * time.Millisecond)
+				inner()
+				end()
+				defer c.Timed("tail")()
+				c.Progress(0.5, "half way")
+				c.Infof("spans done")
+				return nil
+			}),
+		sdk.Define(sdk.Spec{Kind: "probe.work", Version: "1", Inputs: optIn, Outputs: grid, Concurrent: true,
+			Doc: "Burns ms milliseconds of CPU time on one thread (calibrated by the thread's CPU clock)."},
+			func(c *sdk.Context, p sleepParams) error {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				start := threadCPU()
+				x := uint64(1)
+				for threadCPU()-start < int64(p.Ms)*1e6 {
+					for i := 0; i < 1000; i++ {
+						x = x*6364136223846793005 + 1442695040888963407
+					}
+				}
+				c.Metric("x", float64(x>>40))
+				return nil
 			}),
 		sdk.Define(sdk.Spec{Kind: "probe.noop", Version: "1", Concurrent: true, Doc: "Does nothing."},
 			func(c *sdk.Context, _ noParams) error { return nil }),

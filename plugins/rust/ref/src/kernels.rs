@@ -19,11 +19,17 @@ impl NoiseConfig {
     /// Checks the params against the spec and the grid; errors name the param.
     pub fn new(octaves: i64, cell: i64, width: usize, height: usize) -> Result<NoiseConfig, Error> {
         if !(1..=8).contains(&octaves) {
-            return Err(Error::param("octaves", format!("{octaves} is out of range 1..8")));
+            return Err(Error::param(
+                "octaves",
+                format!("{octaves} is out of range 1..8"),
+            ));
         }
         let min_cell = 1i64 << (octaves - 1);
         if cell < 1 || cell.count_ones() != 1 {
-            return Err(Error::param("cell", format!("{cell} is not a power of two")));
+            return Err(Error::param(
+                "cell",
+                format!("{cell} is not a power of two"),
+            ));
         }
         if cell < min_cell {
             return Err(Error::param(
@@ -32,13 +38,20 @@ impl NoiseConfig {
             ));
         }
         let c = cell as u64;
-        if width as u64 % c != 0 || height as u64 % c != 0 {
+        if !(width as u64).is_multiple_of(c) || !(height as u64).is_multiple_of(c) {
             return Err(Error::param(
                 "cell",
-                format!("the {width}x{height} grid is not a multiple of cell {cell} in both dimensions"),
+                format!(
+                    "the {width}x{height} grid is not a multiple of cell {cell} in both dimensions"
+                ),
             ));
         }
-        Ok(NoiseConfig { octaves: octaves as u32, cell: c, width, height })
+        Ok(NoiseConfig {
+            octaves: octaves as u32,
+            cell: c,
+            width,
+            height,
+        })
     }
 }
 
@@ -81,7 +94,11 @@ pub fn noise_row(cfg: &NoiseConfig, lattices: &[Lattice], y: usize, row: &mut [f
             let (j0, fy) = (y >> k, (y & mask) as u64);
             let i1 = (i0 + 1) % l.nx;
             let j1 = (j0 + 1) % l.ny;
-            let (wx, wy) = if k <= 16 { (fx << (16 - k), fy << (16 - k)) } else { (fx >> (k - 16), fy >> (k - 16)) };
+            let (wx, wy) = if k <= 16 {
+                (fx << (16 - k), fy << (16 - k))
+            } else {
+                (fx >> (k - 16), fy >> (k - 16))
+            };
             let at = |i: usize, j: usize| l.values[j * l.nx + i];
             let top = at(i0, j0) * (65536 - wx) + at(i1, j0) * wx;
             let bottom = at(i0, j1) * (65536 - wx) + at(i1, j1) * wx;
@@ -135,7 +152,8 @@ mod tests {
                     let s = cell >> o;
                     let k = s.trailing_zeros();
                     let (nx, ny) = (w / s, h / s);
-                    let lattice = |i: u64, j: u64| derive(derive(seed, u64::from(o)), (j << 32) | i) >> 48;
+                    let lattice =
+                        |i: u64, j: u64| derive(derive(seed, u64::from(o)), (j << 32) | i) >> 48;
                     let (i0, fx, i1) = (x >> k, x & (s - 1), ((x >> k) + 1) % nx);
                     let (j0, fy, j1) = (y >> k, y & (s - 1), ((y >> k) + 1) % ny);
                     let (wx, wy) = (fx << (16 - k), fy << (16 - k));
@@ -161,10 +179,19 @@ mod tests {
 
     #[test]
     fn noise_matches_the_spec_pseudocode() {
-        for (seed, oct, cell, w, h) in [(7u64, 4, 16, 64, 32), (0x1234_5678_9abc_def0, 1, 2, 6, 4), (99, 8, 128, 256, 128)] {
+        for (seed, oct, cell, w, h) in [
+            (7u64, 4, 16, 64, 32),
+            (0x1234_5678_9abc_def0, 1, 2, 6, 4),
+            (99, 8, 128, 256, 128),
+        ] {
             let got = noise(seed, oct, cell, w, h);
             let want = noise_naive(seed, oct as u32, cell as u64, w as u64, h as u64);
-            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "seed {seed}");
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "seed {seed}"
+            );
         }
     }
 
@@ -175,7 +202,8 @@ mod tests {
         // One octave: at lattice points the value is lattice/65536 exactly.
         for j in 0..h / 8 {
             for i in 0..w / 8 {
-                let want = (derive(derive(seed, 0), ((j as u64) << 32) | i as u64) >> 48) as f32 / 65536.0;
+                let want =
+                    (derive(derive(seed, 0), ((j as u64) << 32) | i as u64) >> 48) as f32 / 65536.0;
                 assert_eq!(out[j * 8 * w + i * 8].to_bits(), want.to_bits());
             }
         }
@@ -192,11 +220,17 @@ mod tests {
         let e = NoiseConfig::new(9, 256, 256, 256).unwrap_err();
         assert!(e.message().contains("\"octaves\""), "{e}");
         let e = NoiseConfig::new(4, 12, 48, 48).unwrap_err();
-        assert!(e.message().contains("\"cell\"") && e.message().contains("power of two"), "{e}");
+        assert!(
+            e.message().contains("\"cell\"") && e.message().contains("power of two"),
+            "{e}"
+        );
         let e = NoiseConfig::new(4, 4, 64, 64).unwrap_err();
         assert!(e.message().contains("\"cell\""), "{e}");
         let e = NoiseConfig::new(4, 16, 40, 64).unwrap_err();
-        assert!(e.message().contains("\"cell\"") && e.message().contains("40x64"), "{e}");
+        assert!(
+            e.message().contains("\"cell\"") && e.message().contains("40x64"),
+            "{e}"
+        );
         assert!(NoiseConfig::new(8, 128, 128, 256).is_ok());
     }
 
@@ -228,17 +262,34 @@ mod tests {
 
     #[test]
     fn blur_matches_the_spec_on_every_topology() {
-        let data: Vec<f32> = (0..12 * 8).map(|i| ((i * 37) % 101) as f32 * 0.37 - 11.0).collect();
+        let data: Vec<f32> = (0..12 * 8)
+            .map(|i| ((i * 37) % 101) as f32 * 0.37 - 11.0)
+            .collect();
         for t in [
             Topology::load("sphere", 12, 8, Default::default()).unwrap(),
             Topology::load("torus", 12, 8, Default::default()).unwrap(),
             Topology::load("cylinder", 12, 8, Default::default()).unwrap(),
-            Topology::new("plane", 12, 8, Some(Wrap::Clamp), Some(Wrap::Reflect), 0.0, 0.0).unwrap(),
+            Topology::new(
+                "plane",
+                12,
+                8,
+                Some(Wrap::Clamp),
+                Some(Wrap::Reflect),
+                0.0,
+                0.0,
+            )
+            .unwrap(),
         ] {
             for r in [0usize, 1, 2, 5] {
                 let got = blur(&t, &data, r);
                 let want = blur_naive(t.grid(), &data, r as i64);
-                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{} r={r}", t.kind());
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} r={r}",
+                    t.kind()
+                );
             }
             assert_eq!(blur(&t, &data, 0), data, "radius 0 is the identity");
         }

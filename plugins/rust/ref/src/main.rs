@@ -2,7 +2,6 @@
 //! (docs/reference-stage.md): arithmetic specified so that the Go, C++ and
 //! Rust implementations give bit-identical outputs.
 
-use pipehost::topology::Grid as Lattice;
 use pipehost::{serve, DType, Error, ParamSpec, ParamValues, Params, Port, RunContext, Stage};
 
 mod kernels;
@@ -22,7 +21,10 @@ impl Params for Noise {
         ]
     }
     fn decode(p: &ParamValues) -> Result<Self, Error> {
-        Ok(Noise { octaves: p.get("octaves")?, cell: p.get("cell")? })
+        Ok(Noise {
+            octaves: p.get("octaves")?,
+            cell: p.get("cell")?,
+        })
     }
 }
 
@@ -32,10 +34,14 @@ struct Blur {
 
 impl Params for Blur {
     fn specs() -> Vec<ParamSpec> {
-        vec![ParamSpec::int("radius").default(1).doc("half-width of the box, 0..16")]
+        vec![ParamSpec::int("radius")
+            .default(1)
+            .doc("half-width of the box, 0..16")]
     }
     fn decode(p: &ParamValues) -> Result<Self, Error> {
-        Ok(Blur { radius: p.get("radius")? })
+        Ok(Blur {
+            radius: p.get("radius")?,
+        })
     }
 }
 
@@ -62,12 +68,15 @@ fn noise(ctx: &RunContext, p: Noise) -> Result<(), Error> {
 
 fn blur(ctx: &RunContext, p: Blur) -> Result<(), Error> {
     if !(0..=16).contains(&p.radius) {
-        return Err(Error::param("radius", format!("{} is out of range 0..16", p.radius)));
+        return Err(Error::param(
+            "radius",
+            format!("{} is out of range 0..16", p.radius),
+        ));
     }
     let input = ctx.input::<f32>("in")?;
     let mut out = ctx.output::<f32>("out")?;
     let topo = ctx.topology()?;
-    let grid: Lattice = *topo.grid();
+    let grid = *topo.grid();
     if (input.width(), input.height()) != (grid.width(), grid.height())
         || (out.width(), out.height()) != (grid.width(), grid.height())
     {

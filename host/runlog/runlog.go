@@ -1,0 +1,273 @@
+// Package runlog writes a run's events as JSON Lines from a background
+// goroutine: callers put an event on a bounded queue and never wait on the
+// disk; the writer buffers, encodes and flushes periodically. The schema is
+// versioned (field "v") and documented in docs/runlog.md.
+package runlog
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/pipehost/pipehost/internal/clock"
+)
+
+// SchemaVersion is the "v" of every record.
+const SchemaVersion = 1
+
+// Event is one record. High-volume events (spans, progress, log lines) use
+// only the flat fields and are encoded without reflection; rare, rich
+// records carry Data, encoded with encoding/json under "data".
+type Event struct {
+	Type   string
+	TimeNs int64 // CLOCK_MONOTONIC; 0 means "now" at enqueue time
+	Stage  string
+	Name   string
+	ID     uint64
+	Parent uint64
+	Start  int64
+	End    int64
+	Value  float64
+	Msg    string
+	Level  string
+	Data   any
+}
+
+// Writer is the background JSON Lines writer.
+type Writer struct {
+	path    string
+	f       *os.File
+	ch      chan Event
+	done    chan struct{}
+	flushCh chan chan struct{}
+	dropped atomic.Int64
+	written atomic.Int64
+	closeMu sync.Mutex
+	closed  bool
+	err     error
+}
+
+// Options tune a Writer.
+type Options struct {
+	// Queue is the number of events that may wait for the writer (default
+	// 1<<16). When it is full, events are dropped and counted, never
+	// blocking the caller.
+	Queue int
+	// FlushEvery bounds how long an event stays in the buffer (default 200ms).
+	FlushEvery time.Duration
+}
+
+// Create opens path (creating its directory) and starts the writer.
+func Create(path string, opts Options) (*Writer, error) {
+	if opts.Queue <= 0 {
+		opts.Queue = 1 << 16
+	}
+	if opts.FlushEvery <= 0 {
+		opts.FlushEvery = 200 * time.Millisecond
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("run log: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("run log: %w", err)
+	}
+	w := &Writer{path: path, f: f, ch: make(chan Event, opts.Queue), done: make(chan struct{}), flushCh: make(chan chan struct{})}
+	go w.loop(opts.FlushEvery)
+	return w, nil
+}
+
+// Path is the log file's path.
+func (w *Writer) Path() string { return w.path }
+
+// Log enqueues an event. It never blocks: with the queue full the event is
+// dropped and counted (reported in the final record).
+func (w *Writer) Log(e Event) {
+	if e.TimeNs == 0 {
+		e.TimeNs = clock.Now()
+	}
+	select {
+	case w.ch <- e:
+	default:
+		w.dropped.Add(1)
+	}
+}
+
+// Dropped is the number of events lost to a full queue.
+func (w *Writer) Dropped() int64 { return w.dropped.Load() }
+
+// Flush waits until everything queued so far is on disk (in the page
+// cache).
+func (w *Writer) Flush() {
+	ack := make(chan struct{})
+	select {
+	case w.flushCh <- ack:
+		<-ack
+	case <-w.done:
+	}
+}
+
+// Close drains the queue, writes everything and closes the file. The last
+// event a caller logs before Close is in the file when Close returns.
+func (w *Writer) Close() error {
+	w.closeMu.Lock()
+	defer w.closeMu.Unlock()
+	if w.closed {
+		return w.err
+	}
+	w.closed = true
+	close(w.ch)
+	<-w.done
+	return w.err
+}
+
+func (w *Writer) loop(every time.Duration) {
+	defer close(w.done)
+	bw := bufio.NewWriterSize(w.f, 256<<10)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	buf := make([]byte, 0, 1024)
+	for {
+		select {
+		case e, ok := <-w.ch:
+			if !ok {
+				if err := bw.Flush(); err != nil && w.err == nil {
+					w.err = err
+				}
+				if err := w.f.Close(); err != nil && w.err == nil {
+					w.err = err
+				}
+				return
+			}
+			buf = Append(buf[:0], e)
+			buf = append(buf, '\n')
+			if _, err := bw.Write(buf); err != nil && w.err == nil {
+				w.err = err
+			}
+			w.written.Add(1)
+		case ack := <-w.flushCh:
+			// Drain what is queued now, then flush.
+			for n := len(w.ch); n > 0; n-- {
+				e := <-w.ch
+				buf = append(Append(buf[:0], e), '\n')
+				bw.Write(buf)
+			}
+			bw.Flush()
+			close(ack)
+		case <-tick.C:
+			if bw.Buffered() > 0 {
+				if err := bw.Flush(); err != nil && w.err == nil {
+					w.err = err
+				}
+			}
+		}
+	}
+}
+
+// Append encodes e as one JSON object (no newline).
+func Append(b []byte, e Event) []byte {
+	b = append(b, `{"v":`...)
+	b = strconv.AppendInt(b, SchemaVersion, 10)
+	b = append(b, `,"type":`...)
+	b = appendString(b, e.Type)
+	b = append(b, `,"t_ns":`...)
+	b = strconv.AppendInt(b, e.TimeNs, 10)
+	if e.Stage != "" {
+		b = append(b, `,"stage":`...)
+		b = appendString(b, e.Stage)
+	}
+	if e.Name != "" {
+		b = append(b, `,"name":`...)
+		b = appendString(b, e.Name)
+	}
+	if e.ID != 0 {
+		b = append(b, `,"id":`...)
+		b = strconv.AppendUint(b, e.ID, 10)
+	}
+	if e.Parent != 0 {
+		b = append(b, `,"parent":`...)
+		b = strconv.AppendUint(b, e.Parent, 10)
+	}
+	if e.Start != 0 || e.End != 0 {
+		b = append(b, `,"start_ns":`...)
+		b = strconv.AppendInt(b, e.Start, 10)
+		b = append(b, `,"end_ns":`...)
+		b = strconv.AppendInt(b, e.End, 10)
+		b = append(b, `,"dur_ns":`...)
+		b = strconv.AppendInt(b, e.End-e.Start, 10)
+	}
+	if e.Type == "progress" {
+		b = append(b, `,"fraction":`...)
+		b = appendFloat(b, e.Value)
+	}
+	if e.Level != "" {
+		b = append(b, `,"level":`...)
+		b = appendString(b, e.Level)
+	}
+	if e.Msg != "" {
+		b = append(b, `,"msg":`...)
+		b = appendString(b, e.Msg)
+	}
+	if e.Data != nil {
+		if raw, err := json.Marshal(e.Data); err == nil {
+			b = append(b, `,"data":`...)
+			b = append(b, raw...)
+		} else {
+			b = append(b, `,"data_error":`...)
+			b = appendString(b, err.Error())
+		}
+	}
+	return append(b, '}')
+}
+
+func appendFloat(b []byte, f float64) []byte {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return append(b, "null"...)
+	}
+	return strconv.AppendFloat(b, f, 'g', -1, 64)
+}
+
+const hex = "0123456789abcdef"
+
+// appendString writes s as a JSON string; invalid UTF-8 becomes U+FFFD so
+// every line stays valid JSON whatever a plugin printed.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c >= 0x20:
+				b = append(b, c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
