@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIPEHOST_REQUIRE_READERS=1
+export PIPEHOST_REQUIRE_NATIVE=1
 export PIPEHOST_PYTHON="$PWD/.tools/venv/bin/python"
 FUZZTIME="${FUZZTIME:-8s}"
 

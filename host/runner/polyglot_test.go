@@ -1,0 +1,133 @@
+package runner_test
+
+// The reference stages (docs/reference-stage.md) exist in Go, C++ and Rust;
+// all three must produce the same bytes, and a pipeline mixing them hands
+// grids across languages without copies.
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pipehost/pipehost/host/engine"
+	"github.com/pipehost/pipehost/host/runner"
+	"github.com/pipehost/pipehost/internal/testbin"
+)
+
+// refPlugins is a directory with the reference plugins of all three SDKs.
+func refPlugins(t *testing.T) string {
+	t.Helper()
+	root := testbin.ModuleRoot()
+	dir := t.TempDir()
+	goRef := filepath.Join(testbin.Build(t, "plugins/go"), "ref-go")
+	for _, p := range []string{goRef, filepath.Join(root, "bin", "plugins", "ref-cpp"), filepath.Join(root, "bin", "plugins", "ref-rust")} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			if os.Getenv("PIPEHOST_REQUIRE_NATIVE") == "1" {
+				t.Fatalf("reference plugin missing (run make build): %v", err)
+			}
+			t.Skipf("reference plugin missing (run make build): %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(p)), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func digests(t *testing.T, plugins, body string, opts runner.Options) (map[string]string, *runner.Session, *engine.Result) {
+	t.Helper()
+	isolate(t)
+	opts.ConfigPath = writeConfig(t, "p.toml", body)
+	opts.PluginDirs = []string{plugins}
+	opts.CacheDir = filepath.Join(t.TempDir(), "cache") // outputs are hashed when the cache is on
+	sess, err := runner.Open(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := sess.Run(context.Background())
+	sess.Close()
+	if err := res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if live, _ := sess.Arena.Live(); live != 0 {
+		t.Errorf("%d segments live after the run", live)
+	}
+	out := map[string]string{}
+	for _, r := range res.Stages {
+		for port, o := range r.Outputs {
+			out[r.Name+"."+port] = o.Digest.Hash
+		}
+	}
+	return out, sess, res
+}
+
+func TestReferenceStagesAgreeAcrossLanguages(t *testing.T) {
+	plugins := refPlugins(t)
+	for _, topo := range []string{"sphere", "torus", "cylinder", "plane"} {
+		t.Run(topo, func(t *testing.T) {
+			grid := "[run]\nseed = 2024\n[grid]\ntopology = \"" + topo + "\"\nwidth = 256\nheight = 128\n"
+			var noise, blur []string
+			for _, lang := range []string{"go", "cpp", "rust"} {
+				// The same stage names in every run: the seed derives from them.
+				d, _, _ := digests(t, plugins, grid+`
+[stages.noise]
+kind = "ref.noise-`+lang+`"
+params = { octaves = 5, cell = 32 }
+[stages.blur]
+kind = "ref.blur-`+lang+`"
+inputs = { in = "noise.out" }
+params = { radius = 2 }
+`, runner.Options{})
+				noise = append(noise, d["noise.out"])
+				blur = append(blur, d["blur.out"])
+			}
+			for i, lang := range []string{"cpp", "rust"} {
+				if noise[i+1] != noise[0] {
+					t.Errorf("ref.noise-%s digest %s, Go %s", lang, noise[i+1][:12], noise[0][:12])
+				}
+				if blur[i+1] != blur[0] {
+					t.Errorf("ref.blur-%s digest %s, Go %s", lang, blur[i+1][:12], blur[0][:12])
+				}
+			}
+		})
+	}
+}
+
+// Go → Rust → C++ → Go, the pipeline of examples/mixed.toml at a size where
+// a copy would show: 4096×2048 float32, 32 MiB a grid.
+func TestMixedPipelineIsZeroCopy(t *testing.T) {
+	plugins := refPlugins(t)
+	body, err := os.ReadFile(filepath.Join(testbin.ModuleRoot(), "examples", "mixed.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.Replace(string(body), "width = 1024\nheight = 512", "width = 4096\nheight = 2048", 1)
+	if cfg == string(body) {
+		t.Fatal("examples/mixed.toml no longer has the grid size this test expects")
+	}
+	cfg = strings.ReplaceAll(cfg, `save = `, `# save = `)
+	_, sess, res := digests(t, plugins, cfg, runner.Options{Engine: engine.Options{Jobs: 1}})
+	const grid = 4096 * 2048 * 4
+	langs := map[string]string{}
+	for _, r := range res.Stages {
+		langs[r.Name] = r.Kind[strings.LastIndexByte(r.Kind, '-')+1:]
+		peak := r.Stats.GetPeakRssBytes()
+		// A stage maps its input (read fully) and its output (written
+		// fully): two grids plus the process's own baseline. A copy of
+		// either grid would add another 32 MiB.
+		if peak > 2*grid+48<<20 {
+			t.Errorf("stage %s (%s) peaked at %d MiB: more than its two mapped grids allow", r.Name, r.Kind, peak>>20)
+		}
+	}
+	if got := strings.Join([]string{langs["noise"], langs["rust"], langs["cpp"], langs["final"]}, ","); got != "go,rust,cpp,go" {
+		t.Fatalf("mixed pipeline languages %s", got)
+	}
+	// The ledger: in a chain at most the input and output of the running
+	// stage are live at once.
+	if peak := sess.Arena.Peak(); peak > 2*grid {
+		t.Errorf("arena peak %d MiB for a chain of %d MiB grids: a segment outlived its consumer", peak>>20, grid>>20)
+	}
+}
