@@ -128,7 +128,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				hits++
 			}
 		}
-		fmt.Fprintf(stdout, "%d stages, %d from the cache; summary %s, trace %s\n", len(res.Stages), hits, sess.Reports.Summary, sess.Reports.Trace)
+		fmt.Fprintf(stdout, "%d stages, %d from the cache, %d datasets; summary %s\n", len(res.Stages), hits, len(sess.Artifacts), sess.Reports.Summary)
 	}
 	if ctx.Err() != nil {
 		fmt.Fprintln(stderr, "pipehost: run stopped:", context.Cause(ctx))
@@ -136,6 +136,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := res.Err(); err != nil {
 		fmt.Fprintln(stderr, "pipehost:", err)
+		return exitFailed
+	}
+	if len(sess.DatasetErrors) > 0 {
+		for _, err := range sess.DatasetErrors {
+			fmt.Fprintln(stderr, "pipehost:", err)
+		}
 		return exitFailed
 	}
 	return exitOK

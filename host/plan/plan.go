@@ -259,16 +259,25 @@ func (b *builder) save(sc *config.Stage, desc *pb.StageDescriptor) {
 	}
 }
 
-// Formats lists the dataset formats per port kind.
+// Formats lists the dataset formats per port kind (docs/formats.md).
 var Formats = map[pb.PortKind][]string{
-	pb.PortKind_PORT_KIND_GRID:  {"cog", "npz", "npy"},
-	pb.PortKind_PORT_KIND_TABLE: {"geoparquet", "parquet", "arrow"},
+	pb.PortKind_PORT_KIND_GRID:  {"cog", "cog-zstd", "npz", "npz-compressed"},
+	pb.PortKind_PORT_KIND_TABLE: {"geoparquet", "arrow"},
 	pb.PortKind_PORT_KIND_BLOB:  {"raw"},
+}
+
+// cogDTypes are the grid dtypes a GeoTIFF holds (no 64-bit integers).
+var cogDTypes = map[pb.DType]bool{
+	pb.DType_DTYPE_F32: true, pb.DType_DTYPE_F64: true, pb.DType_DTYPE_I8: true, pb.DType_DTYPE_I16: true,
+	pb.DType_DTYPE_I32: true, pb.DType_DTYPE_U8: true, pb.DType_DTYPE_U16: true, pb.DType_DTYPE_U32: true,
 }
 
 func formatFits(format string, p *pb.Port) string {
 	for _, f := range Formats[p.GetKind()] {
 		if f == format {
+			if strings.HasPrefix(f, "cog") && !cogDTypes[p.GetDtype()] {
+				return fmt.Sprintf("format %q cannot hold %s grids (GeoTIFF has no 64-bit integers; use npz)", format, dtypeName(p.GetDtype()))
+			}
 			return ""
 		}
 	}

@@ -24,10 +24,11 @@ import (
 
 // Reports are the files a run leaves for its operator.
 type Reports struct {
-	Dir     string
-	Log     string
-	Summary string
-	Trace   string
+	Dir      string
+	Log      string
+	Summary  string
+	Trace    string
+	Metadata string
 }
 
 // OutDir is where the run writes: --out, else the config's output.dir

@@ -76,11 +76,15 @@ type Session struct {
 	Arena    *arena.Arena
 	Cache    *cache.Cache
 	// Reports are the files the last Run wrote.
-	Reports  Reports
-	mgr      *pluginmgr.Manager
-	opts     Options
-	openNs   int64
-	previews map[string]string
+	Reports Reports
+	// Artifacts are the datasets the last Run wrote; DatasetErrors the ones
+	// it could not write (the run counts as failed).
+	Artifacts     []SavedArtifact
+	DatasetErrors []error
+	mgr           *pluginmgr.Manager
+	opts          Options
+	openNs        int64
+	previews      map[string]string
 }
 
 // LoadConfig reads the config and applies overrides.
@@ -204,7 +208,18 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 	case len(res.Failed) > 0:
 		status = "failed"
 	}
+	artifacts, errs := s.saveDatasets(res)
+	s.DatasetErrors = errs
+	if len(errs) > 0 && status == "ok" {
+		status = "failed (datasets)"
+	}
+	s.Artifacts = artifacts
 	s.Reports = s.finishRecording(w, col, res, startNs, endNs, status)
+	if path, err := s.writeMetadata(res, status, artifacts); err != nil {
+		s.warn(fmt.Sprintf("writing metadata.json: %v", err))
+	} else {
+		s.Reports.Metadata = path
+	}
 	if s.Cache != nil && s.opts.CacheMax > 0 && s.Cache.Usage() > s.opts.CacheMax {
 		if _, err := s.Cache.GC(s.opts.CacheMax); err != nil {
 			s.warn(fmt.Sprintf("cache collection failed: %v", err))

@@ -2,8 +2,15 @@
 package main
 
 import (
+	"math"
+
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+
+	"github.com/pipehost/pipehost/host/dataset"
 	"github.com/pipehost/pipehost/sdk"
 	"github.com/pipehost/pipehost/sdk/seed"
+	"github.com/pipehost/pipehost/sdk/table"
 	"github.com/pipehost/pipehost/testplugins/observe"
 )
 
@@ -12,8 +19,50 @@ type params struct {
 	Trace string  `param:"trace" default:"" doc:"file to append an observation record to"`
 }
 
+type pointsParams struct {
+	N     int    `param:"n" default:"100" doc:"number of points"`
+	Trace string `param:"trace" default:""`
+}
+
+// points scatters n seeded points over the surface (lon/lat degrees on a
+// sphere, cell coordinates elsewhere) with a value column.
+func points(c *sdk.Context, p pointsParams) error {
+	rng := c.Rand()
+	lv := c.Levels()[0]
+	sphere := c.TopologyProto().GetKind() == "sphere"
+	geoms := make([]dataset.Geometry, p.N)
+	vals := array.NewFloat64Builder(memory.DefaultAllocator)
+	defer vals.Release()
+	for i := range geoms {
+		u, v := rng.Float64(), rng.Float64()
+		if sphere {
+			geoms[i] = dataset.Point{X: -180 + 360*u, Y: math.Asin(2*v-1) * 180 / math.Pi}
+		} else {
+			geoms[i] = dataset.Point{X: u * float64(lv.GetWidth()), Y: v * float64(lv.GetHeight())}
+		}
+		vals.Append(rng.Float64())
+	}
+	col := vals.NewArray()
+	defer col.Release()
+	rec, err := dataset.GeometryRecord(memory.DefaultAllocator, geoms, dataset.Column{Name: "value", Values: col})
+	if err != nil {
+		return err
+	}
+	defer rec.Release()
+	if err := table.Write(c, "points", rec.Schema(), rec); err != nil {
+		return err
+	}
+	return observe.Append(p.Trace, observe.Record{Stage: c.Stage(), Kind: c.Kind(), Seed: c.Seed()})
+}
+
 func main() {
 	sdk.Serve(sdk.Define(sdk.Spec{
+		Kind:       "dummy.points",
+		Version:    "1.0.0",
+		Doc:        "Scatters seeded points over the surface as a GeoParquet-ready table (WKB geometry, value).",
+		Outputs:    []sdk.Port{sdk.TablePort("points")},
+		Concurrent: true,
+	}, points), sdk.Define(sdk.Spec{
 		Kind:       "dummy.source",
 		Version:    "1.0.0",
 		Doc:        "Fills a grid with value plus a small seeded ramp.",

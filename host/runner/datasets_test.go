@@ -1,0 +1,99 @@
+package runner_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pipehost/pipehost/host/runner"
+	"github.com/pipehost/pipehost/internal/testbin"
+	"github.com/pipehost/pipehost/internal/testenv"
+)
+
+// examples/dummy.toml saves its grid as COG and NPZ and its table as
+// GeoParquet and Arrow; every file must satisfy readers nobody here wrote,
+// from a cold run and from a fully cached one (whose bytes come from the
+// cache).
+func TestDummyExampleDatasets(t *testing.T) {
+	py := testenv.Python(t)
+	body, err := os.ReadFile(filepath.Join(testbin.ModuleRoot(), "examples", "dummy.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	isolate(t)
+	cfg := writeConfig(t, "dummy.toml", string(body))
+	cache := filepath.Join(t.TempDir(), "cache")
+	for _, round := range []string{"cold", "cached"} {
+		sess, err := runner.Open(context.Background(), runner.Options{ConfigPath: cfg, PluginDirs: []string{pluginsDir(t)}, CacheDir: cache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := sess.Run(context.Background())
+		sess.Close()
+		if err := res.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if len(sess.DatasetErrors) > 0 {
+			t.Fatal(sess.DatasetErrors)
+		}
+		if len(sess.Artifacts) != 5 {
+			t.Fatalf("%s: %d artifacts, want cog, npz, png, geoparquet, arrow", round, len(sess.Artifacts))
+		}
+		out, err := exec.Command(py, filepath.Join("testdata", "check_run.py"), sess.Reports.Dir).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s run: %v\n%s", round, err, out)
+		}
+		var seen map[string]map[string]any
+		if err := json.Unmarshal(out, &seen); err != nil {
+			t.Fatalf("%s", out)
+		}
+		tif := seen[filepath.Join(sess.Reports.Dir, "data", "scale.out.tif")]
+		if !strings.Contains(tif["crs"].(string), "pipehost sphere R=6371000") || len(tif["overviews"].([]any)) == 0 {
+			t.Errorf("%s: COG %v", round, tif)
+		}
+		if pq := seen[filepath.Join(sess.Reports.Dir, "data", "points.points.parquet")]; pq["rows"] != float64(500) {
+			t.Errorf("%s: GeoParquet %v", round, pq)
+		}
+		sum, _ := os.ReadFile(sess.Reports.Summary)
+		if !strings.Contains(string(sum), "![scale.out](previews/scale.out.png)") {
+			t.Errorf("summary.md does not show the preview")
+		}
+	}
+}
+
+func TestSaveRefusesBadFormats(t *testing.T) {
+	isolate(t)
+	_, err := runner.Open(context.Background(), runner.Options{
+		ConfigPath: writeConfig(t, "p.toml", grid+"[stages.a]\nkind = \"dummy.source\"\nsave = { out = [\"geoparquet\"] }\n[stages.t]\nkind = \"probe.table\"\nsave = { rows = \"cog\" }\n"),
+		PluginDirs: []string{pluginsDir(t)}})
+	if err == nil || !strings.Contains(err.Error(), `stages.a.save.out: format "geoparquet" cannot hold a grid output`) ||
+		!strings.Contains(err.Error(), `stages.t.save.rows: format "cog" cannot hold a table output`) {
+		t.Errorf("got %v", err)
+	}
+}
+
+func TestUnwritableOutputDirFailsCleanly(t *testing.T) {
+	isolate(t)
+	notADir := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(notADir, nil, 0o644)
+	sess, err := runner.Open(context.Background(), runner.Options{
+		ConfigPath: writeConfig(t, "p.toml", grid+"[stages.a]\nkind = \"dummy.source\"\nsave = { out = \"cog\" }\n"),
+		PluginDirs: []string{pluginsDir(t)}, OutDir: filepath.Join(notADir, "out")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	_ = warnings
+	res := sess.Run(context.Background())
+	sess.Close()
+	if res.Err() != nil {
+		t.Fatal(res.Err())
+	}
+	if len(sess.DatasetErrors) == 0 || !strings.Contains(sess.DatasetErrors[0].Error(), "not a directory") {
+		t.Errorf("dataset errors %v", sess.DatasetErrors)
+	}
+}

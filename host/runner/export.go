@@ -1,0 +1,346 @@
+package runner
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+
+	"github.com/pipehost/pipehost/host/dataset"
+	"github.com/pipehost/pipehost/host/engine"
+	"github.com/pipehost/pipehost/host/plan"
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+	"github.com/pipehost/pipehost/shm"
+)
+
+// SavedArtifact is one dataset file of the run.
+type SavedArtifact struct {
+	dataset.Artifact
+	Stage string `json:"stage"`
+	Port  string `json:"port"`
+}
+
+// datasetDType maps a protocol dtype to the writer's.
+var datasetDType = map[pb.DType]dataset.DType{
+	pb.DType_DTYPE_F32: dataset.Float32, pb.DType_DTYPE_F64: dataset.Float64,
+	pb.DType_DTYPE_I8: dataset.Int8, pb.DType_DTYPE_I16: dataset.Int16, pb.DType_DTYPE_I32: dataset.Int32, pb.DType_DTYPE_I64: dataset.Int64,
+	pb.DType_DTYPE_U8: dataset.Uint8, pb.DType_DTYPE_U16: dataset.Uint16, pb.DType_DTYPE_U32: dataset.Uint32, pb.DType_DTYPE_U64: dataset.Uint64,
+}
+
+// georef places the run's grid on its surface for the dataset writers.
+func (s *Session) georef(level int) dataset.Georef {
+	t := s.Plan.Topology
+	lv := s.Plan.Levels[level]
+	w, h := float64(lv.GetWidth()), float64(lv.GetHeight())
+	g := dataset.Georef{WrapX: wrapName(t.GetWrapX()), WrapY: wrapName(t.GetWrapY())}
+	switch t.GetKind() {
+	case "sphere":
+		g.Topology, g.Radius = dataset.Sphere, t.GetRadius()
+	case "cylinder":
+		// Cells are square on the cylinder's surface: the circumference over
+		// the width, along both axes.
+		g.Topology = dataset.Cylinder
+		px := 2 * math.Pi * t.GetRadius() / w
+		g.PixelSize = [2]float64{px, px}
+	case "torus":
+		g.Topology = dataset.Torus
+		g.PixelSize = [2]float64{2 * math.Pi * t.GetRadius() / w, 2 * math.Pi * t.GetMinorRadius() / h}
+	default:
+		g.Topology = dataset.Plane
+		scale := math.Pow(2, float64(level))
+		g.PixelSize = [2]float64{scale, scale}
+	}
+	for i, p := range g.PixelSize {
+		if !(p > 0) || math.IsInf(p, 0) {
+			g.PixelSize[i] = 1
+		}
+	}
+	return g
+}
+
+func wrapName(w pb.Wrap) string {
+	switch w {
+	case pb.Wrap_WRAP_REPEAT:
+		return dataset.WrapRepeat
+	case pb.Wrap_WRAP_REFLECT:
+		return dataset.WrapReflect
+	case pb.Wrap_WRAP_POLE:
+		return dataset.WrapPole
+	case pb.Wrap_WRAP_CLAMP:
+		return dataset.WrapClamp
+	}
+	return ""
+}
+
+// saveDatasets writes every output the config asks to save, in the formats
+// it names, plus a PNG preview of each saved raster. Each file is written
+// under a temporary name and renamed, so a failure leaves nothing half
+// written; a failure is reported per artifact and does not stop the others.
+func (s *Session) saveDatasets(res *engine.Result) ([]SavedArtifact, []error) {
+	var saved []SavedArtifact
+	var errs []error
+	var w *dataset.Writer
+	open := func() error {
+		if w != nil {
+			return nil
+		}
+		if err := os.MkdirAll(s.OutDir(), 0o755); err != nil {
+			return err
+		}
+		var err error
+		w, err = dataset.NewWriter(s.OutDir())
+		return err
+	}
+	defer func() {
+		if w != nil {
+			w.Close()
+		}
+	}()
+	s.previews = map[string]string{}
+	for _, n := range s.Plan.Nodes {
+		r := res.Stages[n.Index]
+		for _, sv := range n.Config.Save {
+			if r == nil || r.Status != engine.StatusOK {
+				continue
+			}
+			o := r.Outputs[sv.Port]
+			if o == nil {
+				continue
+			}
+			if err := open(); err != nil {
+				return nil, []error{fmt.Errorf("output directory %s: %w", s.OutDir(), err)}
+			}
+			arts, err := s.saveOutput(w, n, sv.Port, sv.Formats, o)
+			saved = append(saved, arts...)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("saving %s.%s: %w", n.Name, sv.Port, err))
+			}
+		}
+	}
+	return saved, errs
+}
+
+// outputBytes maps an output read-only: its arena segment, or for a cache
+// hit the cached bytes loaded (and verified) into a sealed segment.
+func (s *Session) outputBytes(o *engine.Output) ([]byte, func(), error) {
+	seg := (*shm.Segment)(nil)
+	owned := false
+	if o.Entry != nil && !o.Entry.Freed() {
+		seg = o.Entry.Segment
+	} else if o.Cached && s.Cache != nil {
+		var err error
+		if seg, err = s.Cache.Materialize(o.Digest, "save"); err != nil {
+			return nil, nil, err
+		}
+		owned = true
+	} else {
+		return nil, nil, errors.New("its bytes are no longer available")
+	}
+	if seg.Size() == 0 {
+		return nil, func() {}, nil
+	}
+	m, err := seg.MapRO()
+	if err != nil {
+		if owned {
+			seg.Close()
+		}
+		return nil, nil, err
+	}
+	h := o.Handle
+	b := m.Bytes()[h.GetOffset() : h.GetOffset()+h.GetNbytes()]
+	return b, func() {
+		m.Unmap()
+		if owned {
+			seg.Close()
+		}
+	}, nil
+}
+
+func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, formats []string, o *engine.Output) ([]SavedArtifact, error) {
+	data, release, err := s.outputBytes(o)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	base := filepath.Join("data", n.Name+"."+port)
+	var out []SavedArtifact
+	add := func(a dataset.Artifact, err error) error {
+		if err != nil {
+			return err
+		}
+		out = append(out, SavedArtifact{Artifact: a, Stage: n.Name, Port: port})
+		return nil
+	}
+	h := o.Handle
+	switch h.GetKind() {
+	case pb.PortKind_PORT_KIND_GRID:
+		g := dataset.Grid{Data: data, Height: int(h.GetShape()[0]), Width: int(h.GetShape()[1]), DType: datasetDType[h.GetDtype()]}
+		geo := s.georef(int(h.GetLevel()))
+		meta := map[string]string{"PIPEHOST_RUN": s.Config.RunID, "PIPEHOST_STAGE": n.Name, "PIPEHOST_KIND": n.Kind, "PIPEHOST_PORT": port, "PIPEHOST_SHA256": o.Digest.Hash}
+		for _, f := range formats {
+			var err error
+			switch f {
+			case "cog", "cog-zstd":
+				opt := dataset.COGOptions{Georef: geo, Metadata: meta}
+				if f == "cog-zstd" {
+					opt.Compression = dataset.Zstd
+				}
+				err = add(w.WriteCOG(base+".tif", g, opt))
+			case "npz", "npz-compressed":
+				err = add(w.WriteNPZ(base+".npz", []dataset.NPZMember{{Name: port, Grid: g}}, dataset.NPZOptions{Compress: f == "npz-compressed"}))
+			default:
+				err = fmt.Errorf("format %q cannot hold a grid", f)
+			}
+			if err != nil {
+				return out, err
+			}
+		}
+		name := filepath.Join("previews", n.Name+"."+port+".png")
+		if err := add(w.WritePNG(name, g, dataset.PreviewOptions{Style: dataset.ShadedRamp})); err != nil {
+			return out, err
+		}
+		s.previews[n.Name+"."+port] = filepath.ToSlash(name)
+	case pb.PortKind_PORT_KIND_TABLE:
+		r, err := ipc.NewMappedFileReader(data)
+		if err != nil {
+			return nil, fmt.Errorf("reading the table: %w", err)
+		}
+		defer r.Close()
+		var recs []arrow.RecordBatch
+		for i := 0; i < r.NumRecords(); i++ {
+			rec, err := r.RecordBatch(i)
+			if err != nil {
+				return nil, fmt.Errorf("reading the table: %w", err)
+			}
+			recs = append(recs, rec)
+		}
+		for _, f := range formats {
+			switch f {
+			case "geoparquet":
+				err = add(w.WriteGeoParquet(base+".parquet", recs, dataset.GeoParquetOptions{Georef: s.georef(0)}))
+			case "arrow":
+				err = add(w.WriteArrowIPC(base+".arrow", r.Schema(), recs...))
+			default:
+				err = fmt.Errorf("format %q cannot hold a table", f)
+			}
+			if err != nil {
+				return out, err
+			}
+		}
+	default:
+		for _, f := range formats {
+			if f != "raw" {
+				return out, fmt.Errorf("format %q cannot hold a blob", f)
+			}
+			if err := add(w.WriteRaw(base+".bin", data)); err != nil {
+				return out, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// writeMetadata writes metadata.json: the resolved config, every stage's
+// stats and every artifact's path, format, digest and size.
+func (s *Session) writeMetadata(res *engine.Result, status string, artifacts []SavedArtifact) (string, error) {
+	type stageMeta struct {
+		Kind       string             `json:"kind"`
+		Version    string             `json:"version"`
+		Plugin     string             `json:"plugin,omitempty"`
+		Seed       uint64             `json:"seed"`
+		Params     map[string]any     `json:"params"`
+		Inputs     map[string]string  `json:"inputs,omitempty"`
+		Status     string             `json:"status"`
+		Cache      string             `json:"cache"`
+		MissReason string             `json:"miss_reason,omitempty"`
+		TimeNs     int64              `json:"time_ns"`
+		PeakRSS    uint64             `json:"peak_rss_bytes,omitempty"`
+		CPUNs      uint64             `json:"cpu_ns,omitempty"`
+		Metrics    map[string]float64 `json:"metrics,omitempty"`
+		Outputs    map[string]any     `json:"outputs,omitempty"`
+		Error      string             `json:"error,omitempty"`
+	}
+	stages := map[string]stageMeta{}
+	for _, n := range s.Plan.Nodes {
+		r := res.Stages[n.Index]
+		m := stageMeta{Kind: n.Kind, Version: n.Desc.GetVersion(), Seed: n.Seed, Params: map[string]any{}, Inputs: map[string]string{}}
+		if e, ok := s.Registry.Entry(n.Kind); ok {
+			m.Plugin = e.Plugin.Path
+		}
+		for k, v := range n.Params {
+			m.Params[k] = valueOf(v)
+		}
+		for _, e := range n.Inputs {
+			m.Inputs[e.Input.GetName()] = e.From.Name + "." + e.Output.GetName()
+		}
+		if r != nil {
+			m.Status, m.Cache, m.MissReason, m.Metrics = string(r.Status), string(r.Cache), r.MissReason, r.Metrics
+			if r.Stats != nil {
+				m.TimeNs = r.Stats.GetEndNs() - r.Stats.GetStartNs()
+				m.PeakRSS, m.CPUNs = r.Stats.GetPeakRssBytes(), r.Stats.GetCpuNs()
+			}
+			if r.Err != nil {
+				m.Error = r.Err.Error()
+			}
+			if len(r.Outputs) > 0 {
+				m.Outputs = map[string]any{}
+				for port, o := range r.Outputs {
+					m.Outputs[port] = map[string]any{"sha256": o.Digest.Hash, "size": o.Digest.Size}
+				}
+			}
+		}
+		stages[n.Name] = m
+	}
+	sort.Slice(artifacts, func(i, j int) bool { return artifacts[i].Path < artifacts[j].Path })
+	levels := []map[string]uint32{}
+	for _, l := range s.Plan.Levels {
+		levels = append(levels, map[string]uint32{"level": l.GetLevel(), "width": l.GetWidth(), "height": l.GetHeight()})
+	}
+	doc := map[string]any{
+		"pipehost_version": s.opts.Version,
+		"run_id":           s.Config.RunID,
+		"status":           status,
+		"config": map[string]any{
+			"file": s.Config.File, "seed": s.Config.Seed,
+			"topology": map[string]any{"kind": s.Plan.Topology.GetKind(), "radius": s.Plan.Topology.GetRadius(),
+				"minor_radius": s.Plan.Topology.GetMinorRadius(), "wrap_x": wrapName(s.Plan.Topology.GetWrapX()), "wrap_y": wrapName(s.Plan.Topology.GetWrapY())},
+			"levels": levels,
+		},
+		"stages":    stages,
+		"artifacts": artifacts,
+	}
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(s.OutDir(), "metadata.json")
+	if err := os.MkdirAll(s.OutDir(), 0o755); err != nil {
+		return "", err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	return path, os.Rename(tmp, path)
+}
+
+func valueOf(v *pb.Value) any {
+	switch x := v.GetKind().(type) {
+	case *pb.Value_BoolValue:
+		return x.BoolValue
+	case *pb.Value_IntValue:
+		return x.IntValue
+	case *pb.Value_FloatValue:
+		return x.FloatValue
+	case *pb.Value_StringValue:
+		return x.StringValue
+	}
+	return nil
+}
