@@ -1,15 +1,11 @@
 package sdk
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"reflect"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -20,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pipehost/pipehost/internal/clock"
+	"github.com/pipehost/pipehost/internal/procstat"
 	"github.com/pipehost/pipehost/internal/wire"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 )
@@ -150,6 +147,7 @@ func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
 	defer data.release()
 
 	shared := s.enter()
+	rssBefore := procstat.RSS()
 	start := clock.Now()
 	var cpu0 unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &cpu0)
@@ -157,7 +155,8 @@ func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
 	end := clock.Now()
 	var cpu1 unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &cpu1)
-	peak := peakRSS()
+	peak := procstat.Peak()
+	releaseMemory(rssBefore, peak)
 	shared = s.leave() || shared
 
 	if runErr != nil {
@@ -187,7 +186,7 @@ func (s *server) enter() bool {
 	s.overlapMu.Lock()
 	defer s.overlapMu.Unlock()
 	if s.active.Add(1) == 1 {
-		resetPeakRSS()
+		procstat.ResetPeak()
 		return false
 	}
 	return true
@@ -215,27 +214,11 @@ func cpuNs(r unix.Rusage) int64 {
 	return r.Utime.Nano() + r.Stime.Nano()
 }
 
-// resetPeakRSS resets VmHWM to the current RSS (Linux clear_refs = 5).
-func resetPeakRSS() {
-	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-}
-
-// peakRSS reads VmHWM in bytes; 0 when unavailable.
-func peakRSS() uint64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
+// releaseMemory returns the heap a stage grew by to the OS when that was a
+// lot: Go otherwise keeps it resident for minutes, and the next stage's
+// peak RSS (and the machine) would carry this one's garbage.
+func releaseMemory(before, peak uint64) {
+	if peak > before+64<<20 {
+		debug.FreeOSMemory()
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			f := strings.Fields(rest)
-			if len(f) >= 1 {
-				kb, _ := strconv.ParseUint(f[0], 10, 64)
-				return kb * 1024
-			}
-		}
-	}
-	return 0
 }

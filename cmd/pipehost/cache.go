@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pipehost/pipehost/host/cache"
+	"github.com/pipehost/pipehost/internal/units"
 )
 
 func cmdCache(args []string, stdout, stderr io.Writer) int {
@@ -37,16 +38,16 @@ func cmdCache(args []string, stdout, stderr io.Writer) int {
 		var total int64
 		for _, e := range entries {
 			total += e.Bytes
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Key[:16], e.Stage, e.Kind, human(e.Bytes), e.LastUsed.Format(time.DateTime))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Key[:16], e.Stage, e.Kind, units.Bytes(e.Bytes), e.LastUsed.Format(time.DateTime))
 		}
 		tw.Flush()
-		fmt.Fprintf(stdout, "%d entries, %s of outputs, %s on disk in %s\n", len(entries), human(total), human(c.Usage()), c.Root())
+		fmt.Fprintf(stdout, "%d entries, %s of outputs, %s on disk in %s\n", len(entries), units.Bytes(total), units.Bytes(c.Usage()), c.Root())
 	case "gc":
 		res, err := c.GC(int64(maxSize))
 		if err != nil {
 			return report(stderr, err)
 		}
-		fmt.Fprintf(stdout, "removed %d entries and %d blobs (%s); %s left\n", res.Entries, res.Blobs, human(res.Bytes), human(c.Usage()))
+		fmt.Fprintf(stdout, "removed %d entries and %d blobs (%s); %s left\n", res.Entries, res.Blobs, units.Bytes(res.Bytes), units.Bytes(c.Usage()))
 	case "clear":
 		if err := c.Clear(); err != nil {
 			return report(stderr, err)
@@ -57,16 +58,4 @@ func cmdCache(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	return exitOK
-}
-
-func human(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -14,17 +14,13 @@ func cmdGraph(args []string, stdout, stderr io.Writer) int {
 	var common commonFlags
 	common.register(fs)
 	format := fs.String("format", "dot", "dot or mermaid")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return flagExit(err)
+	opts, code, ok := common.parseConfigArgs(fs, args, stderr)
+	if !ok {
+		return code
 	}
-	if len(pos) != 1 || (*format != "dot" && *format != "mermaid") {
+	if *format != "dot" && *format != "mermaid" {
 		fs.Usage()
 		return exitUsage
-	}
-	opts, err := common.options(pos[0])
-	if err != nil {
-		return report(stderr, err)
 	}
 	ctx, stop := signalContext()
 	defer stop()

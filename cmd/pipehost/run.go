@@ -14,6 +14,7 @@ import (
 	"github.com/pipehost/pipehost/host/config"
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/runner"
+	"github.com/pipehost/pipehost/internal/units"
 )
 
 // commonFlags are shared by every command that loads a config.
@@ -27,6 +28,24 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.Var(&c.pluginDirs, "plugin-dir", "directory of plugin executables (repeatable; searched before $PIPEHOST_PLUGIN_PATH and plugins/ beside pipehost)")
 	fs.Var(&c.sets, "set", "override a stage param: stage.param=value (repeatable)")
 	fs.DurationVar(&c.startTimeout, "plugin-timeout", 10*time.Second, "how long a plugin may take to start and describe itself")
+}
+
+// parseConfigArgs parses a command that takes exactly one CONFIG argument
+// and builds its options; ok is false when the command must exit with code.
+func (c *commonFlags) parseConfigArgs(fs *flag.FlagSet, args []string, stderr io.Writer) (opts runner.Options, code int, ok bool) {
+	pos, err := parse(fs, args)
+	if err != nil {
+		return opts, flagExit(err), false
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return opts, exitUsage, false
+	}
+	opts, err = c.options(pos[0])
+	if err != nil {
+		return opts, report(stderr, err), false
+	}
+	return opts, 0, true
 }
 
 func (c *commonFlags) options(configPath string) (runner.Options, error) {
@@ -65,17 +84,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	cacheMax := byteSize(10 << 30)
 	fs.Var(&cacheMax, "cache-max", "collect the cache down to this size after a run, least recently used first (0: no limit)")
 	fs.Var(&budget, "mem-budget", "bound on live shared-memory bytes, e.g. 4GiB (0: unlimited); a stage starts only when its outputs fit")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return flagExit(err)
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return exitUsage
-	}
-	opts, err := common.options(pos[0])
-	if err != nil {
-		return report(stderr, err)
+	opts, code, ok := common.parseConfigArgs(fs, args, stderr)
+	if !ok {
+		return code
 	}
 	opts.Engine = engine.Options{Jobs: *jobs, KeepGoing: *keepGoing, Timeout: *timeout}
 	opts.MemBudget = int64(budget)
@@ -111,7 +122,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	defer sess.Close()
 	for name := range opts.Engine.Refresh {
 		if sess.Plan.Node(name) == nil {
-			return report(stderr, &runner.SetupError{Err: fmt.Errorf("--refresh %s: no such stage in %s", name, pos[0])})
+			return report(stderr, &runner.SetupError{Err: fmt.Errorf("--refresh %s: no such stage in %s", name, opts.ConfigPath)})
 		}
 	}
 	var prog *progress
@@ -151,17 +162,9 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("validate", "CONFIG [flags]", stderr)
 	var common commonFlags
 	common.register(fs)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return flagExit(err)
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return exitUsage
-	}
-	opts, err := common.options(pos[0])
-	if err != nil {
-		return report(stderr, err)
+	opts, code, ok := common.parseConfigArgs(fs, args, stderr)
+	if !ok {
+		return code
 	}
 	ctx, stop := signalContext()
 	defer stop()
@@ -174,33 +177,17 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	for _, n := range sess.Plan.Nodes {
 		edges += len(n.Inputs)
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d stages, %d edges)\n", pos[0], len(sess.Plan.Nodes), edges)
+	fmt.Fprintf(stdout, "%s: ok (%d stages, %d edges)\n", opts.ConfigPath, len(sess.Plan.Nodes), edges)
 	return exitOK
 }
 
-// byteSize parses sizes such as 512MiB, 4GiB, 1.5G or 1000000.
+// byteSize is a size flag: 512MiB, 4GiB, 1.5G or a number of bytes.
 type byteSize int64
 
 func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
 
 func (b *byteSize) Set(s string) error {
-	units := []struct {
-		suffix string
-		mult   float64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1}}
-	mult := 1.0
-	num := strings.TrimSpace(s)
-	for _, u := range units {
-		if strings.HasSuffix(num, u.suffix) {
-			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
-			break
-		}
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 {
-		return fmt.Errorf("%q is not a size (write e.g. 512MiB or 4GiB)", s)
-	}
-	*b = byteSize(f * mult)
-	return nil
+	n, err := units.ParseBytes(s)
+	*b = byteSize(n)
+	return err
 }

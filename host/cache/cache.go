@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/pipehost/pipehost/internal/atomicfile"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
 )
@@ -167,7 +168,7 @@ func (c *Cache) Store(m *Manifest, segs map[string]*shm.Segment) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(c.manifestPath(m.Key), b)
+	return atomicfile.Write(c.manifestPath(m.Key), b)
 }
 
 func (c *Cache) putBlob(d Digest, seg *shm.Segment) error {
@@ -312,7 +313,7 @@ func (c *Cache) LastParts(run, stage string) *Parts {
 // SaveParts records the key parts of a stage's run.
 func (c *Cache) SaveParts(run, stage string, p Parts) error {
 	b, _ := json.Marshal(p)
-	return writeAtomic(filepath.Join(c.dir, "stages", stageID(run, stage)+".json"), b)
+	return atomicfile.Write(filepath.Join(c.dir, "stages", stageID(run, stage)+".json"), b)
 }
 
 var binMu sync.Mutex
@@ -342,28 +343,9 @@ func (c *Cache) PluginDigest(path string, compute func() string) string {
 	d := compute()
 	known[id] = d
 	if b, err := json.Marshal(known); err == nil {
-		_ = writeAtomic(memo, b)
+		_ = atomicfile.Write(memo, b)
 	}
 	return d
-}
-
-func writeAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // kernelCopy copies n bytes from src to dst (both at offset 0, dst at its

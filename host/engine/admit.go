@@ -7,6 +7,7 @@ import (
 
 	"github.com/pipehost/pipehost/host/arena"
 	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/internal/units"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
 )
@@ -46,10 +47,10 @@ func (e *Engine) admit(ctx context.Context, n *plan.Node, r *StageResult) error 
 			e.admitMu.Unlock()
 			live, bytes := e.arena.Live()
 			if need > e.arena.Budget() {
-				return fmt.Errorf("its outputs need %s, more than the whole memory budget of %s (raise --mem-budget)", humanBytes(need), humanBytes(e.arena.Budget()))
+				return fmt.Errorf("its outputs need %s, more than the whole memory budget of %s (raise --mem-budget)", units.Bytes(need), units.Bytes(e.arena.Budget()))
 			}
 			return fmt.Errorf("its outputs need %s but the memory budget is %s with %s held by %d live segment(s) that only this stage's completion could free",
-				humanBytes(need), humanBytes(e.arena.Budget()), humanBytes(bytes), live)
+				units.Bytes(need), units.Bytes(e.arena.Budget()), units.Bytes(bytes), live)
 		}
 		wake := e.wake
 		e.admitMu.Unlock()
@@ -100,17 +101,4 @@ func (e *Engine) freeOutputs(r *StageResult) {
 		_ = e.arena.Free(o.Entry.ID)
 	}
 	r.Outputs = nil
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -30,7 +30,7 @@ func TestLaunchDescribeStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"dummy.offset", "dummy.scale", "dummy.sink", "dummy.source"}
+	want := []string{"dummy.offset", "dummy.points", "dummy.scale", "dummy.sink", "dummy.source"}
 	if got := reg.Kinds(); len(got) != len(want) {
 		t.Fatalf("kinds %v, want %v", got, want)
 	}

@@ -2,7 +2,6 @@ package report
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/internal/atomicfile"
+	"github.com/pipehost/pipehost/internal/units"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 )
 
@@ -100,7 +101,7 @@ func (c *Collector) WriteSummary(path string, info RunInfo) error {
 		over := wall - critNs
 		fmt.Fprintf(&b, "| framework overhead | %s (%.2f%% of wall time; wall minus critical-path stage work) |\n", dur(over), 100*float64(over)/float64(wall))
 	}
-	fmt.Fprintf(&b, "| memory | shared segments peak %s; pipehost peak RSS %s |\n", bytes(uint64(info.ArenaPeak)), bytes(info.HostPeakRSS))
+	fmt.Fprintf(&b, "| memory | shared segments peak %s; pipehost peak RSS %s |\n", units.Bytes(info.ArenaPeak), units.Bytes(int64(info.HostPeakRSS)))
 	if info.LogPath != "" {
 		fmt.Fprintf(&b, "| run log | [%s](%s) |\n", filepath.Base(info.LogPath), rel(path, info.LogPath))
 	}
@@ -119,7 +120,7 @@ func (c *Collector) WriteSummary(path string, info RunInfo) error {
 		}
 		peak := "–"
 		if r.Stats != nil && r.Stats.GetPeakRssBytes() > 0 {
-			peak = bytes(r.Stats.GetPeakRssBytes())
+			peak = units.Bytes(int64(r.Stats.GetPeakRssBytes()))
 			if r.Stats.GetPeakShared() {
 				peak += "*"
 			}
@@ -128,7 +129,7 @@ func (c *Collector) WriteSummary(path string, info RunInfo) error {
 		if r.Cache == engine.CacheMiss && r.MissReason != "" {
 			cacheCol += ": " + mdEscape(r.MissReason)
 		}
-		fmt.Fprintf(&b, "| %s | `%s` | %s | %s | %s | %s | %s | %s |\n", n.Name, n.Kind, r.Status, cacheCol, dur(StageTime(r)), peak, bytes(uint64(r.BytesIn)), bytes(uint64(r.BytesOut)))
+		fmt.Fprintf(&b, "| %s | `%s` | %s | %s | %s | %s | %s | %s |\n", n.Name, n.Kind, r.Status, cacheCol, dur(StageTime(r)), peak, units.Bytes(r.BytesIn), units.Bytes(r.BytesOut))
 	}
 	b.WriteString("\nTime is the plugin's own stage time. A * on the peak RSS marks a process that ran other stages at the same time. Shared-memory segments are counted once, in the memory line above, not in each process.\n")
 
@@ -186,7 +187,7 @@ func (c *Collector) WriteSummary(path string, info RunInfo) error {
 		}
 	}
 	fmt.Fprintf(&b, "\n_Written %s._\n", time.Now().UTC().Format(time.RFC3339))
-	return writeFileAtomic(path, []byte(b.String()))
+	return atomicfile.Write(path, []byte(b.String()))
 }
 
 func dur(ns int64) string {
@@ -203,18 +204,6 @@ func dur(ns int64) string {
 	return fmt.Sprintf("%.2f s", d.Seconds())
 }
 
-func bytes(n uint64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
 func mdEscape(s string) string {
 	return strings.NewReplacer("|", "\\|", "\n", " ").Replace(s)
 }
@@ -227,30 +216,11 @@ func rel(from, to string) string {
 	return filepath.ToSlash(r)
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}
-
 // WriteTrace writes trace.json atomically.
 func (c *Collector) WriteTrace(path string, p *plan.Plan, res *engine.Result, startNs int64) error {
 	b, err := c.Trace(p, res, startNs)
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, b)
+	return atomicfile.Write(path, b)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/pipehost/pipehost/host/dataset"
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/internal/atomicfile"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
 )
@@ -320,15 +321,7 @@ func (s *Session) writeMetadata(res *engine.Result, status string, artifacts []S
 		return "", err
 	}
 	path := filepath.Join(s.OutDir(), "metadata.json")
-	if err := os.MkdirAll(s.OutDir(), 0o755); err != nil {
-		return "", err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		os.Remove(tmp)
-		return "", err
-	}
-	return path, os.Rename(tmp, path)
+	return path, atomicfile.Write(path, b)
 }
 
 func valueOf(v *pb.Value) any {

@@ -1,8 +1,6 @@
 package runner
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -10,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +17,7 @@ import (
 	"github.com/pipehost/pipehost/host/pluginmgr"
 	"github.com/pipehost/pipehost/host/report"
 	"github.com/pipehost/pipehost/host/runlog"
+	"github.com/pipehost/pipehost/internal/procstat"
 )
 
 // Reports are the files a run leaves for its operator.
@@ -137,7 +135,7 @@ func (s *Session) finishRecording(w *runlog.Writer, col *report.Collector, res *
 	out := s.OutDir()
 	rep := Reports{Dir: out, Summary: filepath.Join(out, "summary.md"), Trace: filepath.Join(out, "trace.json")}
 	s.mgr.OnStderr(nil)
-	hostPeak := hostPeakRSS()
+	hostPeak := procstat.Peak()
 	if err := col.WriteTrace(rep.Trace, s.Plan, res, startNs); err != nil {
 		s.warn(fmt.Sprintf("writing %s: %v", rep.Trace, err))
 		rep.Trace = ""
@@ -177,23 +175,4 @@ func (s *Session) finishRecording(w *runlog.Writer, col *report.Collector, res *
 		rep.Summary = ""
 	}
 	return rep
-}
-
-// hostPeakRSS is pipehost's own VmHWM in bytes.
-func hostPeakRSS() uint64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			f := strings.Fields(rest)
-			if len(f) > 0 {
-				kb, _ := strconv.ParseUint(f[0], 10, 64)
-				return kb * 1024
-			}
-		}
-	}
-	return 0
 }
