@@ -22,19 +22,21 @@ go build -o "$work/cogbench" ./host/dataset/cmd/cogbench
 "$work/cogbench" gen -width "$SIZE" -height "$SIZE" -out "$work/in.f32"
 bytes=$((SIZE * SIZE * 4))
 
-# run LABEL CMD...: one timed run; appends "label seconds MB/s rss_MiB out_MiB" to results.
+# run LABEL OUT CMD...: one timed run; appends "label seconds MB/s cpu_s rss_MiB out_MiB" to
+# results. CPU time (user + system) shows the work done, whatever other load the machine has.
 run() {
   local label=$1 out=$2; shift 2
   rm -f "$out"
-  /usr/bin/time -f "%e %M" -o "$work/time" "$@" >/dev/null
-  read -r secs rss_kb <"$work/time"
+  /usr/bin/time -f "%e %M %U %S" -o "$work/time" "$@" >/dev/null
+  read -r secs rss_kb user sys <"$work/time"
   local size; size=$(stat -c %s "$out")
-  awk -v l="$label" -v s="$secs" -v b="$bytes" -v r="$rss_kb" -v o="$size" \
-    'BEGIN { printf "%-22s %8.2f %9.1f %9.1f %9.2f\n", l, s, b/1e6/s, r/1024, o/1048576 }' | tee -a "$work/results"
+  awk -v l="$label" -v s="$secs" -v b="$bytes" -v c="$user" -v k="$sys" -v r="$rss_kb" -v o="$size" \
+    'BEGIN { printf "%-22s %8.2f %9.1f %7.2f %9.1f %9.2f\n", l, s, b/1e6/s, c+k, r/1024, o/1048576 }' | tee -a "$work/results"
 }
 
 echo "raster: ${SIZE}x${SIZE} float32 ($((bytes / 1048576)) MiB), tile ${TILE}, predictor 3, average overviews, $(nproc) CPUs"
-printf "%-22s %8s %9s %9s %9s\n" writer seconds "MB/s" "RSS MiB" "out MiB"
+header() { printf "%-22s %8s %9s %7s %9s %9s\n" writer seconds "MB/s" "CPU s" "RSS MiB" "out MiB"; }
+header
 for comp in $COMPRESSIONS; do
   case $comp in
     deflate) gdal_co=(-co COMPRESS=DEFLATE -co LEVEL=6) ;;
@@ -56,15 +58,16 @@ for comp in $COMPRESSIONS; do
 done
 echo
 echo "medians over $ROUNDS rounds:"
-printf "%-22s %8s %9s %9s %9s\n" writer seconds "MB/s" "RSS MiB" "out MiB"
-# Labels are the first 22 columns; the median of time and of RSS are taken separately.
+header
+# Labels are the first 22 columns; the medians of time, CPU time and RSS are taken separately.
 cut -c1-22 "$work/results" | awk '!seen[$0]++' | while IFS= read -r label; do
   awk -v l="$label" 'substr($0, 1, 22) == sprintf("%-22s", l)' "$work/results" >"$work/sel"
   n=$(wc -l <"$work/sel")
   mid=$(((n + 1) / 2))
-  secs=$(awk '{ print $(NF-3) }' "$work/sel" | sort -n | sed -n "${mid}p")
+  secs=$(awk '{ print $(NF-4) }' "$work/sel" | sort -n | sed -n "${mid}p")
+  cpu=$(awk '{ print $(NF-2) }' "$work/sel" | sort -n | sed -n "${mid}p")
   rss=$(awk '{ print $(NF-1) }' "$work/sel" | sort -n | sed -n "${mid}p")
   out=$(awk '{ print $NF }' "$work/sel" | tail -1)
-  awk -v l="$label" -v s="$secs" -v b="$bytes" -v r="$rss" -v o="$out" \
-    'BEGIN { printf "%-22s %8.2f %9.1f %9.1f %9.2f\n", l, s, b/1e6/s, r, o }'
+  awk -v l="$label" -v s="$secs" -v b="$bytes" -v c="$cpu" -v r="$rss" -v o="$out" \
+    'BEGIN { printf "%-22s %8.2f %9.1f %7.2f %9.1f %9.2f\n", l, s, b/1e6/s, c, r, o }'
 done
