@@ -78,7 +78,7 @@ func (s *Segment) MapRO() (*Mapping, error) {
 	if err != nil {
 		return nil, err
 	}
-	if seals&unix.F_SEAL_WRITE == 0 {
+	if seals&ImmutableSeals == 0 {
 		return nil, fmt.Errorf("map segment %q read-only: %w (seals %s)", s.name, ErrNotSealed, SealString(seals))
 	}
 	return s.mmap(unix.PROT_READ, "read-only")

@@ -149,8 +149,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "pipehost:", err)
 		return exitFailed
 	}
-	if len(sess.DatasetErrors) > 0 {
-		for _, err := range sess.DatasetErrors {
+	if len(sess.RunErrors) > 0 {
+		for _, err := range sess.RunErrors {
 			fmt.Fprintln(stderr, "pipehost:", err)
 		}
 		return exitFailed

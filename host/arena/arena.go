@@ -88,6 +88,11 @@ type Arena struct {
 	peak    int64
 	closed  bool
 	changed chan struct{} // closed and replaced whenever bytes are freed
+
+	// background full seals started by HandOff, and what they found.
+	sealing    sync.WaitGroup
+	sealErrsMu sync.Mutex
+	sealErrs   []error
 }
 
 // New makes an empty arena. budget is in bytes; 0 means unlimited.
@@ -332,6 +337,7 @@ func (a *Arena) Peak() int64 {
 // Close frees every segment, kept ones included (the end of a run, after
 // success or failure). Later calls fail with ErrClosed. Idempotent.
 func (a *Arena) Close() error {
+	a.sealing.Wait()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
@@ -377,4 +383,74 @@ func (a *Arena) AddConsumer(id uint64, consumer string) error {
 	}
 	e.pending[consumer] = true
 	return nil
+}
+
+// HandOff makes a producer's output immutable in microseconds, so its
+// consumers can start at once: it adds F_SEAL_FUTURE_WRITE (no new writable
+// mapping, no write(2), no mprotect to writable from now on) and checks that
+// the producing process holds no writable mapping of it any more, the one
+// thing that seal does not cover. A kept mapping is the same stage bug
+// Seal reports. The full F_SEAL_WRITE|F_SEAL_SEAL, whose cost grows with the
+// segment (the kernel checks every page), then follows in the background;
+// should it find a writable mapping anyway (one the plugin passed to another
+// process), SealErrors reports it.
+func (a *Arena) HandOff(id uint64, producerPid int) error {
+	a.mu.Lock()
+	e, err := a.lookupLocked(id)
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := e.Segment.SealFutureWrite(); err != nil {
+		return fmt.Errorf("stage %q output %q (segment %d): %w", e.Producer, e.Name, e.ID, err)
+	}
+	if producerPid > 0 {
+		kept, err := e.Segment.MappedWritableBy(producerPid)
+		if err != nil {
+			return fmt.Errorf("stage %q output %q (segment %d): %w", e.Producer, e.Name, e.ID, err)
+		}
+		if kept {
+			return fmt.Errorf("stage %q kept a writable mapping of its output %q (segment %d) after returning: %w",
+				e.Producer, e.Name, e.ID, shm.ErrWritableMapping)
+		}
+	}
+	dup, err := e.Segment.Dup()
+	if err != nil {
+		return a.Seal(id)
+	}
+	a.sealing.Add(1)
+	go func() {
+		defer a.sealing.Done()
+		defer dup.Close()
+		if err := dup.SealWrite(); err != nil {
+			a.sealErrsMu.Lock()
+			a.sealErrs = append(a.sealErrs, fmt.Errorf("stage %q output %q (segment %d): %w", e.Producer, e.Name, e.ID, err))
+			a.sealErrsMu.Unlock()
+		}
+	}()
+	return a.markSealed(e)
+}
+
+// markSealed records a segment as immutable and frees it at once when no
+// consumer will read it.
+func (a *Arena) markSealed(e *Entry) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e.sealed.Store(true)
+	if e.freed.Load() {
+		return nil
+	}
+	if len(e.pending) == 0 && !e.Keep {
+		a.freeLocked(e)
+	}
+	return nil
+}
+
+// SealErrors lists what the background full seals found: writable mappings
+// of a handed-off output in some process other than its producer.
+func (a *Arena) SealErrors() []error {
+	a.sealing.Wait()
+	a.sealErrsMu.Lock()
+	defer a.sealErrsMu.Unlock()
+	return append([]error(nil), a.sealErrs...)
 }

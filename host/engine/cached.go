@@ -42,25 +42,6 @@ func (e *Engine) releaseHostClaims(r *StageResult) {
 	}
 }
 
-// dupSegment opens a second descriptor of a segment.
-func dupSegment(seg *shm.Segment) (*shm.Segment, error) {
-	var dup int
-	err := seg.Use(func(fd int) error {
-		var err error
-		dup, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	s, err := shm.Open(dup)
-	if err != nil {
-		unix.Close(dup)
-		return nil, err
-	}
-	return s, nil
-}
-
 func logEvent(msg string) *pb.RunEvent {
 	return &pb.RunEvent{Event: &pb.RunEvent_Log{Log: &pb.LogLine{
 		Level: pb.LogLevel_LOG_LEVEL_WARN, Message: msg, TimeNs: clock.Now(),
@@ -80,7 +61,7 @@ func (e *Engine) store(n *plan.Node, r *StageResult, parts cache.Parts, unlock f
 	for port, o := range r.Outputs {
 		// A second descriptor keeps the bytes alive while they are copied,
 		// even if the last consumer frees the arena entry meanwhile.
-		dup, err := dupSegment(o.Entry.Segment)
+		dup, err := o.Entry.Segment.Dup()
 		if err != nil {
 			closeAll()
 			unlock()

@@ -37,8 +37,8 @@ func TestDummyExampleDatasets(t *testing.T) {
 		if err := res.Err(); err != nil {
 			t.Fatal(err)
 		}
-		if len(sess.DatasetErrors) > 0 {
-			t.Fatal(sess.DatasetErrors)
+		if len(sess.RunErrors) > 0 {
+			t.Fatal(sess.RunErrors)
 		}
 		if len(sess.Artifacts) != 5 {
 			t.Fatalf("%s: %d artifacts, want cog, npz, png, geoparquet, arrow", round, len(sess.Artifacts))
@@ -93,7 +93,7 @@ func TestUnwritableOutputDirFailsCleanly(t *testing.T) {
 	if res.Err() != nil {
 		t.Fatal(res.Err())
 	}
-	if len(sess.DatasetErrors) == 0 || !strings.Contains(sess.DatasetErrors[0].Error(), "not a directory") {
-		t.Errorf("dataset errors %v", sess.DatasetErrors)
+	if len(sess.RunErrors) == 0 || !strings.Contains(sess.RunErrors[0].Error(), "not a directory") {
+		t.Errorf("dataset errors %v", sess.RunErrors)
 	}
 }

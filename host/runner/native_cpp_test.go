@@ -574,6 +574,68 @@ inputs = { in = "rows.rows" }
 	}
 }
 
+// The peak RSS a C++ stage reports is its own: a 200 MiB spike shows in the
+// stage that made it and not in the stages after it.
+func TestCppPeakRSSIsPerStage(t *testing.T) {
+	r := runWithCpp(t, grid+`
+[stages.spike]
+kind = "minimal-cpp.alloc"
+params = { mb = 200 }
+[stages.quiet1]
+kind = "minimal-cpp.noop"
+[stages.quiet2]
+kind = "minimal-cpp.noop"
+`, runner.Options{Engine: engine.Options{Jobs: 1}})
+	if err := r.res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	spike := r.stage("spike").Stats
+	if spike.GetPeakRssBytes() < 200<<20 || spike.GetPeakShared() {
+		t.Errorf("spike: peak %d MiB (shared %v), want ≥ 200 MiB", spike.GetPeakRssBytes()>>20, spike.GetPeakShared())
+	}
+	for _, name := range []string{"quiet1", "quiet2"} {
+		if st := r.stage(name).Stats; st.GetPeakRssBytes() == 0 || st.GetPeakRssBytes() > 100<<20 {
+			t.Errorf("%s after a 200 MiB spike: peak %d MiB", name, st.GetPeakRssBytes()>>20)
+		}
+	}
+	if spike.GetCpuNs() == 0 {
+		t.Error("spike: no CPU time")
+	}
+}
+
+// Concurrent runs share one C++ process: four 400 ms stages overlap and
+// each says its peak covers another run; a run that times out fails alone.
+func TestCppConcurrentRunsInOneProcess(t *testing.T) {
+	body := grid
+	for _, s := range []string{"a", "b", "c", "d"} {
+		body += "[stages." + s + "]\nkind = \"minimal-cpp.sleep\"\nparams = { ms = 400 }\n"
+	}
+	body += "[stages.late]\nkind = \"minimal-cpp.sleep\"\nparams = { ms = 5000 }\ntimeout = \"1s\"\n"
+	r := runWithCpp(t, body, runner.Options{Engine: engine.Options{Jobs: 5, KeepGoing: true}})
+	wantAll(t, stageErr(t, r.res, "late"), "stage late (minimal-cpp.sleep", "stage timed out after 1s")
+	pids := map[int]bool{}
+	for _, s := range []string{"a", "b", "c", "d"} {
+		st := r.stage(s)
+		if st.Status != engine.StatusOK {
+			t.Fatalf("%s: %v", s, st.Err)
+		}
+		if !st.Stats.GetPeakShared() {
+			t.Errorf("%s: peak_shared is false though four runs overlapped", s)
+		}
+	}
+	for _, p := range r.sess.Plugins {
+		if p.SDK == "cpp" && strings.HasSuffix(p.Path, "minimal-cpp") {
+			pids[p.Pid] = true
+		}
+	}
+	if len(pids) != 1 {
+		t.Errorf("minimal-cpp processes: %v", pids)
+	}
+	if r.took > 3*time.Second {
+		t.Errorf("four concurrent 400 ms stages and a 1 s timeout took %v", r.took)
+	}
+}
+
 // launchCpp starts a C++ plugin through the plugin manager.
 func launchCpp(t *testing.T, path string) *pluginmgr.Plugin {
 	t.Helper()

@@ -77,10 +77,11 @@ type Session struct {
 	Cache    *cache.Cache
 	// Reports are the files the last Run wrote.
 	Reports Reports
-	// Artifacts are the datasets the last Run wrote; DatasetErrors the ones
-	// it could not write (the run counts as failed).
-	Artifacts     []SavedArtifact
-	DatasetErrors []error
+	// Artifacts are the datasets the last Run wrote. RunErrors are failures
+	// outside any one stage (datasets that could not be written, seal
+	// violations); the run counts as failed.
+	Artifacts []SavedArtifact
+	RunErrors []error
 	mgr           *pluginmgr.Manager
 	opts          Options
 	openNs        int64
@@ -209,9 +210,12 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 		status = "failed"
 	}
 	artifacts, errs := s.saveDatasets(res)
-	s.DatasetErrors = errs
+	// Writable mappings found by the background full seals: some process
+	// other than a producer could still have changed an output.
+	errs = append(errs, s.Arena.SealErrors()...)
+	s.RunErrors = errs
 	if len(errs) > 0 && status == "ok" {
-		status = "failed (datasets)"
+		status = "failed"
 	}
 	s.Artifacts = artifacts
 	s.Reports = s.finishRecording(w, col, res, startNs, endNs, status)
