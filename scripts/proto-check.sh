@@ -7,9 +7,14 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 protoc -I proto --go_out="$tmp" --go_opt=module=github.com/pipehost/pipehost/proto \
   --go-grpc_out="$tmp" --go-grpc_opt=module=github.com/pipehost/pipehost/proto \
   proto/pipehost/v1/stage.proto
-if ! diff -r "$tmp/pipehostv1" proto/pipehostv1 >/dev/null; then
-  echo "proto-check: generated code in proto/pipehostv1 is stale; run 'make proto' and commit" >&2
-  diff -r "$tmp/pipehostv1" proto/pipehostv1 | head -20 >&2
-  exit 1
-fi
+protoc -I proto --go_out="$tmp" --go_opt=module=github.com/pipehost/pipehost/proto \
+  --go-grpc_out="$tmp" --go-grpc_opt=module=github.com/pipehost/pipehost/proto \
+  proto/bench/v1/transfer.proto
+for pkg in pipehostv1 benchv1; do
+  if ! diff -r "$tmp/$pkg" "proto/$pkg" >/dev/null; then
+    echo "proto-check: generated code in proto/$pkg is stale; run 'make proto' and commit" >&2
+    diff -r "$tmp/$pkg" "proto/$pkg" | head -20 >&2
+    exit 1
+  fi
+done
 echo "proto-check: generated code is fresh"
