@@ -137,25 +137,26 @@ func (b *buffer) bytes() ([]byte, error) {
 	return b.m.Bytes()[h.GetOffset() : h.GetOffset()+h.GetNbytes()], nil
 }
 
-// finish unmaps every writable view and hands dynamic outputs to the host.
+// finish makes every output view read-only and hands dynamic outputs to
+// the host. The views are unmapped by release, after the Result is sent:
+// mprotect costs half of munmap, and the host only needs no *writable*
+// mapping to remain (docs/protocol.md).
 func (rd *runData) finish() ([]*pb.Binding, error) {
 	rd.mu.Lock()
 	defer rd.mu.Unlock()
 	for _, b := range rd.outputs {
 		if b.m != nil {
-			if err := b.m.Unmap(); err != nil {
+			if err := b.m.Protect(); err != nil {
 				return nil, fmt.Errorf("output %q: %w", b.binding.GetPort(), err)
 			}
-			b.m = nil
 		}
 	}
 	var out []*pb.Binding
 	for _, d := range rd.dynamic {
 		if d.m != nil {
-			if err := d.m.Unmap(); err != nil {
+			if err := d.m.Protect(); err != nil {
 				return nil, fmt.Errorf("dynamic output %q: %w", d.port, err)
 			}
-			d.m = nil
 		}
 		if d.w != nil {
 			seg, err := d.w.Finish()

@@ -74,7 +74,8 @@ type Sample struct {
 	// Tail runs from the producer's grid being filled to its Result
 	// reaching the host, for (a): mostly unmapping the output.
 	Tail int64
-	// Seal is the part of (a)'s Handoff spent write-sealing the segment.
+	// Seal is the part of (a)'s Handoff spent sealing the segment (against
+	// future writes, plus the check of the producer's mappings).
 	Seal int64
 	// Peak resident sets (VmHWM) during the case, in bytes.
 	HostPeak, ProducerPeak, ConsumerPeak uint64
@@ -263,10 +264,12 @@ func (c *tcase) zeroCopy(ctx context.Context, prefault bool) error {
 		return err
 	}
 
-	// The hand-off, as the engine does it: seal, build and check the
-	// consumer's handle, send the fd.
+	// The hand-off, as the engine does it: seal against future writes
+	// and check the producer kept no writable mapping (the full seal
+	// follows in the background), build and check the consumer's handle,
+	// send the fd.
 	t := clock.Now()
-	if err := c.arena.Seal(ent.ID); err != nil {
+	if err := c.arena.HandOff(ent.ID, c.prod.Pid); err != nil {
 		return err
 	}
 	c.s.Seal = clock.Now() - t

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pipehost/pipehost/shm"
 	"golang.org/x/sys/unix"
@@ -422,7 +423,16 @@ func (a *Arena) HandOff(id uint64, producerPid int) error {
 	go func() {
 		defer a.sealing.Done()
 		defer dup.Close()
-		if err := dup.SealWrite(); err != nil {
+		// A producer may unmap its (now read-only) view just after its
+		// Result: give it a moment before calling a mapping kept.
+		var err error
+		for wait := time.Millisecond; ; wait *= 2 {
+			if err = dup.SealWrite(); err == nil || !errors.Is(err, shm.ErrWritableMapping) || wait > 2*time.Second {
+				break
+			}
+			time.Sleep(wait)
+		}
+		if err != nil {
 			a.sealErrsMu.Lock()
 			a.sealErrs = append(a.sealErrs, fmt.Errorf("stage %q output %q (segment %d): %w", e.Producer, e.Name, e.ID, err))
 			a.sealErrsMu.Unlock()

@@ -6,6 +6,7 @@ package runner_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -129,5 +130,46 @@ func TestMixedPipelineIsZeroCopy(t *testing.T) {
 	// stage are live at once.
 	if peak := sess.Arena.Peak(); peak > 2*grid {
 		t.Errorf("arena peak %d MiB for a chain of %d MiB grids: a segment outlived its consumer", peak>>20, grid>>20)
+	}
+}
+
+// BenchmarkNoopStagePerLanguage compares the per-stage overhead of the
+// three SDKs: 200 independent near no-op stages (a radius-0 blur of an 8×8
+// grid) per language, through the real host.
+func BenchmarkNoopStagePerLanguage(b *testing.B) {
+	root := testbin.ModuleRoot()
+	dir := b.TempDir()
+	for _, p := range []string{filepath.Join(testbin.Build(b, "plugins/go"), "ref-go"), filepath.Join(root, "bin", "plugins", "ref-cpp"), filepath.Join(root, "bin", "plugins", "ref-rust")} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			b.Skipf("reference plugin missing: %v", err)
+		}
+		os.WriteFile(filepath.Join(dir, filepath.Base(p)), data, 0o755)
+	}
+	for _, lang := range []string{"go", "cpp", "rust"} {
+		b.Run(lang, func(b *testing.B) {
+			var sb strings.Builder
+			sb.WriteString("[grid]\nwidth = 8\nheight = 8\n[stages.src]\nkind = \"ref.noise-go\"\nparams = { octaves = 1, cell = 8 }\n")
+			const n = 200
+			for i := 0; i < n; i++ {
+				fmt.Fprintf(&sb, "[stages.s%d]\nkind = \"ref.blur-%s\"\ninputs = { in = \"src.out\" }\nparams = { radius = 0 }\n", i, lang)
+			}
+			var total float64
+			for i := 0; i < b.N; i++ {
+				cfg := filepath.Join(b.TempDir(), "p.toml")
+				os.WriteFile(cfg, []byte(sb.String()), 0o644)
+				sess, err := runner.Open(context.Background(), runner.Options{ConfigPath: cfg, PluginDirs: []string{dir}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				res := sess.Run(context.Background())
+				sess.Close()
+				if err := res.Err(); err != nil {
+					b.Fatal(err)
+				}
+				total += float64(res.EndNs - res.StartNs)
+			}
+			b.ReportMetric(total/float64(b.N)/n/1e6, "ms/stage")
+		})
 	}
 }

@@ -82,10 +82,10 @@ type Session struct {
 	// violations); the run counts as failed.
 	Artifacts []SavedArtifact
 	RunErrors []error
-	mgr           *pluginmgr.Manager
-	opts          Options
-	openNs        int64
-	previews      map[string]string
+	mgr       *pluginmgr.Manager
+	opts      Options
+	openNs    int64
+	previews  map[string]string
 }
 
 // LoadConfig reads the config and applies overrides.

@@ -39,6 +39,7 @@ struct Buffer {
 class StreamSegment : public OutputStream {
  public:
   explicit StreamSegment(const std::string& name) : seg_(Segment::create_growable(name)) {}
+  using OutputStream::write;
   void write(const void* data, size_t size) override;
   uint64_t size() const override { return written_; }
   Segment& finish();

@@ -1,5 +1,6 @@
 // The plugin side of go-plugin's handshake and pipehost's Stage service.
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,18 +93,28 @@ void reset_peak_rss() {
   ::close(fd);
 }
 
-uint64_t peak_rss() {
+// status_bytes reads a "Vm...: N kB" line of /proc/self/status; 0 if absent.
+uint64_t status_bytes(const char* key) {
   std::ifstream f("/proc/self/status");
   std::string line;
+  const size_t n = std::strlen(key);
   while (std::getline(f, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      std::istringstream in(line.substr(6));
+    if (line.compare(0, n, key) == 0) {
+      std::istringstream in(line.substr(n));
       uint64_t kb = 0;
       in >> kb;
       return kb * 1024;
     }
   }
   return 0;
+}
+
+uint64_t peak_rss() { return status_bytes("VmHWM:"); }
+
+// release_memory hands freed heap back to the system after a stage that
+// grew the process a lot, so the next stage's peak is its own.
+void release_memory(uint64_t before, uint64_t peak) {
+  if (peak > before + (uint64_t{64} << 20)) ::malloc_trim(0);
 }
 
 uint64_t cpu_ns() {
@@ -210,6 +221,8 @@ class StageService final : public pb::Stage::Service {
     std::mutex send_mu;
     impl.send = [&](const pb::RunEvent& ev) {
       std::lock_guard<std::mutex> lock(send_mu);
+      // A synchronous write: with a buffer hint it would wait for a flush
+      // that never comes.
       writer->Write(ev);
     };
     impl.cancelled = [sctx] { return sctx->IsCancelled(); };
@@ -226,6 +239,7 @@ class StageService final : public pb::Stage::Service {
 
     Context ctx(&impl);
     bool shared = enter();
+    const uint64_t rss_before = status_bytes("VmRSS:");
     const int64_t start = now_ns();
     const uint64_t cpu0 = cpu_ns();
     std::string run_err;
@@ -240,6 +254,7 @@ class StageService final : public pb::Stage::Service {
     const int64_t end = now_ns();
     const uint64_t cpu1 = cpu_ns();
     const uint64_t peak = peak_rss();
+    release_memory(rss_before, peak);
     shared = leave() || shared;
     if (!run_err.empty()) return grpc::Status(grpc::StatusCode::ABORTED, run_err);
 

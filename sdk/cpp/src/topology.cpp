@@ -46,7 +46,7 @@ void check_size(std::string_view kind, int64_t w, int64_t h) {
   }
 }
 
-double length(std::string_view kind, const char* what, double v) {
+double check_length(std::string_view kind, const char* what, double v) {
   if (std::isnan(v) || std::isinf(v) || v < 0) {
     throw Error("topology " + std::string(kind) + ": " + what + " " + fmt(v) +
                 ": must be a positive number of metres (0 for the default)");
@@ -190,7 +190,7 @@ Topology Topology::load(std::string_view kind, int64_t width, int64_t height, To
 Topology Topology::from_wire(std::string_view kind, Wrap wx, Wrap wy, double radius, double minor_radius,
                              int64_t width, int64_t height) {
   check_size(kind, width, height);
-  double r = length(kind, "radius", radius);
+  double r = check_length(kind, "radius", radius);
   const double w = static_cast<double>(width), h = static_cast<double>(height);
   Topology t;
   if (kind == "sphere") {
@@ -207,7 +207,7 @@ Topology Topology::from_wire(std::string_view kind, Wrap wx, Wrap wy, double rad
     t.len_ = h * 2 * kPi * r / w;
   } else if (kind == "torus") {
     want_wraps(kind, wx, wy, {Wrap::Repeat}, {Wrap::Repeat});
-    const double mr = length(kind, "minor radius", minor_radius);
+    const double mr = check_length(kind, "minor radius", minor_radius);
     t.kind_ = Kind::Torus;
     t.grid_ = Grid(width, height, Wrap::Repeat, Wrap::Repeat);
     t.r_ = or_default(r, w / (2 * kPi));

@@ -184,7 +184,9 @@ class Param {
       : name_(std::move(name)), default_(std::move(default_value)), doc_(std::move(doc)) {}
 
   // required declares a param without default: the pipeline must set it.
-  static Param required(std::string name, std::string doc = "") { return Param(std::move(name), std::move(doc)); }
+  static Param required(std::string name, std::string doc = "") {
+    return Param(RequiredTag{}, std::move(name), std::move(doc));
+  }
 
   const std::string& name() const { return name_; }
 
@@ -199,7 +201,8 @@ class Param {
   }
 
  private:
-  Param(std::string name, std::string doc) : name_(std::move(name)), doc_(std::move(doc)) {}
+  struct RequiredTag {};
+  Param(RequiredTag, std::string name, std::string doc) : name_(std::move(name)), doc_(std::move(doc)) {}
 
   std::string name_;
   std::optional<T> default_;
