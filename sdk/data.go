@@ -192,14 +192,19 @@ func (rd *runData) release() {
 	}
 	rd.mu.Lock()
 	defer rd.mu.Unlock()
-	for _, set := range []map[string]*buffer{rd.inputs, rd.outputs} {
-		for _, b := range set {
-			b.close()
+	for _, b := range rd.inputs {
+		b.close()
+	}
+	var late []*shm.Mapping
+	for _, b := range rd.outputs {
+		if b.m != nil && !b.m.Writable() {
+			late, b.m = append(late, b.m), nil
 		}
+		b.close()
 	}
 	for _, d := range rd.dynamic {
 		if d.m != nil {
-			_ = d.m.Unmap()
+			late = append(late, d.m)
 		}
 		if d.w != nil {
 			d.w.Abort()
@@ -209,6 +214,25 @@ func (rd *runData) release() {
 		}
 	}
 	rd.dynamic = nil
+	unmapLater(late)
+}
+
+// unmapDelay keeps the read-only output views of a finished Run a moment
+// longer: unmapping takes the process's mmap lock for as long as it tears
+// down page tables (about 50 ms per GiB), and the host reads this
+// process's mappings right after the Result to check no writable one is
+// left. Unmapping after that check keeps the hand-off instant.
+const unmapDelay = 20 * time.Millisecond
+
+func unmapLater(ms []*shm.Mapping) {
+	if len(ms) == 0 {
+		return
+	}
+	time.AfterFunc(unmapDelay, func() {
+		for _, m := range ms {
+			_ = m.Unmap()
+		}
+	})
 }
 
 func (b *buffer) close() {

@@ -71,6 +71,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	common.register(fs)
 	out := fs.String("out", "", "output directory (default: the config's output.dir, relative to the config file, else out/ beside it)")
 	quiet := fs.Bool("quiet", false, "print nothing but errors")
+	noPrefault := fs.Bool("no-prefault", false, "do not allocate and prefault a stage's outputs while its inputs are computed")
 	jobs := fs.Int("jobs", runtime.NumCPU(), "stages run at once")
 	keepGoing := fs.Bool("keep-going", false, "after a stage fails, finish the branches that do not depend on it")
 	timeout := fs.Duration("timeout", 0, "default per-stage timeout (0: none; the config's run.timeout and stage timeouts take precedence)")
@@ -88,7 +89,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	opts.Engine = engine.Options{Jobs: *jobs, KeepGoing: *keepGoing, Timeout: *timeout}
+	opts.Engine = engine.Options{Jobs: *jobs, KeepGoing: *keepGoing, Timeout: *timeout, NoPrefault: *noPrefault}
 	opts.MemBudget = int64(budget)
 	opts.CacheDir, opts.CacheMax = *cacheDir, int64(cacheMax)
 	if *noCache {

@@ -32,6 +32,13 @@ func (e *Engine) gridBytes(op *pb.Port) int64 {
 // them. When nothing is in flight and they still do not fit, waiting would
 // never end: that is an error naming the stage and the sizes.
 func (e *Engine) admit(ctx context.Context, n *plan.Node, r *StageResult) error {
+	defer r.markStarted()
+	if r.prefaulted {
+		e.admitMu.Lock()
+		e.inFlight++
+		e.admitMu.Unlock()
+		return nil
+	}
 	need := e.outputBytes(n)
 	for {
 		e.admitMu.Lock()
@@ -98,7 +105,30 @@ func (e *Engine) allocateOutputs(n *plan.Node, r *StageResult) error {
 // freeOutputs drops a stage's outputs (it failed or never ran).
 func (e *Engine) freeOutputs(r *StageResult) {
 	for _, o := range r.Outputs {
-		_ = e.arena.Free(o.Entry.ID)
+		if o.Entry != nil {
+			_ = e.arena.Free(o.Entry.ID)
+		}
 	}
 	r.Outputs = nil
+	r.prefaulted = false
+}
+
+// preallocate creates a stage's outputs early and fallocates them in the
+// background. It only runs without a memory budget: with one, memory taken
+// early could keep the stages that must run first from fitting.
+func (e *Engine) preallocate(n *plan.Node, r *StageResult) {
+	if e.arena.Budget() != 0 || e.outputBytes(n) == 0 {
+		return
+	}
+	e.admitMu.Lock()
+	err := e.allocateOutputs(n, r)
+	e.admitMu.Unlock()
+	if err != nil {
+		r.Outputs = nil
+		return
+	}
+	r.prefaulted = true
+	for _, o := range r.Outputs {
+		go o.Entry.Segment.Prefault() // best effort; the stage writes the pages either way
+	}
 }

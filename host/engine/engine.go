@@ -47,6 +47,10 @@ type Options struct {
 	// Resources are the capacities of named resources (e.g. "gpu": 1)
 	// that stages may declare they need.
 	Resources map[string]int
+	// NoPrefault turns off allocating a stage's outputs and fallocating
+	// their pages as soon as its producers are running (done only without
+	// a memory budget, whose admission order it would otherwise disturb).
+	NoPrefault bool
 }
 
 // Observer is told what happens during a run. Calls come from many
@@ -112,6 +116,16 @@ type StageResult struct {
 	Pid    int
 	// BytesIn and BytesOut are the sizes of the stage's inputs and outputs.
 	BytesIn, BytesOut int64
+
+	started     chan struct{} // closed once the stage holds its memory (or ended)
+	startedOnce sync.Once
+	prefaulted  bool
+}
+
+func (r *StageResult) markStarted() {
+	if r.started != nil {
+		r.startedOnce.Do(func() { close(r.started) })
+	}
 }
 
 // CacheStatus of a stage.
@@ -211,8 +225,10 @@ func (e *Engine) Run(ctx context.Context) *Result {
 	nodes := e.plan.Nodes
 	results := make([]*StageResult, len(nodes))
 	done := make([]chan struct{}, len(nodes))
+	started := make([]chan struct{}, len(nodes))
 	for i := range done {
 		done[i] = make(chan struct{})
+		started[i] = make(chan struct{})
 	}
 	slots := make(chan int, e.opts.Jobs)
 	for i := 0; i < e.opts.Jobs; i++ {
@@ -226,7 +242,18 @@ func (e *Engine) Run(ctx context.Context) *Result {
 			defer close(done[i])
 			r := &StageResult{Name: n.Name, Kind: n.Kind, Slot: -1, Cache: CacheOff}
 			results[i] = r
+			r.started = started[i]
+			defer r.markStarted()
 			defer func() { e.opts.Observer.StageEnd(n, r) }()
+			// Once every producer is under way, allocate and prefault this
+			// stage's outputs while they compute: fresh shared pages cost
+			// page faults, better paid off the critical path.
+			if !e.opts.NoPrefault && len(n.Inputs) > 0 {
+				for _, in := range n.Inputs {
+					<-started[in.From.Index]
+				}
+				e.preallocate(n, r)
+			}
 			// Wait for every producer, so a stage that will not run can
 			// release what the successful ones made for it.
 			for _, in := range n.Inputs {

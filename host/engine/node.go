@@ -14,6 +14,7 @@ import (
 func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult, slots chan int) {
 	skip := func(err error) {
 		r.Status, r.Err = StatusSkipped, err
+		e.freeOutputs(r) // outputs allocated early
 		e.releaseInputs(n, results)
 	}
 	stopped := func() {
@@ -31,6 +32,7 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 	}
 	fail := func(err error) {
 		r.Status, r.Err = StatusFailed, fmt.Errorf("stage %s (%s): %w", n.Name, n.Kind, err)
+		e.freeOutputs(r)
 		e.releaseInputs(n, results)
 	}
 
@@ -132,6 +134,7 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 // serveFromCache completes the stage from a cache entry, if there is one.
 func (e *Engine) serveFromCache(n *plan.Node, r *StageResult, results []*StageResult) bool {
 	start := clock.Now()
+
 	m, err := e.opts.Cache.Lookup(r.Key)
 	if err != nil {
 		r.MissReason = err.Error()
@@ -161,6 +164,7 @@ func (e *Engine) serveFromCache(n *plan.Node, r *StageResult, results []*StageRe
 			return false
 		}
 	}
+	e.freeOutputs(r) // a hit needs none of the outputs allocated early
 	r.Outputs, r.Status, r.Cache = outs, StatusOK, CacheHit
 	r.StartNs, r.EndNs = start, clock.Now()
 	e.releaseInputs(n, results)

@@ -127,8 +127,9 @@ func TestMixedPipelineIsZeroCopy(t *testing.T) {
 		t.Fatalf("mixed pipeline languages %s", got)
 	}
 	// The ledger: in a chain at most the input and output of the running
-	// stage are live at once.
-	if peak := sess.Arena.Peak(); peak > 2*grid {
+	// stage are live at once, plus the next stage's output, allocated and
+	// prefaulted while this one runs.
+	if peak := sess.Arena.Peak(); peak > 3*grid {
 		t.Errorf("arena peak %d MiB for a chain of %d MiB grids: a segment outlived its consumer", peak>>20, grid>>20)
 	}
 }
