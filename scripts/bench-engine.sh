@@ -16,6 +16,7 @@ run -bench 'Launch' -benchtime 20x ./host/pluginmgr/
 run -bench 'PerStageOverhead' -benchtime 1x -timeout 30m ./host/runner/
 run -bench 'FrameworkOverhead|CachedRerun' -benchtime 2x ./host/runner/
 run -bench 'NoopStagePerLanguage' -benchtime 3x ./host/runner/
+run -bench 'Prefault' -benchtime 4x ./host/runner/
 run -bench 'Build10k' -benchtime 10x ./host/plan/
 run -bench 'Log|Sustained|Append' -benchtime 2000000x ./host/runlog/
 run -bench '.' -benchtime 1s ./topology/

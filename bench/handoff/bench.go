@@ -72,7 +72,7 @@ type Sample struct {
 	// Write is the producer's write of the .npy file (WayNPY only).
 	Write int64
 	// Tail runs from the producer's grid being filled to its Result
-	// reaching the host, for (a): mostly unmapping the output.
+	// reaching the host, for (a): mostly making the output view read-only.
 	Tail int64
 	// Seal is the part of (a)'s Handoff spent sealing the segment (against
 	// future writes, plus the check of the producer's mappings).

@@ -124,3 +124,32 @@ inputs = { in = "source.out" }
 	b.ReportMetric(warm/float64(b.N)/1e6, "ms-cached")
 	b.ReportMetric(100*warm/cold, "%cached/cold")
 }
+
+// BenchmarkPrefault runs a chain of three 512 MiB float32 stages with and
+// without allocating and fallocating each stage's output while its
+// producer runs, and reports the engine's wall time for each.
+func BenchmarkPrefault(b *testing.B) {
+	body := `
+[grid]
+width = 16384
+height = 8192
+[stages.a]
+kind = "dummy.source"
+[stages.b]
+kind = "dummy.scale"
+inputs = { in = "a.out" }
+[stages.c]
+kind = "dummy.scale"
+inputs = { in = "b.out" }
+`
+	// Alternate the two settings so both see the same machine load.
+	var on, off float64
+	for i := 0; i < b.N; i++ {
+		w, _, _ := benchRun(b, body, runner.Options{})
+		on += float64(w)
+		w, _, _ = benchRun(b, body, runner.Options{Engine: engine.Options{NoPrefault: true}})
+		off += float64(w)
+	}
+	b.ReportMetric(on/float64(b.N)/1e6, "ms-prefault")
+	b.ReportMetric(off/float64(b.N)/1e6, "ms-no-prefault")
+}
