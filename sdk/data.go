@@ -145,18 +145,18 @@ func (rd *runData) finish() ([]*pb.Binding, error) {
 	rd.mu.Lock()
 	defer rd.mu.Unlock()
 	for _, b := range rd.outputs {
-		if b.m != nil {
-			if err := b.m.Protect(); err != nil {
-				return nil, fmt.Errorf("output %q: %w", b.binding.GetPort(), err)
-			}
+		if err := handBack(b.m, b.seg.Size()); err != nil {
+			return nil, fmt.Errorf("output %q: %w", b.binding.GetPort(), err)
 		}
 	}
 	var out []*pb.Binding
 	for _, d := range rd.dynamic {
-		if d.m != nil {
-			if err := d.m.Protect(); err != nil {
-				return nil, fmt.Errorf("dynamic output %q: %w", d.port, err)
-			}
+		var segSize int64
+		if d.seg != nil {
+			segSize = d.seg.Size()
+		}
+		if err := handBack(d.m, segSize); err != nil {
+			return nil, fmt.Errorf("dynamic output %q: %w", d.port, err)
 		}
 		if d.w != nil {
 			seg, err := d.w.Finish()
@@ -185,6 +185,19 @@ func (rd *runData) finish() ([]*pb.Binding, error) {
 	return out, nil
 }
 
+// handBack ends a producer's write access to an output view before the
+// Result: a small one is unmapped (the host then seals it fully, cheaply);
+// a large one is made read-only and unmapped after the host's check.
+func handBack(m *shm.Mapping, size int64) error {
+	if m == nil {
+		return nil
+	}
+	if size < shm.SmallSegment {
+		return m.Unmap()
+	}
+	return m.Protect()
+}
+
 // release unmaps and closes everything the Run held.
 func (rd *runData) release() {
 	if rd == nil {
@@ -197,13 +210,13 @@ func (rd *runData) release() {
 	}
 	var late []*shm.Mapping
 	for _, b := range rd.outputs {
-		if b.m != nil && !b.m.Writable() {
+		if b.m != nil && !b.m.Writable() && !b.m.Unmapped() {
 			late, b.m = append(late, b.m), nil
 		}
 		b.close()
 	}
 	for _, d := range rd.dynamic {
-		if d.m != nil {
+		if d.m != nil && !d.m.Unmapped() {
 			late = append(late, d.m)
 		}
 		if d.w != nil {

@@ -18,6 +18,12 @@ import (
 // alone, so whoever adds it must know there are none).
 const ImmutableSeals = unix.F_SEAL_WRITE | unix.F_SEAL_FUTURE_WRITE
 
+// SmallSegment is the size below which a full F_SEAL_WRITE (about 10 µs per
+// MiB) is cheaper than reading a process's mappings to check it kept no
+// writable one: the host seals such segments fully at once, and producers
+// unmap them, rather than make them read-only, before their Result.
+const SmallSegment = 1 << 20
+
 // SealFutureWrite adds F_SEAL_FUTURE_WRITE: from now on nobody can map the
 // segment writable, write to it or make a read-only mapping writable. It
 // costs microseconds whatever the size.

@@ -183,3 +183,10 @@ func (m *Mapping) Protect() error {
 	m.writable = false
 	return nil
 }
+
+// Unmapped reports whether Unmap was called.
+func (m *Mapping) Unmapped() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.done
+}

@@ -402,6 +402,9 @@ func (a *Arena) HandOff(id uint64, producerPid int) error {
 	if err != nil {
 		return err
 	}
+	if e.Size < shm.SmallSegment {
+		return a.Seal(id)
+	}
 	if err := e.Segment.SealFutureWrite(); err != nil {
 		return fmt.Errorf("stage %q output %q (segment %d): %w", e.Producer, e.Name, e.ID, err)
 	}
