@@ -2,6 +2,7 @@ package pluginmgr_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -55,8 +56,42 @@ func TestLaunchDescribeStop(t *testing.T) {
 // BenchmarkLaunch measures launch → handshake → first Describe reply → stop
 // of one Go plugin.
 func BenchmarkLaunch(b *testing.B) {
-	dir := testbin.Build(b, "testplugins/go")
-	path := filepath.Join(dir, "source")
+	benchLaunch(b, filepath.Join(testbin.Build(b, "testplugins/go"), "source"), "go")
+}
+
+// BenchmarkLaunchCpp measures the same for the minimal C++ plugin
+// (bin/testplugins/minimal-cpp, built by make build) and the C++ reference
+// plugin.
+func BenchmarkLaunchCpp(b *testing.B) {
+	for _, p := range []string{"testplugins/minimal-cpp", "plugins/ref-cpp"} {
+		b.Run(filepath.Base(p), func(b *testing.B) { benchLaunch(b, nativeBinary(b, "cpp", p), "cpp") })
+	}
+}
+
+// BenchmarkLaunchRust measures the same for the Rust reference plugin
+// (bin/plugins/ref-rust, built by make build).
+func BenchmarkLaunchRust(b *testing.B) {
+	benchLaunch(b, nativeBinary(b, "rust", "plugins/ref-rust"), "rust")
+}
+
+// nativeBinary returns bin/<rel> of the module. A missing binary skips the
+// benchmark, unless PIPEHOST_REQUIRE_NATIVE=1 (make test) makes it a failure.
+func nativeBinary(b *testing.B, lang, rel string) string {
+	b.Helper()
+	title := map[string]string{"cpp": "C++", "rust": "Rust"}[lang]
+	path := filepath.Join(testbin.ModuleRoot(), "bin", rel)
+	if _, err := os.Stat(path); err != nil {
+		if os.Getenv("PIPEHOST_REQUIRE_NATIVE") == "1" {
+			b.Fatalf("%s plugin missing (run make build-%s): %v", title, lang, err)
+		}
+		b.Skipf("%s plugin missing (run make build-%s): %v", title, lang, err)
+	}
+	return path
+}
+
+// benchLaunch launches the plugin at path, checks it speaks through the
+// given SDK and stops it, b.N times; only the launch is timed.
+func benchLaunch(b *testing.B, path, sdk string) {
 	m, err := pluginmgr.New(pluginmgr.Options{})
 	if err != nil {
 		b.Fatal(err)
@@ -70,6 +105,9 @@ func BenchmarkLaunch(b *testing.B) {
 			b.Fatal(err)
 		}
 		launchNs += p.LaunchNs
+		if p.SDK != sdk {
+			b.Fatalf("sdk %q, want %q", p.SDK, sdk)
+		}
 		b.StopTimer()
 		p.Stop()
 		b.StartTimer()
