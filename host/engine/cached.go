@@ -156,12 +156,10 @@ func (e *Engine) materializeInputs(ctx context.Context, n *plan.Node, results []
 
 func isCorrupt(err error) bool { return err != nil && errors.Is(err, cache.ErrCorrupt) }
 
-var recomputeLocks sync.Map // *StageResult → *sync.Mutex
-
 // recompute runs a stage that was served from the cache, because a
 // consumer found the cached bytes corrupt, and swaps its outputs in.
 func (e *Engine) recompute(ctx context.Context, n *plan.Node, up *StageResult, results []*StageResult, slots chan int, needBy string) error {
-	mu, _ := recomputeLocks.LoadOrStore(up, &sync.Mutex{})
+	mu, _ := e.recomputing.LoadOrStore(up, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
 	if up.Cache != CacheHit {

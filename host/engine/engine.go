@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -194,8 +193,9 @@ type Engine struct {
 	pluginMu sync.Mutex
 	respawn  map[string]*pluginmgr.Plugin // crashed plugin path → replacement
 
-	stores sync.WaitGroup // background cache writes
-	res    *resources
+	stores      sync.WaitGroup // background cache writes
+	recomputing sync.Map       // *StageResult → *sync.Mutex, one recomputation at a time
+	res         *resources
 }
 
 // New prepares a run of p using the registry's plugins and the arena.
@@ -326,13 +326,4 @@ func stageError(n *plan.Node, p *pluginmgr.Plugin, err error) error {
 		b.WriteString(strings.Join(lines, "\n      "))
 	}
 	return errors.New(b.String())
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -86,8 +86,6 @@ func TestUnwritableOutputDirFailsCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var warnings []string
-	_ = warnings
 	res := sess.Run(context.Background())
 	sess.Close()
 	if res.Err() != nil {
