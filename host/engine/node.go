@@ -30,7 +30,13 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 		stopped()
 		return
 	}
-	fail := func(err error) {
+	// abort ends the stage on err: skipped if the run is being stopped,
+	// failed otherwise.
+	abort := func(err error) {
+		if ctx.Err() != nil {
+			stopped()
+			return
+		}
 		r.Status, r.Err = StatusFailed, fmt.Errorf("stage %s (%s): %w", n.Name, n.Kind, err)
 		e.freeOutputs(r)
 		e.releaseInputs(n, results)
@@ -48,11 +54,7 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 		// than compute it twice, then look again.
 		u, err := c.Lock(ctx, r.Key)
 		if err != nil {
-			if ctx.Err() != nil {
-				stopped()
-				return
-			}
-			fail(err)
+			abort(err)
 			return
 		}
 		if !e.opts.Refresh[n.Name] && e.serveFromCache(n, r, results) {
@@ -78,21 +80,13 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 	// Cached inputs nobody has needed yet are loaded now, before this
 	// stage holds memory or a worker slot (a corrupt one reruns its stage).
 	if err := e.materializeInputs(ctx, n, results, slots); err != nil {
-		if ctx.Err() != nil {
-			stopped()
-			return
-		}
-		fail(err)
+		abort(err)
 		return
 	}
 	// Memory first, then a worker slot: a stage holding a slot while it
 	// waits for memory could starve the stages that free it.
 	if err := e.admit(ctx, n, r); err != nil {
-		if ctx.Err() != nil {
-			stopped()
-			return
-		}
-		fail(err)
+		abort(err)
 		return
 	}
 	defer e.finished()
