@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -123,7 +125,8 @@ func New(opts Options) (*Manager, error) {
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "pipehost", Level: hclog.Off})
 	}
-	dir, err := os.MkdirTemp(socketBase(), "pipehost-sock-")
+	removeStaleSocketDirs(socketBase())
+	dir, err := os.MkdirTemp(socketBase(), socketDirPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
 	}
@@ -132,6 +135,34 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
 	}
 	return &Manager{opts: opts, sockDir: dir}, nil
+}
+
+// socketDirPrefix starts every socket directory's name, followed by the
+// owning host's pid, so a later run can tell a dead run's directory.
+const socketDirPrefix = "pipehost-sock-"
+
+// removeStaleSocketDirs deletes socket directories left by pipehost
+// processes that no longer exist (killed with SIGKILL, so they could not
+// clean up; their plugins died with them through Pdeathsig).
+func removeStaleSocketDirs(base string) {
+	entries, err := os.ReadDir(base)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), socketDirPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pidStr, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(filepath.Join(base, e.Name()))
+		}
+	}
 }
 
 // socketBase picks where the private socket directory goes. A unix socket

@@ -3,7 +3,9 @@ package pluginmgr_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/pipehost/pipehost/host/pluginmgr"
@@ -136,5 +138,39 @@ func BenchmarkLaunchTen(b *testing.B) {
 		b.StopTimer()
 		m.Close()
 		b.StartTimer()
+	}
+}
+
+// A run killed with SIGKILL cannot remove its socket directory; the next
+// run removes it (and leaves a live run's alone).
+func TestStaleSocketDirsAreRemoved(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	base := os.TempDir()
+	// A pid that is certainly gone: a child that has exited and been reaped.
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := filepath.Join(base, "pipehost-sock-"+strconv.Itoa(cmd.Process.Pid)+"-123")
+	live := filepath.Join(base, "pipehost-sock-"+strconv.Itoa(os.Getpid())+"-456")
+	other := filepath.Join(base, "pipehost-sock-notapid")
+	for _, d := range []string{dead, live, other} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(d, "plugin1"), nil, 0o600)
+	}
+	m, err := pluginmgr.New(pluginmgr.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Errorf("stale socket directory %s survived", dead)
+	}
+	for _, d := range []string{live, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s was removed: %v", d, err)
+		}
 	}
 }
