@@ -125,7 +125,20 @@ inputs = { in = "slow.out" }
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(700 * time.Millisecond)
+	// Interrupt once the slow stage is running (the run log says so), not
+	// while plugins are still starting, however busy the machine is.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		logs, _ := filepath.Glob(filepath.Join(out, "logs", "run_*.jsonl"))
+		if len(logs) == 1 {
+			if b, _ := os.ReadFile(logs[0]); strings.Contains(string(b), `"type":"stage_start"`) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the slow stage never started")
+		}
+	}
 	cmd.Process.Signal(syscall.SIGINT)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

@@ -255,7 +255,9 @@ inputs = { in = "a.out" }
 	}
 	sess.Close()
 	s := statuses(res)
-	if s["a"] != engine.StatusFailed || s["b"] != engine.StatusSkipped {
+	// a was running (failed: stopped) or, on a very busy machine, not yet
+	// started (skipped); b never ran.
+	if (s["a"] != engine.StatusFailed && s["a"] != engine.StatusSkipped) || s["b"] != engine.StatusSkipped {
 		t.Errorf("statuses %v", s)
 	}
 	assertNothingLeft(t, plugins, tmp)
