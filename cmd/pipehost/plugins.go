@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/host/runner"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 )
@@ -70,9 +71,9 @@ func ports(ps []*pb.Port) string {
 	}
 	var parts []string
 	for _, p := range ps {
-		s := p.GetName() + ":" + strings.ToLower(strings.TrimPrefix(p.GetKind().String(), "PORT_KIND_"))
+		s := p.GetName() + ":" + plan.KindName(p.GetKind())
 		if p.GetKind() == pb.PortKind_PORT_KIND_GRID {
-			s += "<" + strings.ToLower(strings.TrimPrefix(p.GetDtype().String(), "DTYPE_"))
+			s += "<" + plan.DTypeName(p.GetDtype())
 			if p.GetLevel() > 0 {
 				s += fmt.Sprintf(",L%d", p.GetLevel())
 			}

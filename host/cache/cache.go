@@ -238,31 +238,6 @@ func SegmentDigest(seg *shm.Segment) (Digest, error) {
 	return DigestOf(m.Bytes()), nil
 }
 
-// Verify re-hashes a blob file (for readers that map the cache file itself,
-// such as the dataset writer).
-func (c *Cache) Verify(d Digest) error {
-	f, err := os.Open(c.BlobPath(d))
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrCorrupt, err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	var n int64
-	for {
-		k, err := f.Read(buf)
-		h.Write(buf[:k])
-		n += int64(k)
-		if err != nil {
-			break
-		}
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != d.Hash || n != d.Size {
-		return fmt.Errorf("%w: blob %s hashes to %s", ErrCorrupt, d.Hash[:12], got[:12])
-	}
-	return nil
-}
-
 // Lock takes the per-key lock, waiting while another process (or run) holds
 // it. The returned function releases it.
 func (c *Cache) Lock(ctx context.Context, key string) (func(), error) {

@@ -198,11 +198,11 @@ func portIndex(ports []*pb.Port, name string) int {
 // compatible says why an output cannot feed an input, or "".
 func compatible(out, in *pb.Port) string {
 	if out.GetKind() != in.GetKind() {
-		return fmt.Sprintf("kind mismatch (%s output, %s input)", kindName(out.GetKind()), kindName(in.GetKind()))
+		return fmt.Sprintf("kind mismatch (%s output, %s input)", KindName(out.GetKind()), KindName(in.GetKind()))
 	}
 	if out.GetKind() == pb.PortKind_PORT_KIND_GRID {
 		if out.GetDtype() != in.GetDtype() {
-			return fmt.Sprintf("dtype mismatch (%s output, %s input)", dtypeName(out.GetDtype()), dtypeName(in.GetDtype()))
+			return fmt.Sprintf("dtype mismatch (%s output, %s input)", DTypeName(out.GetDtype()), DTypeName(in.GetDtype()))
 		}
 		if out.GetLevel() != in.GetLevel() {
 			return fmt.Sprintf("pyramid level mismatch (output at level %d, input wants level %d)", out.GetLevel(), in.GetLevel())
@@ -276,12 +276,12 @@ func formatFits(format string, p *pb.Port) string {
 	for _, f := range Formats[p.GetKind()] {
 		if f == format {
 			if strings.HasPrefix(f, "cog") && !cogDTypes[p.GetDtype()] {
-				return fmt.Sprintf("format %q cannot hold %s grids (GeoTIFF has no 64-bit integers; use npz)", format, dtypeName(p.GetDtype()))
+				return fmt.Sprintf("format %q cannot hold %s grids (GeoTIFF has no 64-bit integers; use npz)", format, DTypeName(p.GetDtype()))
 			}
 			return ""
 		}
 	}
-	return fmt.Sprintf("format %q cannot hold a %s output (use one of: %s)", format, kindName(p.GetKind()), strings.Join(Formats[p.GetKind()], ", "))
+	return fmt.Sprintf("format %q cannot hold a %s output (use one of: %s)", format, KindName(p.GetKind()), strings.Join(Formats[p.GetKind()], ", "))
 }
 
 func paramSpec(desc *pb.StageDescriptor, name string) *pb.ParamSpec {
@@ -352,11 +352,13 @@ func typeName(t pb.ParamType) string {
 	return "a value"
 }
 
-func kindName(k pb.PortKind) string {
+// KindName is a port kind as users write it: "grid", "table", "blob".
+func KindName(k pb.PortKind) string {
 	return strings.ToLower(strings.TrimPrefix(k.String(), "PORT_KIND_"))
 }
 
-func dtypeName(d pb.DType) string {
+// DTypeName is a dtype as users write it: "f32", "u8", ...
+func DTypeName(d pb.DType) string {
 	return strings.ToLower(strings.TrimPrefix(d.String(), "DTYPE_"))
 }
 
