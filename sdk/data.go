@@ -137,25 +137,21 @@ func (b *buffer) bytes() ([]byte, error) {
 	return b.m.Bytes()[h.GetOffset() : h.GetOffset()+h.GetNbytes()], nil
 }
 
-// finish makes every output view read-only and hands dynamic outputs to
-// the host. The views are unmapped by release, after the Result is sent:
-// mprotect costs half of munmap, and the host only needs no *writable*
-// mapping to remain (docs/protocol.md).
+// finish unmaps every output view and hands dynamic outputs to the host.
+// It runs before the Result is sent: the host write-seals the outputs as
+// soon as the Result arrives, and the kernel refuses the seal while any
+// writable mapping is left (docs/protocol.md, "Hand-off").
 func (rd *runData) finish() ([]*pb.Binding, error) {
 	rd.mu.Lock()
 	defer rd.mu.Unlock()
 	for _, b := range rd.outputs {
-		if err := handBack(b.m, b.seg.Size()); err != nil {
+		if err := unmap(b.m); err != nil {
 			return nil, fmt.Errorf("output %q: %w", b.binding.GetPort(), err)
 		}
 	}
 	var out []*pb.Binding
 	for _, d := range rd.dynamic {
-		var segSize int64
-		if d.seg != nil {
-			segSize = d.seg.Size()
-		}
-		if err := handBack(d.m, segSize); err != nil {
+		if err := unmap(d.m); err != nil {
 			return nil, fmt.Errorf("dynamic output %q: %w", d.port, err)
 		}
 		if d.w != nil {
@@ -185,17 +181,11 @@ func (rd *runData) finish() ([]*pb.Binding, error) {
 	return out, nil
 }
 
-// handBack ends a producer's write access to an output view before the
-// Result: a small one is unmapped (the host then seals it fully, cheaply);
-// a large one is made read-only and unmapped after the host's check.
-func handBack(m *shm.Mapping, size int64) error {
+func unmap(m *shm.Mapping) error {
 	if m == nil {
 		return nil
 	}
-	if size < shm.SmallSegment {
-		return m.Unmap()
-	}
-	return m.Protect()
+	return m.Unmap()
 }
 
 // release unmaps and closes everything the Run held.
@@ -208,17 +198,11 @@ func (rd *runData) release() {
 	for _, b := range rd.inputs {
 		b.close()
 	}
-	var late []*shm.Mapping
 	for _, b := range rd.outputs {
-		if b.m != nil && !b.m.Writable() && !b.m.Unmapped() {
-			late, b.m = append(late, b.m), nil
-		}
 		b.close()
 	}
 	for _, d := range rd.dynamic {
-		if d.m != nil && !d.m.Unmapped() {
-			late = append(late, d.m)
-		}
+		_ = unmap(d.m)
 		if d.w != nil {
 			d.w.Abort()
 		}
@@ -227,25 +211,6 @@ func (rd *runData) release() {
 		}
 	}
 	rd.dynamic = nil
-	unmapLater(late)
-}
-
-// unmapDelay keeps the read-only output views of a finished Run a moment
-// longer: unmapping takes the process's mmap lock for as long as it tears
-// down page tables (about 50 ms per GiB), and the host reads this
-// process's mappings right after the Result to check no writable one is
-// left. Unmapping after that check keeps the hand-off instant.
-const unmapDelay = 20 * time.Millisecond
-
-func unmapLater(ms []*shm.Mapping) {
-	if len(ms) == 0 {
-		return
-	}
-	time.AfterFunc(unmapDelay, func() {
-		for _, m := range ms {
-			_ = m.Unmap()
-		}
-	})
 }
 
 func (b *buffer) close() {

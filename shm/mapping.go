@@ -78,7 +78,7 @@ func (s *Segment) MapRO() (*Mapping, error) {
 	if err != nil {
 		return nil, err
 	}
-	if seals&ImmutableSeals == 0 {
+	if seals&unix.F_SEAL_WRITE == 0 {
 		return nil, fmt.Errorf("map segment %q read-only: %w (seals %s)", s.name, ErrNotSealed, SealString(seals))
 	}
 	return s.mmap(unix.PROT_READ, "read-only")
@@ -164,24 +164,6 @@ func View[T Elem](b []byte) ([]T, error) {
 		return nil, fmt.Errorf("view bytes at %p as %T: not %d-byte aligned", p, zero, unsafe.Alignof(zero))
 	}
 	return unsafe.Slice((*T)(p), len(b)/size), nil
-}
-
-// Protect makes a writable mapping read-only. A producer hands its output
-// back this way: mprotect costs about half of munmap per page, and the
-// mapping can then be unmapped after the Result is sent, off the critical
-// path. The mapping stays valid for reading until Unmap.
-func (m *Mapping) Protect() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.done || !m.writable || len(m.data) == 0 {
-		m.writable = false
-		return nil
-	}
-	if err := unix.Mprotect(m.data, unix.PROT_READ); err != nil {
-		return fmt.Errorf("make segment %q read-only: %w", m.name, err)
-	}
-	m.writable = false
-	return nil
 }
 
 // Unmapped reports whether Unmap was called.

@@ -179,7 +179,7 @@ func (s *Segment) SealWrite() error {
 		if seals&unix.F_SEAL_SEAL != 0 {
 			return fmt.Errorf("seal segment %q: its seals are frozen without F_SEAL_WRITE (seals %s)", s.name, SealString(seals))
 		}
-		_, err = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_SEAL)
+		_, err = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, writeSeals)
 		if errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("seal segment %q: %w (%v)", s.name, ErrWritableMapping, err)
 		}
@@ -262,3 +262,18 @@ func SealString(seals int) string {
 // Use runs f with the segment's fd, keeping Close from closing it meanwhile
 // (for in-kernel copies to and from the segment).
 func (s *Segment) Use(f func(fd int) error) error { return s.use("use", f) }
+
+// Dup returns a second Segment on a duplicate descriptor of the same memfd
+// (it keeps the memory alive on its own; close both).
+func (s *Segment) Dup() (*Segment, error) {
+	var dup int
+	err := s.use("dup", func(fd int) error {
+		var err error
+		dup, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Segment{name: s.name, size: s.size, fd: dup}, nil
+}

@@ -269,7 +269,7 @@ func (c *tcase) zeroCopy(ctx context.Context, prefault bool) error {
 	// follows in the background), build and check the consumer's handle,
 	// send the fd.
 	t := clock.Now()
-	if err := c.arena.HandOff(ent.ID, c.prod.Pid); err != nil {
+	if err := c.arena.Seal(ent.ID); err != nil {
 		return err
 	}
 	c.s.Seal = clock.Now() - t

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/pipehost/pipehost/shm"
 	"golang.org/x/sys/unix"
@@ -89,11 +88,6 @@ type Arena struct {
 	peak    int64
 	closed  bool
 	changed chan struct{} // closed and replaced whenever bytes are freed
-
-	// background full seals started by HandOff, and what they found.
-	sealing    sync.WaitGroup
-	sealErrsMu sync.Mutex
-	sealErrs   []error
 }
 
 // New makes an empty arena. budget is in bytes; 0 means unlimited.
@@ -196,38 +190,6 @@ func (a *Arena) lookupLocked(id uint64) (*Entry, error) {
 		return nil, fmt.Errorf("segment %d: %w", id, ErrUnknownSegment)
 	}
 	return e, nil
-}
-
-// Seal write-seals segment id once its producer is done. If a writable
-// mapping still exists the error wraps shm.ErrWritableMapping and names the
-// producer: the stage kept a writable view after returning. A segment with
-// no pending consumers that is not kept is freed right after sealing.
-func (a *Arena) Seal(id uint64) error {
-	a.mu.Lock()
-	e, err := a.lookupLocked(id)
-	a.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	// Sealing 1 GiB takes milliseconds: not under the arena lock. The
-	// Segment itself keeps a concurrent free from closing the fd meanwhile.
-	if err := e.Segment.SealWrite(); err != nil {
-		if errors.Is(err, shm.ErrWritableMapping) {
-			return fmt.Errorf("stage %q kept a writable mapping of its output %q (segment %d) after returning: %w",
-				e.Producer, e.Name, e.ID, err)
-		}
-		return fmt.Errorf("stage %q output %q (segment %d): %w", e.Producer, e.Name, e.ID, err)
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	e.sealed.Store(true)
-	if e.freed.Load() {
-		return nil
-	}
-	if len(e.pending) == 0 && !e.Keep {
-		a.freeLocked(e)
-	}
-	return nil
 }
 
 // Release marks consumer done with segment id. When no consumer is left and
@@ -338,7 +300,6 @@ func (a *Arena) Peak() int64 {
 // Close frees every segment, kept ones included (the end of a run, after
 // success or failure). Later calls fail with ErrClosed. Idempotent.
 func (a *Arena) Close() error {
-	a.sealing.Wait()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
@@ -386,63 +347,47 @@ func (a *Arena) AddConsumer(id uint64, consumer string) error {
 	return nil
 }
 
-// HandOff makes a producer's output immutable in microseconds, so its
-// consumers can start at once: it adds F_SEAL_FUTURE_WRITE (no new writable
-// mapping, no write(2), no mprotect to writable from now on) and checks that
-// the producing process holds no writable mapping of it any more, the one
-// thing that seal does not cover. A kept mapping is the same stage bug
-// Seal reports. The full F_SEAL_WRITE|F_SEAL_SEAL, whose cost grows with the
-// segment (the kernel checks every page), then follows in the background;
-// should it find a writable mapping anyway (one the plugin passed to another
-// process), SealErrors reports it.
-func (a *Arena) HandOff(id uint64, producerPid int) error {
+// Seal write-seals segment id once its producer's Result has arrived: the
+// producer must have unmapped every writable view of it by then
+// (docs/protocol.md). A segment the plugin sealed itself is accepted as it
+// is. EBUSY from the kernel is a definite answer, not a race: some process
+// (the plugin, a child it forked, a helper it gave the fd to) still maps the
+// output writable, so the stage fails and nobody ever sees the bytes. A
+// segment with no pending consumers that is not kept is freed once sealed.
+func (a *Arena) Seal(id uint64) error {
 	a.mu.Lock()
 	e, err := a.lookupLocked(id)
 	a.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if e.Size < shm.SmallSegment {
-		return a.Seal(id)
-	}
-	if err := e.Segment.SealFutureWrite(); err != nil {
+	// Sealing takes milliseconds per GiB: not under the arena lock. The
+	// Segment itself keeps a concurrent free from closing the fd meanwhile.
+	if err := e.Segment.SealWrite(); err != nil {
+		if errors.Is(err, shm.ErrWritableMapping) {
+			return &WritableMappingError{Stage: e.Producer, Output: e.Name, Segment: e.ID, Err: err}
+		}
 		return fmt.Errorf("stage %q output %q (segment %d): %w", e.Producer, e.Name, e.ID, err)
 	}
-	if producerPid > 0 {
-		kept, err := e.Segment.MappedWritableBy(producerPid)
-		if err != nil {
-			return fmt.Errorf("stage %q output %q (segment %d): %w", e.Producer, e.Name, e.ID, err)
-		}
-		if kept {
-			return fmt.Errorf("stage %q kept a writable mapping of its output %q (segment %d) after returning: %w",
-				e.Producer, e.Name, e.ID, shm.ErrWritableMapping)
-		}
-	}
-	dup, err := e.Segment.Dup()
-	if err != nil {
-		return a.Seal(id)
-	}
-	a.sealing.Add(1)
-	go func() {
-		defer a.sealing.Done()
-		defer dup.Close()
-		// A producer may unmap its (now read-only) view just after its
-		// Result: give it a moment before calling a mapping kept.
-		var err error
-		for wait := time.Millisecond; ; wait *= 2 {
-			if err = dup.SealWrite(); err == nil || !errors.Is(err, shm.ErrWritableMapping) || wait > 2*time.Second {
-				break
-			}
-			time.Sleep(wait)
-		}
-		if err != nil {
-			a.sealErrsMu.Lock()
-			a.sealErrs = append(a.sealErrs, fmt.Errorf("stage %q output %q (segment %d): %w", e.Producer, e.Name, e.ID, err))
-			a.sealErrsMu.Unlock()
-		}
-	}()
 	return a.markSealed(e)
 }
+
+// WritableMappingError says a stage's output could not be sealed because a
+// writable mapping of it still existed when the stage returned.
+type WritableMappingError struct {
+	Stage, Output string
+	Segment       uint64
+	Err           error
+}
+
+func (e *WritableMappingError) Error() string {
+	return fmt.Sprintf("stage %q kept a writable mapping of its output %q (segment %d) after returning, "+
+		"so its bytes could still change: unmap every writable view of an output before the stage returns, "+
+		"and do not leave one in a child process or a helper the segment was passed to (%v)",
+		e.Stage, e.Output, e.Segment, e.Err)
+}
+
+func (e *WritableMappingError) Unwrap() error { return e.Err }
 
 // markSealed records a segment as immutable and frees it at once when no
 // consumer will read it.
@@ -457,13 +402,4 @@ func (a *Arena) markSealed(e *Entry) error {
 		a.freeLocked(e)
 	}
 	return nil
-}
-
-// SealErrors lists what the background full seals found: writable mappings
-// of a handed-off output in some process other than its producer.
-func (a *Arena) SealErrors() []error {
-	a.sealing.Wait()
-	a.sealErrsMu.Lock()
-	defer a.sealErrsMu.Unlock()
-	return append([]error(nil), a.sealErrs...)
 }

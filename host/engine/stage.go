@@ -121,7 +121,7 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		if o == nil {
 			continue
 		}
-		if err := e.arena.HandOff(o.Entry.ID, p.Pid); err != nil {
+		if err := e.arena.Seal(o.Entry.ID); err != nil {
 			fail(fmt.Errorf("output %q: %w", op.GetName(), err))
 			return
 		}
@@ -220,7 +220,7 @@ func (e *Engine) adopt(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, r
 		if want := pb.PortKind_PORT_KIND_TABLE; op.GetKind() == want && h.GetFormat() != pb.Format_FORMAT_ARROW_IPC {
 			return fmt.Errorf("protocol violation: table output %q is not in Arrow IPC format", b.GetPort())
 		}
-		if err := e.arena.HandOff(ent.ID, p.Pid); err != nil {
+		if err := e.arena.Seal(ent.ID); err != nil {
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
 		}
 		r.Outputs[b.GetPort()].Handle = h

@@ -224,9 +224,8 @@ Mapping Mapping::map_rw(const Segment& seg) {
 
 Mapping Mapping::map_ro(const Segment& seg) {
   const int s = seg.seals();
-  // F_SEAL_FUTURE_WRITE is how the host hands outputs off: instant, and as
-  // binding as F_SEAL_WRITE for every mapping made after it.
-  if (!(s & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))) {
+  // Only F_SEAL_WRITE makes the bytes immutable for every process.
+  if (!(s & F_SEAL_WRITE)) {
     throw Error("map segment \"" + seg.name() + "\" read-only: segment is not write-sealed (seals " + seal_string(s) +
                 ")");
   }

@@ -163,12 +163,11 @@ impl Segment {
     }
 
     /// Maps the segment shared and read-only, for a consumer. Refuses a
-    /// segment without `F_SEAL_WRITE` or `F_SEAL_FUTURE_WRITE`: only a seal
-    /// makes the bytes immutable (the host hands outputs off with
-    /// `F_SEAL_FUTURE_WRITE` once their producer holds no writable mapping).
+    /// segment without `F_SEAL_WRITE`: only that seal makes the bytes
+    /// immutable for every process (docs/protocol.md, "Hand-off").
     pub fn map_ro(&self) -> Result<Mapping, Error> {
         let seals = self.seals()?;
-        if seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) == 0 {
+        if seals & libc::F_SEAL_WRITE == 0 {
             return Err(Error::new(format!(
                 "map segment {:?} read-only: segment is not write-sealed (seals {})",
                 self.name,
