@@ -50,7 +50,7 @@ func (e *Engine) admit(ctx context.Context, n *plan.Node, r *StageResult) error 
 			e.admitMu.Unlock()
 			return err
 		}
-		if e.inFlight == 0 {
+		if e.inFlight == 0 && e.storing.Load() == 0 {
 			e.admitMu.Unlock()
 			live, bytes := e.arena.Live()
 			if need > e.arena.Budget() {
@@ -73,9 +73,21 @@ func (e *Engine) admit(ctx context.Context, n *plan.Node, r *StageResult) error 
 func (e *Engine) finished() {
 	e.admitMu.Lock()
 	e.inFlight--
+	e.wakeLocked()
+	e.admitMu.Unlock()
+}
+
+// wakeAdmission wakes stages waiting for memory (a cache write finished and
+// released what it held).
+func (e *Engine) wakeAdmission() {
+	e.admitMu.Lock()
+	e.wakeLocked()
+	e.admitMu.Unlock()
+}
+
+func (e *Engine) wakeLocked() {
 	close(e.wake)
 	e.wake = make(chan struct{})
-	e.admitMu.Unlock()
 }
 
 // allocateOutputs creates the stage's grid outputs in the arena.
@@ -97,7 +109,7 @@ func (e *Engine) allocateOutputs(n *plan.Node, r *StageResult) error {
 			return fmt.Errorf("allocating output %q: %w", op.GetName(), err)
 		}
 		h := shm.GridHandle(ent.ID, size, 0, op.GetDtype(), uint64(lv.GetHeight()), uint64(lv.GetWidth()), op.GetLevel())
-		r.Outputs[op.GetName()] = &Output{Entry: ent, Handle: h}
+		r.Outputs[op.GetName()] = newOutput(ent, h)
 	}
 	return nil
 }

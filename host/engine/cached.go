@@ -30,13 +30,15 @@ func (e *Engine) claimants(n *plan.Node, port string) []string {
 	return names
 }
 
-// releaseHostClaims drops the host's claims once the cache has what it needs.
+// releaseHostClaims drops the host's claims once the cache has what it
+// needs: the digests (waited for here) and, when storing, the stored bytes.
 func (e *Engine) releaseHostClaims(r *StageResult) {
 	if e.opts.Cache == nil {
 		return
 	}
 	for _, o := range r.Outputs {
 		if o.Entry != nil {
+			_, _ = o.waitDigest(context.Background())
 			_ = e.arena.Release(o.Entry.ID, hostClaim)
 		}
 	}
@@ -48,37 +50,77 @@ func logEvent(msg string) *pb.RunEvent {
 	}}}
 }
 
-// store writes the stage's outputs to the cache in the background; the key
-// lock is released when the entry is complete.
-func (e *Engine) store(n *plan.Node, r *StageResult, parts cache.Parts, unlock func()) {
-	m := &cache.Manifest{Key: r.Key, Stage: n.Name, Kind: n.Kind, Parts: parts}
-	segs := map[string]*shm.Segment{}
-	closeAll := func() {
-		for _, s := range segs {
-			s.Close()
+// inlineDigest is the size under which an output is hashed before its
+// consumers start (microseconds); larger ones are hashed on their own
+// goroutine while the consumers already read them.
+const inlineDigest = 1 << 20
+
+// digestOutputs hashes every output of a finished stage (sealed segments,
+// read through read-only mappings), the large ones in the background.
+func (e *Engine) digestOutputs(r *StageResult) {
+	for _, o := range r.Outputs {
+		seg := o.Entry.Segment
+		if seg.Size() < inlineDigest {
+			o.setDigest(cache.SegmentDigest(seg))
+			continue
 		}
+		e.digests.Add(1)
+		go func() {
+			defer e.digests.Done()
+			o.setDigest(cache.SegmentDigest(seg))
+		}()
 	}
-	for port, o := range r.Outputs {
-		// A second descriptor keeps the bytes alive while they are copied,
-		// even if the last consumer frees the arena entry meanwhile.
-		dup, err := o.Entry.Segment.Dup()
-		if err != nil {
-			closeAll()
-			unlock()
-			e.opts.Observer.StageEvent(n, logEvent("could not store cache entry: "+err.Error()))
-			return
-		}
-		segs[port] = dup
-		m.Outputs = append(m.Outputs, cache.OutputRecord{Port: port, Digest: o.Digest, Handle: cache.EncodeHandle(o.Handle)})
-	}
+}
+
+// store writes the stage's outputs to the cache in the background, once
+// their digests are known, and releases the host's claims on them when
+// done. unlock is the key's lock if the stage holds it already; otherwise
+// the store takes it, and skips an entry another run stored meanwhile.
+// Pending stores keep their segments in the ledger, so they count against
+// the memory budget like any live output: bounded, and never dropped.
+func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts cache.Parts, unlock func()) {
 	e.stores.Add(1)
+	e.storing.Add(1)
 	go func() {
 		defer e.stores.Done()
+		defer func() {
+			e.releaseHostClaims(r)
+			e.storing.Add(-1)
+			e.wakeAdmission()
+		}()
+		warn := func(err error) {
+			e.opts.Observer.StageEvent(n, logEvent("could not store cache entry: "+err.Error()))
+		}
+		m := &cache.Manifest{Key: r.Key, Stage: n.Name, Kind: n.Kind, Parts: parts}
+		segs := map[string]*shm.Segment{}
+		for port, o := range r.Outputs {
+			d, err := o.waitDigest(ctx)
+			if err != nil {
+				if unlock != nil {
+					unlock()
+				}
+				warn(fmt.Errorf("output %q: %w", port, err))
+				return
+			}
+			segs[port] = o.Entry.Segment
+			m.Outputs = append(m.Outputs, cache.OutputRecord{Port: port, Digest: d, Handle: cache.EncodeHandle(o.Handle)})
+		}
+		if unlock == nil {
+			u, err := e.opts.Cache.Lock(ctx, r.Key)
+			if err != nil {
+				warn(err)
+				return
+			}
+			unlock = u
+			if prev, _ := e.opts.Cache.Lookup(r.Key); prev != nil && !e.opts.Refresh[n.Name] {
+				unlock()
+				return // another run stored it meanwhile
+			}
+		}
 		defer unlock()
-		defer closeAll()
 		m.Created = time.Now().UTC()
 		if err := e.opts.Cache.Store(m, segs); err != nil {
-			e.opts.Observer.StageEvent(n, logEvent("could not store cache entry: "+err.Error()))
+			warn(err)
 		}
 	}()
 }
@@ -157,7 +199,8 @@ func (e *Engine) materializeInputs(ctx context.Context, n *plan.Node, results []
 func isCorrupt(err error) bool { return err != nil && errors.Is(err, cache.ErrCorrupt) }
 
 // recompute runs a stage that was served from the cache, because a
-// consumer found the cached bytes corrupt, and swaps its outputs in.
+// consumer found the cached bytes corrupt, and swaps its outputs in. It goes
+// through the same admission, resources and slot as any stage.
 func (e *Engine) recompute(ctx context.Context, n *plan.Node, up *StageResult, results []*StageResult, slots chan int, needBy string) error {
 	mu, _ := e.recomputing.LoadOrStore(up, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
@@ -165,40 +208,28 @@ func (e *Engine) recompute(ctx context.Context, n *plan.Node, up *StageResult, r
 	if up.Cache != CacheHit {
 		return nil // another consumer already did it
 	}
+	defer e.releaseInputs(n, results)
 	if err := e.materializeInputs(ctx, n, results, slots); err != nil {
 		return err
 	}
 	fresh := &StageResult{Name: n.Name, Kind: n.Kind, Slot: -1}
-	if err := e.admit(ctx, n, fresh); err != nil {
-		e.releaseInputs(n, results)
-		return err
-	}
-	defer e.finished()
-	var slot int
-	select {
-	case slot = <-slots:
-	case <-ctx.Done():
-		e.freeOutputs(fresh)
-		e.releaseInputs(n, results)
-		return context.Cause(ctx)
-	}
-	fresh.Slot = slot
-	e.runStage(ctx, n, fresh, results)
-	slots <- slot
+	e.execute(ctx, n, fresh, results, slots)
 	if fresh.Status != StatusOK {
 		return fresh.Err
 	}
-	if err := e.digestOutputs(fresh); err != nil {
-		e.freeOutputs(fresh)
-		return err
-	}
-	if parts, ok := e.keyParts(n, results); ok {
-		fresh.Key = up.Key
-		if unlock, err := e.opts.Cache.Lock(ctx, up.Key); err == nil {
-			e.store(n, fresh, parts, unlock)
+	e.digestOutputs(fresh)
+	for port, o := range fresh.Outputs {
+		if _, err := o.waitDigest(ctx); err != nil {
+			e.freeOutputs(fresh)
+			return fmt.Errorf("output %q: %w", port, err)
 		}
 	}
-	e.releaseHostClaims(fresh)
+	if inputs, ok := e.inputDigests(n, results); ok {
+		fresh.Key = up.Key
+		e.store(ctx, n, fresh, e.keyParts(n, inputs), nil)
+	} else {
+		e.releaseHostClaims(fresh)
+	}
 	for port, o := range up.Outputs {
 		fo := fresh.Outputs[port]
 		o.mu.Lock()
@@ -209,7 +240,7 @@ func (e *Engine) recompute(ctx context.Context, n *plan.Node, up *StageResult, r
 				_ = e.arena.Release(fo.Entry.ID, c)
 			}
 		}
-		o.Entry, o.Handle, o.Digest, o.Cached = fo.Entry, fo.Handle, fo.Digest, false
+		o.Entry, o.Handle, o.Cached = fo.Entry, fo.Handle, false
 		o.mu.Unlock()
 	}
 	up.Cache, up.MissReason = CacheMiss, "its cache entry was corrupt"

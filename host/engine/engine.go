@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -110,6 +111,8 @@ type StageResult struct {
 	Cache      CacheStatus
 	MissReason string
 	Key        string
+	// Note says more about how the stage ended (e.g. an early cutoff).
+	Note string
 	// Plugin and Pid say which process ran the stage.
 	Plugin string
 	Pid    int
@@ -141,15 +144,62 @@ const (
 type Output struct {
 	Entry  *arena.Entry
 	Handle *pb.Handle
+	// Digest is the content digest, set once digested is closed (with the
+	// cache on); read it through waitDigest while the run goes on.
 	Digest cache.Digest
 	// Cached outputs are served from the cache; Entry stays nil until a
 	// stage that runs needs the bytes.
 	Cached bool
 
+	digested  chan struct{}
+	digestErr error
+
 	mu sync.Mutex
 	// pending holds the consumers of a not-yet-materialized output that
 	// have not finished, so materializing it knows who will release it.
 	pending map[string]bool
+}
+
+func newOutput(ent *arena.Entry, h *pb.Handle) *Output {
+	return &Output{Entry: ent, Handle: h, digested: make(chan struct{})}
+}
+
+func cachedOutput(h *pb.Handle, d cache.Digest, pending map[string]bool) *Output {
+	o := &Output{Handle: h, Digest: d, Cached: true, pending: pending, digested: make(chan struct{})}
+	close(o.digested)
+	return o
+}
+
+// setDigest records the output's digest (or why there is none) once.
+func (o *Output) setDigest(d cache.Digest, err error) {
+	o.mu.Lock()
+	o.Digest, o.digestErr = d, err
+	o.mu.Unlock()
+	close(o.digested)
+}
+
+// waitDigest waits until the output's digest is known.
+func (o *Output) waitDigest(ctx context.Context) (cache.Digest, error) {
+	select {
+	case <-o.digested:
+	case <-ctx.Done():
+		return cache.Digest{}, context.Cause(ctx)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.Digest, o.digestErr
+}
+
+// digestNow returns the digest if it is known already.
+func (o *Output) digestNow() (cache.Digest, bool) {
+	select {
+	case <-o.digested:
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		return o.Digest, o.digestErr == nil
+	default:
+		return cache.Digest{}, false
+	}
 }
 
 // Result of a whole run.
@@ -193,7 +243,9 @@ type Engine struct {
 	pluginMu sync.Mutex
 	respawn  map[string]*pluginmgr.Plugin // crashed plugin path → replacement
 
+	digests     sync.WaitGroup // background output digests
 	stores      sync.WaitGroup // background cache writes
+	storing     atomic.Int64   // cache writes in progress (they hold memory)
 	recomputing sync.Map       // *StageResult → *sync.Mutex, one recomputation at a time
 	res         *resources
 }
@@ -224,10 +276,13 @@ func (e *Engine) Run(ctx context.Context) *Result {
 	defer cancel()
 	nodes := e.plan.Nodes
 	results := make([]*StageResult, len(nodes))
-	done := make([]chan struct{}, len(nodes))
+	// ready[i] closes when stage i's outputs are sealed (or it ended
+	// without them): its consumers start then, while its outputs are still
+	// being digested and stored.
+	ready := make([]chan struct{}, len(nodes))
 	started := make([]chan struct{}, len(nodes))
-	for i := range done {
-		done[i] = make(chan struct{})
+	for i := range ready {
+		ready[i] = make(chan struct{})
 		started[i] = make(chan struct{})
 	}
 	slots := make(chan int, e.opts.Jobs)
@@ -239,12 +294,21 @@ func (e *Engine) Run(ctx context.Context) *Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer close(done[i])
+			publish := sync.OnceFunc(func() { close(ready[i]) })
+			defer publish()
 			r := &StageResult{Name: n.Name, Kind: n.Kind, Slot: -1, Cache: CacheOff}
 			results[i] = r
 			r.started = started[i]
 			defer r.markStarted()
-			defer func() { e.opts.Observer.StageEnd(n, r) }()
+			defer func() {
+				// The record names the outputs' digests: wait for them.
+				for _, o := range r.Outputs {
+					if o.Entry != nil && e.opts.Cache != nil {
+						_, _ = o.waitDigest(context.Background())
+					}
+				}
+				e.opts.Observer.StageEnd(n, r)
+			}()
 			// Once every producer is under way, allocate and prefault this
 			// stage's outputs while they compute: fresh shared pages cost
 			// page faults, better paid off the critical path.
@@ -257,9 +321,9 @@ func (e *Engine) Run(ctx context.Context) *Result {
 			// Wait for every producer, so a stage that will not run can
 			// release what the successful ones made for it.
 			for _, in := range n.Inputs {
-				<-done[in.From.Index]
+				<-ready[in.From.Index]
 			}
-			e.runNode(ctx, n, r, results, slots)
+			e.runNode(ctx, n, r, results, slots, publish)
 			if r.Status == StatusFailed && !e.opts.KeepGoing {
 				cancel()
 			}
@@ -267,6 +331,7 @@ func (e *Engine) Run(ctx context.Context) *Result {
 	}
 	wg.Wait()
 	// The cache must be consistent when Run returns, even when stopped.
+	e.digests.Wait()
 	e.stores.Wait()
 	res := &Result{Stages: results, StartNs: startNs, EndNs: clock.Now()}
 	for _, r := range results {

@@ -2,23 +2,29 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/internal/clock"
 )
 
+// errCutoff cancels a stage that started before its inputs' digests were
+// known, once they show its result is already in the cache.
+var errCutoff = errors.New("its result is already in the cache (early cutoff)")
+
 // runNode takes one stage whose producers are all done from "inputs ready"
-// to a final status: skip, cache hit, or admission and execution.
-func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult, slots chan int) {
+// to a final status: skip, cache hit, or admission and execution. publish
+// lets the stage's consumers start; it is called as soon as the outputs
+// are sealed, before they are digested and stored.
+func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult, slots chan int, publish func()) {
+	releaseInputs := sync.OnceFunc(func() { e.releaseInputs(n, results) })
+	defer releaseInputs()
 	skip := func(err error) {
 		r.Status, r.Err = StatusSkipped, err
 		e.freeOutputs(r) // outputs allocated early
-		e.releaseInputs(n, results)
-	}
-	stopped := func() {
-		skip(fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx)))
 	}
 	for _, in := range n.Inputs {
 		if up := results[in.From.Index]; up.Status != StatusOK {
@@ -27,73 +33,108 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 		}
 	}
 	if ctx.Err() != nil {
-		stopped()
+		skip(fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx)))
 		return
 	}
-	// abort ends the stage on err: skipped if the run is being stopped,
-	// failed otherwise.
-	abort := func(err error) {
-		if ctx.Err() != nil {
-			stopped()
-			return
-		}
-		r.Status, r.Err = StatusFailed, fmt.Errorf("stage %s (%s): %w", n.Name, n.Kind, err)
-		e.freeOutputs(r)
-		e.releaseInputs(n, results)
-	}
 
-	var unlock func()
-	parts, cacheable := e.keyParts(n, results)
-	if cacheable {
-		r.Key, r.Cache = parts.Key(), CacheMiss
-		c := e.opts.Cache
-		if !e.opts.Refresh[n.Name] && e.serveFromCache(n, r, results) {
-			return
+	c := e.opts.Cache
+	var (
+		parts  cache.Parts
+		unlock func()         // the key's lock, held from lookup to store
+		later  <-chan *lookup // the key, once the inputs' digests are known
+	)
+	runCtx, cancelRun := context.WithCancelCause(ctx)
+	defer cancelRun(nil)
+	if e.cacheable(n) {
+		r.Cache = CacheMiss
+		if inputs, known := e.inputDigests(n, results); known {
+			parts = e.keyParts(n, inputs)
+			r.Key = parts.Key()
+			if !e.opts.Refresh[n.Name] && e.serveFromCache(n, r) {
+				return
+			}
+			// Another run may be computing this very key: wait for it rather
+			// than compute it twice, then look again.
+			u, err := c.Lock(ctx, r.Key)
+			if err != nil {
+				e.abort(ctx, n, r, err)
+				return
+			}
+			if !e.opts.Refresh[n.Name] && e.serveFromCache(n, r) {
+				u()
+				return
+			}
+			unlock = u
+			e.explainMiss(n, r, parts)
+		} else {
+			// An input's digest is still being computed: start at once and
+			// look the key up when the digests land. A hit then stops the
+			// stage and serves the entry, so early cutoff stays exact.
+			later = e.lookupLater(ctx, n, results, cancelRun)
 		}
-		// Another run may be computing this very key: wait for it rather
-		// than compute it twice, then look again.
-		u, err := c.Lock(ctx, r.Key)
-		if err != nil {
-			abort(err)
-			return
-		}
-		if !e.opts.Refresh[n.Name] && e.serveFromCache(n, r, results) {
-			u()
-			return
-		}
-		unlock = u
-		if r.MissReason == "" {
-			r.MissReason = cache.Explain(c.LastParts(e.plan.Config.RunID, n.Name), parts)
-		}
-		if e.opts.Refresh[n.Name] {
-			r.MissReason = "refresh requested"
-		}
-		_ = c.SaveParts(e.plan.Config.RunID, n.Name, parts)
 	}
-	stored := false
 	defer func() {
-		if unlock != nil && !stored {
+		if unlock != nil {
 			unlock()
 		}
 	}()
 
 	// Cached inputs nobody has needed yet are loaded now, before this
 	// stage holds memory or a worker slot (a corrupt one reruns its stage).
-	if err := e.materializeInputs(ctx, n, results, slots); err != nil {
-		abort(err)
+	if err := e.materializeInputs(runCtx, n, results, slots); err != nil {
+		if !e.cutOff(ctx, runCtx, n, r, later) {
+			e.abort(ctx, n, r, err)
+		}
 		return
 	}
-	// Memory first, then a worker slot: a stage holding a slot while it
-	// waits for memory could starve the stages that free it.
+	e.execute(runCtx, n, r, results, slots)
+	releaseInputs()
+	if r.Status != StatusOK {
+		e.cutOff(ctx, runCtx, n, r, later)
+		return
+	}
+	if c == nil {
+		return
+	}
+	e.digestOutputs(r)
+	publish()
+	if later != nil {
+		l := <-later
+		if !l.ok {
+			e.releaseHostClaims(r)
+			return
+		}
+		parts = l.parts
+		r.Key = parts.Key()
+		if l.entry != nil && e.sameAsEntry(n, r, l.entry) {
+			r.Cache, r.MissReason = CacheHit, ""
+			r.Note = "early cutoff: its inputs matched a cached run only after it had finished; identical bytes"
+			e.releaseHostClaims(r)
+			return
+		}
+		e.explainMiss(n, r, parts)
+	}
+	if r.Key == "" {
+		e.releaseHostClaims(r)
+		return
+	}
+	e.store(ctx, n, r, parts, unlock)
+	unlock = nil // the store releases it
+}
+
+// execute admits a stage (memory first, then resources, then a worker
+// slot: a stage holding a slot while it waits for memory could starve the
+// stages that free it) and runs it. Every stage that runs goes through here,
+// recomputations included.
+func (e *Engine) execute(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult, slots chan int) {
 	if err := e.admit(ctx, n, r); err != nil {
-		abort(err)
+		e.abort(ctx, n, r, err)
 		return
 	}
 	defer e.finished()
 	releaseRes, err := e.res.acquire(ctx, needs(n))
 	if err != nil {
-		e.freeOutputs(r)
-		stopped()
+		e.abort(ctx, n, r, err)
 		return
 	}
 	defer releaseRes()
@@ -101,34 +142,110 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 	select {
 	case slot = <-slots:
 	case <-ctx.Done():
-		e.freeOutputs(r)
-		stopped()
+		e.abort(ctx, n, r, context.Cause(ctx))
 		return
 	}
 	r.Slot = slot
 	e.runStage(ctx, n, r, results)
 	slots <- slot
-	if r.Status != StatusOK {
-		return
-	}
-	if e.opts.Cache != nil {
-		if err := e.digestOutputs(r); err != nil {
-			r.Status, r.Err = StatusFailed, fmt.Errorf("stage %s (%s): hashing outputs: %w", n.Name, n.Kind, err)
-			e.freeOutputs(r)
-			return
-		}
-	}
-	if unlock != nil {
-		e.store(n, r, parts, unlock)
-		stored = true
-	}
-	e.releaseHostClaims(r)
 }
 
-// serveFromCache completes the stage from a cache entry, if there is one.
-func (e *Engine) serveFromCache(n *plan.Node, r *StageResult, results []*StageResult) bool {
-	start := clock.Now()
+// abort ends the stage on err: skipped if its context was stopped, failed
+// otherwise.
+func (e *Engine) abort(ctx context.Context, n *plan.Node, r *StageResult, err error) {
+	e.freeOutputs(r)
+	if ctx.Err() != nil {
+		r.Status, r.Err = StatusSkipped, fmt.Errorf("stage %s skipped: the run was stopped (%v)", n.Name, context.Cause(ctx))
+		return
+	}
+	r.Status, r.Err = StatusFailed, fmt.Errorf("stage %s (%s): %w", n.Name, n.Kind, err)
+}
 
+// cutOff completes a stage that was stopped because its key turned out to
+// be cached: it serves the entry instead. False when that is not why the
+// stage stopped.
+func (e *Engine) cutOff(ctx, runCtx context.Context, n *plan.Node, r *StageResult, later <-chan *lookup) bool {
+	if later == nil || ctx.Err() != nil || !errors.Is(context.Cause(runCtx), errCutoff) {
+		return false
+	}
+	l := <-later
+	r.Key = l.parts.Key()
+	if e.serveEntry(n, r, l.entry) {
+		r.Err = nil
+		r.Note = "early cutoff: its inputs matched a cached run; stopped and served from the cache"
+		return true
+	}
+	e.freeOutputs(r)
+	r.Status = StatusFailed
+	r.Err = fmt.Errorf("stage %s (%s): stopped because its result was in the cache, but the entry could not be read; run again", n.Name, n.Kind)
+	return true
+}
+
+// lookup is a stage's key found after its inputs' digests landed; entry is
+// its cache entry, if there is one.
+type lookup struct {
+	ok    bool // false: not cacheable after all (an input has no digest)
+	parts cache.Parts
+	entry *cache.Manifest
+}
+
+// lookupLater waits for the stage's input digests, looks its key up, and
+// cancels the stage's run with errCutoff on a hit.
+func (e *Engine) lookupLater(ctx context.Context, n *plan.Node, results []*StageResult, cancelRun context.CancelCauseFunc) <-chan *lookup {
+	ch := make(chan *lookup, 1)
+	go func() {
+		l := &lookup{}
+		defer func() { ch <- l }()
+		inputs, ok := e.waitInputDigests(ctx, n, results)
+		if !ok {
+			return
+		}
+		l.ok, l.parts = true, e.keyParts(n, inputs)
+		if e.opts.Refresh[n.Name] {
+			return
+		}
+		if m, err := e.opts.Cache.Lookup(l.parts.Key()); err == nil && m != nil && e.entryComplete(n, m) {
+			l.entry = m
+			cancelRun(errCutoff)
+		}
+	}()
+	return ch
+}
+
+// sameAsEntry reports whether a stage that already ran produced exactly the
+// bytes of the cache entry its key found. A difference means the stage is
+// not deterministic: it is said in the run log, and the fresh outputs stand
+// (they are what the consumers read).
+func (e *Engine) sameAsEntry(n *plan.Node, r *StageResult, m *cache.Manifest) bool {
+	for _, rec := range m.Outputs {
+		o := r.Outputs[rec.Port]
+		if o == nil {
+			return false
+		}
+		if d, err := o.waitDigest(context.Background()); err != nil || d != rec.Digest {
+			e.opts.Observer.StageEvent(n, logEvent(fmt.Sprintf(
+				"output %q differs from the cached result of the same inputs, params and seed: the stage is not deterministic", rec.Port)))
+			return false
+		}
+	}
+	return true
+}
+
+// explainMiss records why the key missed and remembers its parts for the
+// next run's explanation.
+func (e *Engine) explainMiss(n *plan.Node, r *StageResult, parts cache.Parts) {
+	c := e.opts.Cache
+	r.Cache = CacheMiss
+	if e.opts.Refresh[n.Name] {
+		r.MissReason = "refresh requested"
+	} else if r.MissReason == "" {
+		r.MissReason = cache.Explain(c.LastParts(e.plan.Config.RunID, n.Name), parts)
+	}
+	_ = c.SaveParts(e.plan.Config.RunID, n.Name, parts)
+}
+
+// serveFromCache completes the stage from its cache entry, if there is one.
+func (e *Engine) serveFromCache(n *plan.Node, r *StageResult) bool {
 	m, err := e.opts.Cache.Lookup(r.Key)
 	if err != nil {
 		r.MissReason = err.Error()
@@ -137,64 +254,105 @@ func (e *Engine) serveFromCache(n *plan.Node, r *StageResult, results []*StageRe
 	if m == nil {
 		return false
 	}
+	if !e.entryComplete(n, m) {
+		e.opts.Cache.Invalidate(r.Key)
+		r.MissReason = "cache entry lacks an output or has an unreadable handle; removed"
+		return false
+	}
+	return e.serveEntry(n, r, m)
+}
+
+// entryComplete checks an entry has every output the stage declares, each
+// with a readable handle.
+func (e *Engine) entryComplete(n *plan.Node, m *cache.Manifest) bool {
+	have := map[string]bool{}
+	for _, rec := range m.Outputs {
+		if _, err := rec.HandleOf(); err != nil {
+			return false
+		}
+		have[rec.Port] = true
+	}
+	for _, op := range n.Desc.GetOutputs() {
+		if !have[op.GetName()] {
+			return false
+		}
+	}
+	return true
+}
+
+// serveEntry makes the stage's outputs the entry's (lazy: read only when a
+// stage that runs needs them).
+func (e *Engine) serveEntry(n *plan.Node, r *StageResult, m *cache.Manifest) bool {
+	if m == nil {
+		return false
+	}
+	start := clock.Now()
 	outs := map[string]*Output{}
 	for _, rec := range m.Outputs {
 		h, err := rec.HandleOf()
 		if err != nil {
-			e.opts.Cache.Invalidate(r.Key)
-			r.MissReason = err.Error()
 			return false
 		}
 		pending := map[string]bool{}
 		for _, c := range consumerNames(n, rec.Port) {
 			pending[c] = true
 		}
-		outs[rec.Port] = &Output{Handle: h, Digest: rec.Digest, Cached: true, pending: pending}
-	}
-	for _, op := range n.Desc.GetOutputs() {
-		if outs[op.GetName()] == nil {
-			e.opts.Cache.Invalidate(r.Key)
-			r.MissReason = fmt.Sprintf("cache entry lacks output %q; removed", op.GetName())
-			return false
-		}
+		outs[rec.Port] = cachedOutput(h, rec.Digest, pending)
 	}
 	e.freeOutputs(r) // a hit needs none of the outputs allocated early
-	r.Outputs, r.Status, r.Cache = outs, StatusOK, CacheHit
-	r.StartNs, r.EndNs = start, clock.Now()
-	e.releaseInputs(n, results)
+	r.Outputs, r.Status, r.Cache, r.MissReason = outs, StatusOK, CacheHit, ""
+	if r.StartNs == 0 {
+		r.StartNs = start
+	}
+	r.EndNs = clock.Now()
 	return true
 }
 
-// keyParts builds the stage's cache key parts; ok is false when the stage
-// is not cacheable (cache off, stage opted out, or an input without a
-// content digest).
-func (e *Engine) keyParts(n *plan.Node, results []*StageResult) (cache.Parts, bool) {
-	c := e.opts.Cache
-	if c == nil || (n.Config.Cache != nil && !*n.Config.Cache) {
-		return cache.Parts{}, false
-	}
+// cacheable says whether the stage's outputs go to the cache: the cache is
+// on and the stage did not opt out.
+func (e *Engine) cacheable(n *plan.Node) bool {
+	return e.opts.Cache != nil && (n.Config.Cache == nil || *n.Config.Cache)
+}
+
+// inputDigests returns the content digests of the stage's inputs if every
+// one is known already.
+func (e *Engine) inputDigests(n *plan.Node, results []*StageResult) ([]cache.Input, bool) {
 	var inputs []cache.Input
 	for _, in := range n.Inputs {
 		o := results[in.From.Index].Outputs[in.Output.GetName()]
-		if o == nil || o.Digest.IsZero() {
-			return cache.Parts{}, false
+		if o == nil {
+			return nil, false
 		}
-		inputs = append(inputs, cache.Input{Port: in.Input.GetName(), Digest: o.Digest})
+		d, ok := o.digestNow()
+		if !ok || d.IsZero() {
+			return nil, false
+		}
+		inputs = append(inputs, cache.Input{Port: in.Input.GetName(), Digest: d})
 	}
-	entry, _ := e.reg.Entry(n.Kind)
-	pluginDigest := c.PluginDigest(entry.Plugin.Path, entry.Plugin.Digest)
-	return cache.NewParts(n.Desc, pluginDigest, n.Params, n.Seed, e.plan.Topology, e.plan.Levels, inputs), true
+	return inputs, true
 }
 
-// digestOutputs hashes every output of a finished stage (sealed segments,
-// read through read-only mappings).
-func (e *Engine) digestOutputs(r *StageResult) error {
-	for port, o := range r.Outputs {
-		d, err := cache.SegmentDigest(o.Entry.Segment)
-		if err != nil {
-			return fmt.Errorf("output %q: %w", port, err)
+// waitInputDigests waits for the content digests of the stage's inputs;
+// false if one cannot be had.
+func (e *Engine) waitInputDigests(ctx context.Context, n *plan.Node, results []*StageResult) ([]cache.Input, bool) {
+	var inputs []cache.Input
+	for _, in := range n.Inputs {
+		o := results[in.From.Index].Outputs[in.Output.GetName()]
+		if o == nil {
+			return nil, false
 		}
-		o.Digest = d
+		d, err := o.waitDigest(ctx)
+		if err != nil || d.IsZero() {
+			return nil, false
+		}
+		inputs = append(inputs, cache.Input{Port: in.Input.GetName(), Digest: d})
 	}
-	return nil
+	return inputs, true
+}
+
+// keyParts builds the stage's cache key parts from its input digests.
+func (e *Engine) keyParts(n *plan.Node, inputs []cache.Input) cache.Parts {
+	entry, _ := e.reg.Entry(n.Kind)
+	pluginDigest := e.opts.Cache.PluginDigest(entry.Plugin.Path, entry.Plugin.Digest)
+	return cache.NewParts(n.Desc, pluginDigest, n.Params, n.Seed, e.plan.Topology, e.plan.Levels, inputs)
 }

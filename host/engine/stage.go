@@ -37,10 +37,8 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		r.Status, r.EndNs = StatusFailed, clock.Now()
 		r.Err = fmt.Errorf("stage %s (%s): %w", n.Name, n.Kind, err)
 		e.freeOutputs(r)
-		e.releaseInputs(n, results)
 		return
 	}
-	defer e.releaseInputs(n, results)
 	defer release()
 	r.Plugin, r.Pid = p.Path, p.Pid
 	for _, in := range n.Inputs {
@@ -205,7 +203,7 @@ func (e *Engine) adopt(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, r
 			unix.Close(fd)
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
 		}
-		r.Outputs[b.GetPort()] = &Output{Entry: ent}
+		r.Outputs[b.GetPort()] = newOutput(ent, nil)
 		if uint64(ent.Size) != msg.Size {
 			return fmt.Errorf("protocol violation: dynamic output %q announced %d bytes, its segment has %d", b.GetPort(), msg.Size, ent.Size)
 		}

@@ -97,6 +97,9 @@ func (c *Collector) StageEnd(n *plan.Node, r *engine.StageResult) {
 	if r.MissReason != "" {
 		data["miss_reason"] = r.MissReason
 	}
+	if r.Note != "" {
+		data["note"] = r.Note
+	}
 	if r.Key != "" {
 		data["cache_key"] = r.Key
 	}

@@ -129,6 +129,9 @@ func (c *Collector) WriteSummary(path string, info RunInfo) error {
 		if r.Cache == engine.CacheMiss && r.MissReason != "" {
 			cacheCol += ": " + mdEscape(r.MissReason)
 		}
+		if r.Note != "" {
+			cacheCol += " (" + mdEscape(r.Note) + ")"
+		}
 		fmt.Fprintf(&b, "| %s | `%s` | %s | %s | %s | %s | %s | %s |\n", n.Name, n.Kind, r.Status, cacheCol, dur(StageTime(r)), peak, units.Bytes(r.BytesIn), units.Bytes(r.BytesOut))
 	}
 	b.WriteString("\nTime is the plugin's own stage time. A * on the peak RSS marks a process that ran other stages at the same time. Shared-memory segments are counted once, in the memory line above, not in each process.\n")

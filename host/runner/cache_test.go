@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pipehost/pipehost/host/config"
 	"github.com/pipehost/pipehost/host/engine"
@@ -355,3 +357,136 @@ func verifyBlob(path string) error {
 type blobError struct{ path string }
 
 func (e *blobError) Error() string { return "blob " + e.path + " does not match its name" }
+
+// A stage recomputed because its cache entry turned out corrupt is admitted
+// like any other: with one gpu it never runs beside another gpu stage.
+func TestRecomputeRespectsResources(t *testing.T) {
+	c := newCachedRun(t)
+	body := grid + `
+[stages.g1]
+kind = "probe.gpusleep"
+params = { ms = 300, trace = "%TRACE%" }
+[stages.use]
+kind = "probe.sleep"
+inputs = { in = "g1.out" }
+params = { ms = 1, trace = "%TRACE%" }
+[stages.g2]
+kind = "probe.gpusleep"
+params = { ms = 300, trace = "%TRACE%" }
+`
+	run := func(sets []string, refresh ...string) *engine.Result {
+		t.Helper()
+		var overrides []config.Override
+		for _, s := range sets {
+			o, err := config.ParseOverride(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			overrides = append(overrides, o)
+		}
+		sess, err := runner.Open(context.Background(), runner.Options{
+			ConfigPath: writeConfig(t, "p.toml", strings.ReplaceAll(body, "%TRACE%", c.trace)),
+			Overrides:  overrides, PluginDirs: []string{c.plugins}, CacheDir: c.cacheDir,
+			Resources: map[string]int{"gpu": 1},
+			Engine:    engine.Options{Jobs: 4, Refresh: toSet(refresh)},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := sess.Run(context.Background())
+		sess.Close()
+		if err := res.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	run(nil)
+	for _, b := range blobs(t, c.cacheDir) {
+		data, _ := os.ReadFile(b)
+		data[len(data)/3] ^= 0xff
+		os.WriteFile(b, data, 0o644)
+	}
+	os.Remove(c.trace)
+	// use runs again (new param) and needs g1's bytes: g1 is recomputed,
+	// while g2 is refreshed; both hold the only gpu.
+	res := run([]string{"use.ms=2"}, "g2")
+	if st := cacheStatus(res); st["g1"] != engine.CacheMiss || missReason(res, "g1") != "its cache entry was corrupt" {
+		t.Fatalf("g1 was not recomputed: %v (%q)", st, missReason(res, "g1"))
+	}
+	var gpu []observe.Record
+	for _, r := range traceList(t, c.trace) {
+		if r.Kind == "probe.gpusleep" {
+			gpu = append(gpu, r)
+		}
+	}
+	if len(gpu) != 2 {
+		t.Fatalf("%d gpu stage runs, want 2 (g1 recomputed, g2 refreshed): %+v", len(gpu), gpu)
+	}
+	if got := maxOverlap(gpu); got != 1 {
+		t.Errorf("%d gpu stages ran at once on 1 gpu: %+v", got, gpu)
+	}
+}
+
+// With outputs large enough to be digested in the background, consumers
+// start before their key is known. Early cutoff must stay exact: a consumer
+// whose inputs turn out identical to a cached run's is stopped and served
+// from the cache (slow), or, if it already finished, found identical to
+// the entry (fast); either way it counts as a hit and its own consumers
+// are hits too.
+func TestEarlyCutoffWhileInputsAreDigested(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		width, height int
+		ms            int
+		note          string
+	}{
+		{"stopped", 1024, 512, 5000, "stopped and served from the cache"},
+		{"finished first", 8192, 8192, 0, "only after it had finished"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCachedRun(t)
+			body := fmt.Sprintf(`[grid]
+width = %d
+height = %d
+[stages.source]
+kind = "dummy.source"
+params = { value = 1.0, trace = "%%TRACE%%" }
+[stages.slow]
+kind = "probe.sleep"
+inputs = { in = "source.out" }
+params = { ms = %d, trace = "%%TRACE%%" }
+[stages.sink]
+kind = "dummy.sink"
+inputs = { in = "slow.out" }
+params = { trace = "%%TRACE%%" }
+`, tc.width, tc.height, tc.ms)
+			c.run(body, nil)
+			other := filepath.Join(t.TempDir(), "other.jsonl")
+			start := time.Now()
+			res := c.run(strings.Replace(body, `params = { value = 1.0, trace = "%TRACE%" }`, `params = { value = 1.0, trace = "`+other+`" }`, 1), nil)
+			took := time.Since(start)
+			st := cacheStatus(res)
+			if st["source"] != engine.CacheMiss || st["slow"] != engine.CacheHit || st["sink"] != engine.CacheHit {
+				t.Fatalf("statuses %v: want source miss, the rest hits", st)
+			}
+			for _, r := range res.Stages {
+				if r.Name == "slow" && !strings.Contains(r.Note, tc.note) {
+					t.Errorf("slow's note %q does not say %q", r.Note, tc.note)
+				}
+			}
+			n := executions(t, c.trace)
+			if tc.ms > 0 {
+				if n["slow"] != 1 || n["sink"] != 1 {
+					t.Errorf("executions %v: slow and sink must have completed only in the first run", n)
+				}
+				if took > time.Duration(tc.ms)*time.Millisecond/2 {
+					t.Errorf("the rerun took %v: slow was not stopped at the cutoff", took)
+				}
+			} else if n["slow"] != 2 {
+				// Faster than its input's digest: it ran, and its
+				// identical bytes made it a hit all the same.
+				t.Errorf("executions %v: slow should have run again before its input was digested", n)
+			}
+		})
+	}
+}
