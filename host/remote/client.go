@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -335,12 +336,14 @@ func (c *Client) Execute(ctx context.Context, action Digest, cached bool) (*repb
 		if err == nil && op.GetDone() {
 			return c.finish(action, op)
 		}
-		// The stream ended before the operation did: resume it by name, a
-		// few times, as long as the server keeps answering.
+		// The stream broke or ended before the operation did: resume it by
+		// name, a few times. Any other error is the answer.
+		if errors.Is(err, io.EOF) {
+			err = errors.New("the stream ended before the action completed")
+		} else if status.Code(err) != codes.Unavailable {
+			return nil, c.wrap("Execute", err)
+		}
 		if name == "" || attempt >= 3 || ctx.Err() != nil {
-			if err == nil {
-				err = errors.New("the stream ended before the action completed")
-			}
 			return nil, c.wrap("Execute", err)
 		}
 		stream, err = c.exec.WaitExecution(ctx, &repb.WaitExecutionRequest{Name: name})

@@ -10,11 +10,14 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/pipehost/pipehost/internal/testbin"
 )
@@ -124,4 +127,52 @@ func Servers(t testing.TB) *Env {
 		t.Skip(skip)
 	}
 	return env
+}
+
+// BazelRemote starts a private bazel-remote for one test (so the test may
+// stop or freeze it) and returns its endpoint and process. It is killed at
+// the end of the test.
+func BazelRemote(t testing.TB) (string, *os.Process) {
+	t.Helper()
+	Servers(t) // skips (or fails) like the shared servers when they cannot be built
+	bin := filepath.Join(testbin.ModuleRoot(), ".tools/remote/bin/bazel-remote")
+	if b := os.Getenv("PIPEHOST_REMOTE_BIN"); b != "" {
+		bin = filepath.Join(b, "bazel-remote")
+	}
+	grpcPort, httpPort := freePort(t), freePort(t)
+	cmd := exec.Command(bin, "--dir", t.TempDir(), "--max_size", "1",
+		"--grpc_address", "127.0.0.1:"+grpcPort, "--http_address", "127.0.0.1:"+httpPort)
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", bin, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT) // in case the test froze it
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+grpcPort, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bazel-remote on 127.0.0.1:%s did not come up:\n%s", grpcPort, log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return "grpc://127.0.0.1:" + grpcPort, cmd.Process
+}
+
+func freePort(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
 }
