@@ -156,7 +156,9 @@ func (c *Client) useCapabilities(caps *repb.ServerCapabilities) error {
 	ec := caps.GetExecutionCapabilities()
 	if ec.GetExecEnabled() && (ec.GetDigestFunction() == repb.DigestFunction_SHA256 || hasSHA256(ec.GetDigestFunctions())) {
 		c.canExecute = true
-		sha = sha || cc == nil
+		if cc == nil {
+			sha = true // an executor that announces no cache of its own
+		}
 	}
 	if !sha {
 		return fmt.Errorf("remote %s: %w: SHA-256 digests are not among %v", c.target, ErrUnsupported, cc.GetDigestFunctions())

@@ -120,20 +120,23 @@ func TestDialSilentServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	accepted := make(chan struct{})
 	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
 	go func() {
+		defer close(accepted)
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
 			conns = append(conns, c)
+		}
+	}()
+	defer func() {
+		l.Close()
+		<-accepted // the accept loop has ended: conns is ours
+		for _, c := range conns {
+			c.Close()
 		}
 	}()
 	start := time.Now()

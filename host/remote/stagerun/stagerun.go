@@ -196,7 +196,9 @@ func Run(ctx context.Context, spec *Spec, base, outDir string, opts Options) (*R
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	// The plugin is done: stopping it drops every mapping it had, so the
-	// full write seal below cannot meet one.
+	// full write seal below cannot meet one, whichever hand-off revision the
+	// plugin's SDK implements (unmap before the Result, or make the mapping
+	// read-only); a mapping it kept writable was refused above.
 	p.Stop()
 	result := &Result{Stage: req.GetStage(), Kind: req.GetKind(), Metrics: res.GetMetrics()}
 	for _, op := range desc.GetOutputs() {
