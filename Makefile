@@ -10,7 +10,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_PLUGINS := $(notdir $(wildcard plugins/go/*))
 GO_TESTPLUGINS := $(notdir $(wildcard testplugins/go/*))
 
-.PHONY: all build build-go build-cpp build-rust demo test proto proto-check deps deps-go deps-sys fmt vet bench clean
+.PHONY: all build build-go build-cpp build-rust build-remote demo test proto proto-check deps deps-go deps-sys fmt vet bench clean
 
 all: build
 
@@ -36,13 +36,18 @@ build-rust:
 build-go: deps-go
 	@mkdir -p bin/plugins bin/testplugins
 	$(GO) build -o bin/pipehost ./cmd/pipehost
+	$(GO) build -o bin/pipehost-stage ./cmd/pipehost-stage
 	@for p in $(GO_PLUGINS); do $(GO) build -o bin/plugins/$$p ./plugins/go/$$p || exit 1; done
 	@for p in $(GO_TESTPLUGINS); do $(GO) build -o bin/testplugins/$$p ./testplugins/go/$$p || exit 1; done
+
+# The REAPI servers the scale-out tests run against (docs/scale-out.md).
+build-remote:
+	@scripts/build-remote-servers.sh
 
 demo: deps build
 	bin/pipehost run examples/dummy.toml --out out --plugin-dir bin/testplugins
 
-test: deps build proto-check
+test: deps build build-remote proto-check
 	@scripts/test.sh
 
 proto: $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc

@@ -18,6 +18,17 @@ if [ -n "$unformatted" ]; then
   echo "gofmt would change:"; echo "$unformatted"; exit 1
 fi
 
+step "REAPI servers (bazel-remote, Buildbarn)"
+# Started once for every package that needs them, stopped by pid on exit.
+# They must run here: tests fail rather than skip without them.
+scripts/build-remote-servers.sh
+remote_state="$(mktemp -u -d "${TMPDIR:-/tmp}/pipehost-remote-XXXXXX")"
+trap 'scripts/remote-servers.sh stop "$remote_state"' EXIT
+set -a
+eval "$(scripts/remote-servers.sh start "$remote_state")"
+set +a
+export PIPEHOST_REQUIRE_REMOTE=1
+
 step "go vet"
 go vet ./...
 

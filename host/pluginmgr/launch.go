@@ -166,10 +166,12 @@ func removeStaleSocketDirs(base string) {
 }
 
 // socketBase picks where the private socket directory goes. A unix socket
-// path must fit in 108 bytes, so a long $TMPDIR falls back to /tmp.
+// path must fit in 108 bytes, so a long $TMPDIR falls back to /tmp. Below
+// the base come "/pipehost-sock-PID-RANDOM" and go-plugin's "/pluginRANDOM":
+// up to 50 bytes with a 7-digit pid and 10-digit random parts.
 func socketBase() string {
 	base := os.TempDir()
-	if len(base) > 60 {
+	if len(base) > 107-50 {
 		return "/tmp"
 	}
 	return base
