@@ -195,18 +195,11 @@ func Run(ctx context.Context, spec *Spec, base, outDir string, opts Options) (*R
 	if err := s.collect(ctx, desc, res); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	// The plugin is done: stopping it drops every mapping it had, so the
-	// full write seal below cannot meet one, whichever hand-off revision the
-	// plugin's SDK implements (unmap before the Result, or make the mapping
-	// read-only); a mapping it kept writable was refused above.
 	p.Stop()
 	result := &Result{Stage: req.GetStage(), Kind: req.GetKind(), Metrics: res.GetMetrics()}
 	for _, op := range desc.GetOutputs() {
 		port := op.GetName()
 		seg := s.segs[port]
-		if err := seg.SealWrite(); err != nil {
-			return nil, fmt.Errorf("%s: output %q: %w", name, port, err)
-		}
 		d, err := cache.SegmentDigest(seg)
 		if err != nil {
 			return nil, fmt.Errorf("%s: output %q: %w", name, port, err)
@@ -251,16 +244,16 @@ func (s *run) close() {
 	}
 }
 
-// collect checks the producer let go of its pre-allocated outputs and takes
-// the dynamic ones, as the engine does.
+// collect write-seals the pre-allocated outputs at once, as the engine does
+// (docs/protocol.md, "Hand-off"): EBUSY means the stage kept a writable
+// mapping somewhere. Then it takes the dynamic outputs.
 func (s *run) collect(ctx context.Context, desc *pb.StageDescriptor, res *pb.Result) error {
 	for port, seg := range s.segs {
-		kept, err := seg.MappedWritableBy(s.p.Pid)
-		if err != nil {
+		if err := seg.SealWrite(); err != nil {
+			if errors.Is(err, shm.ErrWritableMapping) {
+				return fmt.Errorf("the stage kept a writable mapping of its output %q after returning: unmap every writable view of an output before the stage returns: %w", port, err)
+			}
 			return fmt.Errorf("output %q: %w", port, err)
-		}
-		if kept {
-			return fmt.Errorf("the stage kept a writable mapping of its output %q after returning: %w", port, shm.ErrWritableMapping)
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
