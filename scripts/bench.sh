@@ -7,3 +7,4 @@ scripts/bench-engine.sh
 scripts/bench-handoff.sh
 scripts/bench-cog.sh
 scripts/bench-remote.sh
+scripts/bench-markers.sh

@@ -3,11 +3,14 @@ package sdk
 import (
 	"context"
 	"fmt"
+	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pipehost/pipehost/internal/clock"
+	"github.com/pipehost/pipehost/internal/tracemark"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/sdk/seed"
 	"github.com/pipehost/pipehost/topology"
@@ -27,6 +30,11 @@ type Context struct {
 	spanMu   sync.Mutex
 	spanNext atomic.Uint64
 	stack    []uint64
+
+	// markers: the host asked for trace markers and the file is open.
+	// markerBase makes async-slice cookies unique in the process.
+	markers    bool
+	markerBase uint64
 
 	progressMu   sync.Mutex
 	lastProgress time.Time
@@ -122,22 +130,60 @@ func (c *Context) Timed(name string) func() {
 	if n := len(c.stack); n > 0 {
 		parent = c.stack[n-1]
 	}
-	s := c.newSpan(name, parent)
-	s.nested = true
+	s := c.newSpan(name, parent, true)
 	c.stack = append(c.stack, s.id)
 	c.spanMu.Unlock()
 	return s.End
 }
 
 // StartSpan starts a top-level span with an explicit lifetime.
-func (c *Context) StartSpan(name string) *Span { return c.newSpan(name, 0) }
+func (c *Context) StartSpan(name string) *Span { return c.newSpan(name, 0, false) }
 
 // Child starts a span whose parent is s.
-func (s *Span) Child(name string) *Span { return s.c.newSpan(name, s.id) }
+func (s *Span) Child(name string) *Span { return s.c.newSpan(name, s.id, false) }
 
-func (c *Context) newSpan(name string, parent uint64) *Span {
-	return &Span{c: c, id: c.spanNext.Add(1), parent: parent, name: name, start: clock.Now()}
+func (c *Context) newSpan(name string, parent uint64, nested bool) *Span {
+	s := &Span{c: c, id: c.spanNext.Add(1), parent: parent, name: name, nested: nested}
+	if c.markers {
+		if nested {
+			// B and E nest per thread: keep this goroutine on its thread
+			// until the span ends (Timed spans end on their goroutine).
+			runtime.LockOSThread()
+			tracemark.Begin(name)
+		} else {
+			// An explicit span may end on another goroutine: async slice.
+			tracemark.AsyncBegin(name, c.markerBase|s.id)
+		}
+	}
+	s.start = clock.Now()
+	return s
 }
+
+var markerBases atomic.Uint64
+
+// beginStageMarker writes the stage's begin marker when the host asked for
+// trace markers, and returns what writes its end. The Run goroutine stays
+// on its thread in between, so the stage slice holds its Timed spans.
+func (c *Context) beginStageMarker() func() {
+	p := c.req.GetTraceMarker()
+	if p == "" {
+		return func() {}
+	}
+	if err := tracemark.Open(p); err != nil {
+		markerWarn.Do(func() { fmt.Fprintf(os.Stderr, "%v; no trace markers from this plugin\n", err) })
+		return func() {}
+	}
+	c.markers = true
+	c.markerBase = markerBases.Add(1) << 32
+	runtime.LockOSThread()
+	tracemark.Begin(c.req.GetStage())
+	return func() {
+		tracemark.End()
+		runtime.UnlockOSThread()
+	}
+}
+
+var markerWarn sync.Once
 
 // End ends the span and sends it to the host. Extra calls do nothing.
 func (s *Span) End() {
@@ -145,6 +191,14 @@ func (s *Span) End() {
 		return
 	}
 	end := clock.Now()
+	if s.c.markers {
+		if s.nested {
+			tracemark.End()
+			runtime.UnlockOSThread()
+		} else {
+			tracemark.AsyncEnd(s.name, s.c.markerBase|s.id)
+		}
+	}
 	if s.nested {
 		c := s.c
 		c.spanMu.Lock()

@@ -148,11 +148,13 @@ func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
 
 	shared := s.enter()
 	rssBefore := procstat.RSS()
+	endMarker := c.beginStageMarker()
 	start := clock.Now()
 	var cpu0 unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &cpu0)
 	runErr := safeRun(st, c, params)
 	end := clock.Now()
+	endMarker()
 	var cpu1 unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &cpu1)
 	peak := procstat.Peak()

@@ -80,6 +80,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	gpus := fs.Int("gpus", -1, "GPUs stages may use at once (default: detected)")
 	fs.Var(&resources, "resource", "capacity of a named resource: name=N (repeatable)")
 	noCache := fs.Bool("no-cache", false, "neither read nor write the stage cache")
+	traceMarkers := fs.Bool("trace-markers", false, "write every stage and subtask to tracefs trace_marker for perf, trace-cmd and Perfetto (also output.trace_markers)")
 	fs.Var(&refresh, "refresh", "recompute this stage even if cached (repeatable)")
 	cacheDir := fs.String("cache-dir", cache.DefaultDir(), "stage cache directory")
 	cacheMax := byteSize(10 << 30)
@@ -113,6 +114,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	opts.Warn = func(msg string) { fmt.Fprintln(stderr, "pipehost:", msg) }
 	opts.OutDir, opts.Version = *out, version
+	opts.TraceMarkers = *traceMarkers
 
 	ctx, stop := signalContext()
 	defer stop()

@@ -44,7 +44,10 @@ type Grid struct {
 // Output says where and how a run's datasets are written.
 type Output struct {
 	Dir string
-	Pos Pos
+	// TraceMarkers writes stages and subtasks to tracefs trace_marker for
+	// system profilers (docs/runlog.md).
+	TraceMarkers bool
+	Pos          Pos
 }
 
 // Stage is one stage instance of the pipeline.
@@ -267,9 +270,12 @@ func decode(file string, root *Node) (*Pipeline, error) {
 	}
 	if f := root.Get("output"); f != nil {
 		p.Output.Pos = f.Value.Pos
-		if n := d.fields(f.Value, "output", "dir"); n != nil {
+		if n := d.fields(f.Value, "output", "dir", "trace_markers"); n != nil {
 			if g := n.Get("dir"); g != nil {
 				p.Output.Dir, _ = d.str(g, "output.dir")
+			}
+			if g := n.Get("trace_markers"); g != nil {
+				p.Output.TraceMarkers, _ = d.boolean(g, "output.trace_markers")
 			}
 		}
 	}

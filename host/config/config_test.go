@@ -76,6 +76,7 @@ func TestErrorsNameFileLineAndKey(t *testing.T) {
 		{"f.json", "{\n \"run\": {\"seed\": 1,}\n}", []string{`f.json:2:`, `JSON syntax`}},
 		{"f.json", "{\"stages\": {\"a\": {\"kind\": \"k\", \"cache\": \"yes\"}}}", []string{`f.json:1:41: stages.a.cache: expected true or false`}},
 		{"f.txt", "", []string{"unknown config format"}},
+		{"f.toml", "[output]\ntrace_markers = \"on\"\n[stages.a]\nkind = \"k\"\n", []string{`f.toml:2:17: output.trace_markers: expected true or false`}},
 	}
 	for _, tc := range cases {
 		_, err := Parse(tc.file, []byte(tc.body))
@@ -172,4 +173,20 @@ func FuzzParse(f *testing.F) {
 			_, _ = Parse(name, []byte(s)) // must not panic
 		}
 	})
+}
+
+func TestOutputTraceMarkers(t *testing.T) {
+	for body, want := range map[string]bool{
+		"[stages.a]\nkind = \"k\"\n":                                  false,
+		"[output]\ntrace_markers = true\n[stages.a]\nkind = \"k\"\n":  true,
+		"[output]\ntrace_markers = false\n[stages.a]\nkind = \"k\"\n": false,
+	} {
+		p, err := Parse("f.toml", []byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Output.TraceMarkers != want {
+			t.Errorf("%q: trace_markers %v, want %v", body, p.Output.TraceMarkers, want)
+		}
+	}
 }

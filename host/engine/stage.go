@@ -15,6 +15,7 @@ import (
 	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/host/pluginmgr"
 	"github.com/pipehost/pipehost/internal/clock"
+	"github.com/pipehost/pipehost/internal/tracemark"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
 )
@@ -57,6 +58,7 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		Topology: e.plan.Topology,
 		Levels:   e.plan.Levels,
 	}
+	req.TraceMarker = tracemark.Path()
 	for _, op := range n.Desc.GetOutputs() {
 		o := r.Outputs[op.GetName()]
 		if o == nil {

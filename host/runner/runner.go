@@ -20,7 +20,9 @@ import (
 	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/host/pluginmgr"
 	"github.com/pipehost/pipehost/host/report"
+	"github.com/pipehost/pipehost/host/runlog"
 	"github.com/pipehost/pipehost/internal/clock"
+	"github.com/pipehost/pipehost/internal/tracemark"
 )
 
 // Options for a session.
@@ -48,6 +50,9 @@ type Options struct {
 	OutDir string
 	// Version is pipehost's version, for the run log.
 	Version string
+	// TraceMarkers writes every stage and subtask to tracefs trace_marker
+	// (as does the config's output.trace_markers); see docs/runlog.md.
+	TraceMarkers bool
 }
 
 // DetectGPUs counts the NVIDIA and DRM render devices of this machine.
@@ -199,6 +204,19 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 		opts.Observer = engine.Observers(col, opts.Observer)
 	} else {
 		opts.Observer = col
+	}
+	if s.opts.TraceMarkers || s.Config.Output.TraceMarkers {
+		if err := tracemark.Enable(); err != nil {
+			// Profiling is optional: the run goes on without markers.
+			msg := fmt.Sprintf("trace markers off: %v", err)
+			if w != nil {
+				w.Log(runlog.Event{Type: "log", TimeNs: clock.Now(), Level: "warn", Msg: msg})
+			}
+			s.warn(msg)
+		} else {
+			defer tracemark.Disable()
+			opts.Observer = engine.Observers(newMarkerObserver(s.Plan), opts.Observer)
+		}
 	}
 	res := engine.New(s.Plan, s.Registry, s.Arena, opts).Run(ctx)
 	startNs, endNs := res.StartNs, res.EndNs

@@ -1336,7 +1336,11 @@ type RunRequest struct {
 	// Outputs the host allocated in advance (grids of known size).
 	Outputs []*Binding `protobuf:"bytes,9,rep,name=outputs,proto3" json:"outputs,omitempty"`
 	// Zero-based attempt number; a rerun after a failure increments it.
-	Attempt       uint32 `protobuf:"varint,10,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Attempt uint32 `protobuf:"varint,10,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// When set, the path of the tracefs trace_marker file the host opened for
+	// this run: the plugin writes the stage's and every subtask's begin and
+	// end there (docs/protocol.md, "Trace markers"). Empty: write nothing.
+	TraceMarker   string `protobuf:"bytes,11,opt,name=trace_marker,json=traceMarker,proto3" json:"trace_marker,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1439,6 +1443,13 @@ func (x *RunRequest) GetAttempt() uint32 {
 		return x.Attempt
 	}
 	return 0
+}
+
+func (x *RunRequest) GetTraceMarker() string {
+	if x != nil {
+		return x.TraceMarker
+	}
+	return ""
 }
 
 type Progress struct {
@@ -1967,7 +1978,7 @@ const file_pipehost_v1_stage_proto_rawDesc = "" +
 	"\aBinding\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\tR\x04port\x12+\n" +
 	"\x06handle\x18\x02 \x01(\v2\x13.pipehost.v1.HandleR\x06handle\x12\x19\n" +
-	"\bfd_token\x18\x03 \x01(\x04R\afdToken\"\xc7\x03\n" +
+	"\bfd_token\x18\x03 \x01(\x04R\afdToken\"\xea\x03\n" +
 	"\n" +
 	"RunRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x14\n" +
@@ -1980,7 +1991,8 @@ const file_pipehost_v1_stage_proto_rawDesc = "" +
 	"\x06inputs\x18\b \x03(\v2\x14.pipehost.v1.BindingR\x06inputs\x12.\n" +
 	"\aoutputs\x18\t \x03(\v2\x14.pipehost.v1.BindingR\aoutputs\x12\x18\n" +
 	"\aattempt\x18\n" +
-	" \x01(\rR\aattempt\x1aM\n" +
+	" \x01(\rR\aattempt\x12!\n" +
+	"\ftrace_marker\x18\v \x01(\tR\vtraceMarker\x1aM\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12(\n" +
 	"\x05value\x18\x02 \x01(\v2\x12.pipehost.v1.ValueR\x05value:\x028\x01\"@\n" +

@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "context_impl.hpp"
+#include "trace_marker.hpp"
 
 namespace pipehost {
 
@@ -53,7 +54,18 @@ void ContextImpl::send_span(uint64_t id, uint64_t parent, const std::string& nam
 // --- TimedSpan -----------------------------------------------------------------------------
 
 TimedSpan::TimedSpan(ContextImpl* c, uint64_t id, uint64_t parent, std::string name, bool nested)
-    : c_(c), id_(id), parent_(parent), name_(std::move(name)), start_ns_(detail::now_ns()), nested_(nested) {}
+    : c_(c), id_(id), parent_(parent), name_(std::move(name)), nested_(nested) {
+  if (c_->markers) {
+    // A nested span ends on its thread (B/E nest per thread); an explicit
+    // one may end on another thread, so it is an async slice.
+    if (nested_) {
+      detail::trace::begin(name_);
+    } else {
+      detail::trace::async_begin(name_, c_->marker_base | id_);
+    }
+  }
+  start_ns_ = detail::now_ns();
+}
 
 TimedSpan::TimedSpan(TimedSpan&& o) noexcept
     : c_(o.c_), id_(o.id_), parent_(o.parent_), name_(std::move(o.name_)), start_ns_(o.start_ns_), nested_(o.nested_) {
@@ -86,6 +98,13 @@ void TimedSpan::end() {
   ContextImpl* c = c_;
   c_ = nullptr;
   const int64_t end_ns = detail::now_ns();
+  if (c->markers) {
+    if (nested_) {
+      detail::trace::end();
+    } else {
+      detail::trace::async_end(name_, c->marker_base | id_);
+    }
+  }
   if (nested_) {
     std::lock_guard<std::mutex> lock(c->span_mu);
     auto it = std::find(c->stack.rbegin(), c->stack.rend(), id_);

@@ -40,6 +40,10 @@ struct ContextImpl {
   std::mutex span_mu;
   std::atomic<uint64_t> span_next{0};
   std::vector<uint64_t> stack;
+  // markers: the host asked for trace markers and the file is open;
+  // marker_base makes async-slice cookies unique in the process.
+  bool markers = false;
+  uint64_t marker_base = 0;
 
   std::mutex progress_mu;
   std::chrono::steady_clock::time_point last_progress{};

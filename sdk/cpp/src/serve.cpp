@@ -31,6 +31,7 @@
 #include "pipehost/stage.hpp"
 #include "pipehost/v1/stage.grpc.pb.h"
 #include "shm.hpp"
+#include "trace_marker.hpp"
 
 namespace pipehost {
 
@@ -240,6 +241,12 @@ class StageService final : public pb::Stage::Service {
     Context ctx(&impl);
     bool shared = enter();
     const uint64_t rss_before = status_bytes("VmRSS:");
+    // The stage's slice, on the thread that runs it, around its subtasks.
+    if (!req->trace_marker().empty() && detail::trace::open(req->trace_marker())) {
+      impl.markers = true;
+      impl.marker_base = detail::trace::next_base();
+      detail::trace::begin(impl.stage);
+    }
     const int64_t start = now_ns();
     const uint64_t cpu0 = cpu_ns();
     std::string run_err;
@@ -252,6 +259,7 @@ class StageService final : public pb::Stage::Service {
       run_err = "the stage threw a non-standard exception";
     }
     const int64_t end = now_ns();
+    if (impl.markers) detail::trace::end();
     const uint64_t cpu1 = cpu_ns();
     const uint64_t peak = peak_rss();
     release_memory(rss_before, peak);

@@ -37,6 +37,10 @@ pub struct RunContext {
     data: RunData,
     span_next: AtomicU64,
     span_stack: Mutex<Vec<u64>>,
+    /// The host asked for trace markers and the file is open; `marker_base`
+    /// makes async-slice cookies unique in the process.
+    markers: bool,
+    marker_base: u64,
     last_progress: Mutex<Option<Instant>>,
     metrics: Mutex<HashMap<String, f64>>,
 }
@@ -55,6 +59,8 @@ impl RunContext {
             data,
             span_next: AtomicU64::new(0),
             span_stack: Mutex::new(Vec::new()),
+            markers: false,
+            marker_base: 0,
             last_progress: Mutex::new(None),
             metrics: Mutex::new(HashMap::new()),
         }
@@ -214,14 +220,37 @@ impl RunContext {
     }
 
     fn new_span(&self, name: &str, parent: u64, nested: bool) -> Span<'_> {
+        let id = self.span_next.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.markers {
+            // A nested span ends on its thread (B/E nest per thread); an
+            // explicit one may end on another thread, so it is an async slice.
+            if nested {
+                crate::trace_marker::begin(name);
+            } else {
+                crate::trace_marker::async_begin(name, self.marker_base | id);
+            }
+        }
         Span {
             ctx: self,
-            id: self.span_next.fetch_add(1, Ordering::Relaxed) + 1,
+            id,
             parent,
             name: name.to_string(),
             start: crate::monotonic_ns(),
             nested,
         }
+    }
+
+    /// Writes the stage's begin marker when the host asked for trace
+    /// markers and reports whether it did (the caller then writes the end,
+    /// on the same thread).
+    pub(crate) fn begin_stage_marker(&mut self) -> bool {
+        if self.req.trace_marker.is_empty() || !crate::trace_marker::open(&self.req.trace_marker) {
+            return false;
+        }
+        self.markers = true;
+        self.marker_base = crate::trace_marker::next_base();
+        crate::trace_marker::begin(&self.req.stage);
+        true
     }
 
     /// The read-only view of input grid `name`. Inputs are write-sealed
@@ -374,6 +403,13 @@ impl<'c> Span<'c> {
 impl Drop for Span<'_> {
     fn drop(&mut self) {
         let end = crate::monotonic_ns();
+        if self.ctx.markers {
+            if self.nested {
+                crate::trace_marker::end();
+            } else {
+                crate::trace_marker::async_end(&self.name, self.ctx.marker_base | self.id);
+            }
+        }
         if self.nested {
             let mut stack = lock(&self.ctx.span_stack);
             if let Some(i) = stack.iter().rposition(|&id| id == self.id) {

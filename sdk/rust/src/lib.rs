@@ -55,6 +55,7 @@ mod serve;
 pub mod shm;
 mod stage;
 pub mod topology;
+mod trace_marker;
 
 /// The generated protocol types (`proto/pipehost/v1/stage.proto`).
 #[allow(clippy::all, missing_docs)]

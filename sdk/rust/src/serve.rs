@@ -276,12 +276,17 @@ impl Plugin {
         let mut ctx = RunContext::new(req, sink.clone(), cancelled, data);
 
         let shared_before = self.enter();
+        // The stage's slice, on the thread that runs it, around its subtasks.
+        let markers = ctx.begin_stage_marker();
         let start = crate::monotonic_ns();
         let cpu0 = cpu_ns();
         let values = ParamValues::new(&params, stage.specs());
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.call(&ctx, &values)));
         let end = crate::monotonic_ns();
+        if markers {
+            crate::trace_marker::end();
+        }
         let cpu1 = cpu_ns();
         let peak = peak_rss();
         let shared = self.leave() || shared_before;
