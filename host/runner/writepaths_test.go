@@ -22,6 +22,8 @@ import (
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/runner"
 	"github.com/pipehost/pipehost/internal/testbin"
+	"github.com/pipehost/pipehost/shm"
+	"golang.org/x/sys/unix"
 )
 
 // bigGrid is 1024×512 float32 cells: 2 MiB per grid output.
@@ -286,5 +288,61 @@ func TestWritePathHelperProcess(t *testing.T) {
 			}
 			r.checkRefused()
 		})
+	}
+}
+
+// A dynamic output the plugin sealed itself (F_SEAL_WRITE|F_SEAL_SEAL)
+// before handing it over is accepted as it is: a 3 MB blob and a 2.4 MB
+// Arrow table reach their consumers byte for byte, and are cached and
+// served from the cache on the next run.
+func TestPluginSealedDynamicOutputs(t *testing.T) {
+	trace := filepath.Join(t.TempDir(), "trace.jsonl")
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	body := strings.ReplaceAll(grid+`
+[stages.blob]
+kind = "probe.sealedblob"
+params = { n = 3000000, trace = "%TRACE%" }
+[stages.sum]
+kind = "probe.blobsum"
+inputs = { in = "blob.out" }
+params = { trace = "%TRACE%" }
+[stages.rows]
+kind = "probe.sealedtable"
+params = { rows = 150000, trace = "%TRACE%" }
+[stages.tsum]
+kind = "probe.tablesum"
+inputs = { rows = "rows.rows" }
+params = { trace = "%TRACE%" }
+`, "%TRACE%", trace)
+	_, res := run(t, body, runner.Options{CacheDir: cacheDir})
+	if err := res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	const sealed = unix.F_SEAL_WRITE | unix.F_SEAL_SEAL
+	for _, name := range []string{"blob", "rows"} {
+		for _, s := range res.Stages {
+			if s.Name == name && int(s.Metrics["seals"])&sealed != sealed {
+				t.Errorf("%s left the plugin with seals %s; want it sealed there", name, shm.SealString(int(s.Metrics["seals"])))
+			}
+		}
+	}
+	var want float64
+	for i := 0; i < 3000000; i++ {
+		want += float64(i * 7 % 251)
+	}
+	recs := readTrace(t, trace)
+	if recs["blob"].Outputs["out"] != want || recs["sum"].Inputs["in"] != want || recs["sum"].Extra["n"] != float64(3000000) {
+		t.Errorf("blob: wrote %v, reader saw %v of %v bytes; want %v of 3000000",
+			recs["blob"].Outputs["out"], recs["sum"].Inputs["in"], recs["sum"].Extra["n"], want)
+	}
+	if recs["tsum"].Inputs["rows"] != recs["rows"].Outputs["rows"] || recs["tsum"].Extra["n"] != float64(150000) {
+		t.Errorf("table: wrote sum %v, reader saw %v over %v rows", recs["rows"].Outputs["rows"], recs["tsum"].Inputs["rows"], recs["tsum"].Extra["n"])
+	}
+	_, res = run(t, body, runner.Options{CacheDir: cacheDir})
+	if err := res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if cs := cacheStatus(res); cs["blob"] != engine.CacheHit || cs["rows"] != engine.CacheHit {
+		t.Errorf("second run: %v; want the sealed outputs served from the cache", cs)
 	}
 }
