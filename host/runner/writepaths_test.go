@@ -346,3 +346,57 @@ params = { trace = "%TRACE%" }
 		t.Errorf("second run: %v; want the sealed outputs served from the cache", cs)
 	}
 }
+
+// The same write paths from C++ and Rust stages: a kept second mapping, and
+// a forked child holding the writable mapping it inherited and writing into
+// it after the Result.
+func TestNativeWritePaths(t *testing.T) {
+	for _, lang := range nativeLangs {
+		t.Run(lang+"/keepmap", func(t *testing.T) {
+			r := runWritePath(t, "bad-"+lang+".keepmap", "", nativeDirs(t, lang), 0)
+			r.checkRefused()
+		})
+		t.Run(lang+"/forkmap", func(t *testing.T) {
+			r := runWritePath(t, "bad-"+lang+".forkmap", `note = "%NOTE%"`, nativeDirs(t, lang), 1)
+			wantAll(t, r.noteText(), "mapped 2097152 bytes writable (fork)")
+			if len(r.helperPids()) != 1 {
+				t.Errorf("children noted: %v", r.helperPids())
+			}
+			r.checkRefused()
+		})
+	}
+}
+
+// C++ and Rust consumers read outputs a Go plugin sealed itself. (Neither
+// native SDK can hand over a segment the stage made: their dynamic outputs
+// are always SDK-made and sealed by the host.)
+func TestNativeReadPluginSealedOutputs(t *testing.T) {
+	for _, tc := range []struct{ lang, prober string }{{"cpp", "minimal-cpp"}, {"rust", "probe-rust"}} {
+		t.Run(tc.lang, func(t *testing.T) {
+			r := runNative(t, grid+`
+[stages.blob]
+kind = "probe.sealedblob"
+params = { n = 3000000 }
+[stages.sum]
+kind = "`+tc.prober+`.blobsum"
+inputs = { in = "blob.out" }
+[stages.rows]
+kind = "probe.sealedtable"
+params = { rows = 150000 }
+[stages.look]
+kind = "`+tc.prober+`.tablebytes"
+inputs = { in = "rows.rows" }
+`, runner.Options{}, nativeDirs(t, tc.lang))
+			if err := r.res.Err(); err != nil {
+				t.Fatal(err)
+			}
+			want := r.stage("blob").Metrics["sum"]
+			if m := r.stage("sum").Metrics; want == 0 || m["sum"] != want || m["n"] != 3000000 {
+				t.Errorf("%s read %v; the Go stage wrote sum %v over 3000000 bytes", nativeTitle[tc.lang], m, want)
+			}
+			if m := r.stage("look").Metrics; m["arrow"] != 1 || m["n"] < 150000*16 {
+				t.Errorf("sealed Go table as seen by %s: %v", nativeTitle[tc.lang], m)
+			}
+		})
+	}
+}
