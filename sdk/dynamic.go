@@ -81,3 +81,28 @@ func (c *Context) NewBlob(name string, size int) ([]byte, error) {
 	c.data.dynamic = append(c.data.dynamic, &dynOutput{port: name, format: pb.Format_FORMAT_RAW, seg: seg, m: m})
 	return m.Bytes(), nil
 }
+
+// AdoptOutput hands seg, a segment the stage made itself (shm.Create), to
+// the host as the table or blob output name. Use it when the bytes come
+// from code that fills its own memfd, or to seal the output before it
+// leaves the plugin (seg.SealWrite()); the host accepts a segment that is
+// already write-sealed as it is, and seals any other. Every writable
+// mapping of seg must be unmapped before the run function returns, in this
+// process and in any other, or the host fails the stage. A table output
+// must hold an Arrow IPC file. The Context owns seg from now on and closes
+// it when the run ends, also when AdoptOutput fails.
+func (c *Context) AdoptOutput(name string, seg *shm.Segment) error {
+	c.data.mu.Lock()
+	defer c.data.mu.Unlock()
+	kind, err := c.dynamicPort(name)
+	if err != nil {
+		seg.Close()
+		return err
+	}
+	format := pb.Format_FORMAT_RAW
+	if kind == pb.PortKind_PORT_KIND_TABLE {
+		format = pb.Format_FORMAT_ARROW_IPC
+	}
+	c.data.dynamic = append(c.data.dynamic, &dynOutput{port: name, format: format, seg: seg})
+	return nil
+}

@@ -1,6 +1,6 @@
 // Command misbehave offers stages that break the rules in every way the host
 // must survive: panics, exits, crashes, hangs, writing to a read-only input,
-// keeping a writable mapping of an output.
+// keeping a writable mapping of an output (writepaths.go has more ways).
 package main
 
 import (
@@ -18,6 +18,7 @@ import (
 type none struct{}
 
 func main() {
+	helperMode()
 	in := []sdk.Port{sdk.GridPort("in", sdk.F32)}
 	out := []sdk.Port{sdk.GridPort("out", sdk.F32)}
 	sdk.Serve(
@@ -69,6 +70,8 @@ func main() {
 			// Map our output a second time through /proc and never unmap it.
 			return leakWritableMapping(c.Stage() + ".out")
 		}),
+		sdk.Define(sdk.Spec{Kind: "bad-go.mprotect", Version: "1", Outputs: out}, mprotectStage),
+		sdk.Define(sdk.Spec{Kind: "bad-go.helper", Version: "1", Outputs: out}, helperStage),
 	)
 }
 

@@ -1,7 +1,7 @@
 // Command probe offers stages that let tests look inside a run: timed
 // sleeps for parallelism, a large short-lived allocation for peak memory,
-// an Arrow table producer and a zero-copy table consumer, and a no-op for
-// overhead measurements.
+// an Arrow table producer and a zero-copy table consumer, a no-op for
+// overhead measurements, and outputs the stage seals itself (sealed.go).
 package main
 
 import (
@@ -172,5 +172,6 @@ func main() {
 			}),
 		sdk.Define(sdk.Spec{Kind: "probe.noop", Version: "1", Concurrent: true, Doc: "Does nothing."},
 			func(c *sdk.Context, _ noParams) error { return nil }),
+		sealedBlob(), sealedTable(), blobSum(),
 	)
 }
