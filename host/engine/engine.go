@@ -390,5 +390,15 @@ func stageError(n *plan.Node, p *pluginmgr.Plugin, err error) error {
 		b.WriteString("\n    last stderr lines:\n      ")
 		b.WriteString(strings.Join(lines, "\n      "))
 	}
-	return errors.New(b.String())
+	return &reportError{msg: b.String(), err: err}
 }
+
+// reportError is a failure report for the user that keeps its cause for
+// errors.Is and errors.As (e.g. *arena.WritableMappingError).
+type reportError struct {
+	msg string
+	err error
+}
+
+func (e *reportError) Error() string { return e.msg }
+func (e *reportError) Unwrap() error { return e.err }
