@@ -125,30 +125,92 @@ func New(opts Options) (*Manager, error) {
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "pipehost", Level: hclog.Off})
 	}
-	removeStaleSocketDirs(socketBase())
-	dir, err := os.MkdirTemp(socketBase(), socketDirPrefix+strconv.Itoa(os.Getpid())+"-")
+	dir, err := makeSocketDir()
 	if err != nil {
-		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
+		return nil, err
 	}
 	return &Manager{opts: opts, sockDir: dir}, nil
 }
+
+// SocketDir is the private directory the plugins' sockets are made in.
+func (m *Manager) SocketDir() string { return m.sockDir }
 
 // socketDirPrefix starts every socket directory's name, followed by the
 // owning host's pid, so a later run can tell a dead run's directory.
 const socketDirPrefix = "pipehost-sock-"
 
-// removeStaleSocketDirs deletes socket directories left by pipehost
-// processes that no longer exist (killed with SIGKILL, so they could not
-// clean up; their plugins died with them through Pdeathsig).
+const (
+	// sunPathMax is the size of sockaddr_un.sun_path on Linux; a path must
+	// leave room for its terminating NUL, so it is at most 107 bytes.
+	sunPathMax = 108
+	// maxSocketName bounds the name a plugin gives its socket inside the
+	// directory: go-plugin's os.CreateTemp(dir, "plugin") makes "plugin"
+	// plus up to 10 digits (16 bytes), the Rust and Python SDKs "plugin"
+	// plus 9 digits, the C++ SDK "plugin" plus 6 characters.
+	maxSocketName = 24
+	// mkdirTempSuffix is the longest random part os.MkdirTemp adds (a
+	// uint32 in decimal).
+	mkdirTempSuffix = 10
+)
+
+// makeSocketDir creates the private 0700 socket directory in the first of
+// socketBases where every socket path a plugin can make stays under the
+// sun_path limit, whatever the length of $TMPDIR. It first removes the
+// directories of dead hosts in every base.
+func makeSocketDir() (string, error) {
+	prefix := socketDirPrefix + strconv.Itoa(os.Getpid()) + "-"
+	var tried []string
+	for _, base := range socketBases() {
+		removeStaleSocketDirs(base)
+	}
+	for _, base := range socketBases() {
+		// base + "/" + prefix + random + "/" + socket name, then the NUL.
+		if worst := len(base) + 1 + len(prefix) + mkdirTempSuffix + 1 + maxSocketName + 1; worst > sunPathMax {
+			tried = append(tried, fmt.Sprintf("%s: socket paths could reach %d bytes, over the %d of sun_path", base, worst, sunPathMax))
+			continue
+		}
+		dir, err := os.MkdirTemp(base, prefix)
+		if err == nil {
+			if err = os.Chmod(dir, 0o700); err == nil {
+				return dir, nil
+			}
+			os.RemoveAll(dir)
+		}
+		tried = append(tried, err.Error())
+	}
+	return "", fmt.Errorf("creating plugin socket directory: %s", strings.Join(tried, "; "))
+}
+
+// socketBases are the candidate parents of the socket directory, in order
+// of preference: $TMPDIR (os.TempDir), $XDG_RUNTIME_DIR, /tmp. Each is
+// absolute and clean; duplicates are dropped.
+func socketBases() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, b := range []string{os.TempDir(), os.Getenv("XDG_RUNTIME_DIR"), "/tmp"} {
+		if b == "" {
+			continue
+		}
+		abs, err := filepath.Abs(b)
+		if err != nil || seen[abs] {
+			continue
+		}
+		seen[abs] = true
+		out = append(out, abs)
+	}
+	return out
+}
+
+// removeStaleSocketDirs deletes socket directories in base left by
+// pipehost processes of this user that no longer exist (killed with
+// SIGKILL, so they could not clean up; their plugins died with them
+// through Pdeathsig).
 func removeStaleSocketDirs(base string) {
 	entries, err := os.ReadDir(base)
 	if err != nil {
 		return
 	}
+	uid := uint32(os.Getuid())
 	for _, e := range entries {
 		rest, ok := strings.CutPrefix(e.Name(), socketDirPrefix)
 		if !ok || !e.IsDir() {
@@ -159,20 +221,14 @@ func removeStaleSocketDirs(base string) {
 		if !ok || err != nil || pid <= 0 {
 			continue
 		}
+		// /tmp is shared: another user's directory is theirs to remove.
+		if info, err := e.Info(); err != nil || info.Sys().(*syscall.Stat_t).Uid != uid {
+			continue
+		}
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
 			os.RemoveAll(filepath.Join(base, e.Name()))
 		}
 	}
-}
-
-// socketBase picks where the private socket directory goes. A unix socket
-// path must fit in 108 bytes, so a long $TMPDIR falls back to /tmp.
-func socketBase() string {
-	base := os.TempDir()
-	if len(base) > 60 {
-		return "/tmp"
-	}
-	return base
 }
 
 // LaunchError says which plugin failed to start, and why.
