@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -64,15 +65,26 @@ type Plugin struct {
 
 	digestOnce sync.Once
 	digest     string
+	// stat is the file state digest belongs to, when a Catalog gave it.
+	stat statRecord
 }
 
-// Digest is the SHA-256 of the plugin executable (hex), computed on first
-// use: only cache keys need it, and hashing every binary would slow every
-// launch.
+// Digest is the SHA-256 of the plugin executable (hex): the one a Catalog
+// found when it described the plugin, else computed on first use (only
+// cache keys need it, and hashing every binary would slow every launch).
 func (p *Plugin) Digest() string {
 	p.digestOnce.Do(func() { p.digest = fileDigest(p.Path) })
 	return p.digest
 }
+
+// setDigest fixes Digest's answer, before its first use.
+func (p *Plugin) setDigest(d string, st statRecord) {
+	p.digestOnce.Do(func() { p.digest, p.stat = d, st })
+}
+
+// Running reports whether a process was started for p (it may have ended
+// since). A plugin described from a Catalog has none until Start.
+func (p *Plugin) Running() bool { return p.client != nil }
 
 // Manager owns every plugin process of a run and the private directory
 // their sockets live in.
@@ -274,6 +286,13 @@ func (m *Manager) LaunchAll(ctx context.Context, paths []string) ([]*Plugin, []e
 	return ok, failed
 }
 
+// launches counts plugin processes started by this program.
+var launches atomic.Int64
+
+// Launches is how many plugin processes this program has started (or
+// tried to), across every Manager: what a run costs in launches.
+func Launches() int64 { return launches.Load() }
+
 // Launch starts one plugin and asks it what it offers.
 func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 	m.mu.Lock()
@@ -282,6 +301,7 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 		return nil, &LaunchError{Path: path, Err: errors.New("plugin manager is closed")}
 	}
 	m.mu.Unlock()
+	launches.Add(1)
 
 	start := clock.Now()
 	local, remote, err := shm.NewChannelPair()
@@ -437,15 +457,16 @@ func fileDigest(path string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// Exited reports whether the plugin process has ended.
-func (p *Plugin) Exited() bool { return p.client.Exited() }
+// Exited reports whether the plugin process has ended (true when none was
+// ever started).
+func (p *Plugin) Exited() bool { return p.client == nil || p.client.Exited() }
 
 // WaitExited waits up to d for the process to be reported gone. A
 // connection lost mid-call usually means the process is dying; waiting a
 // moment lets a failure report say how it ended.
 func (p *Plugin) WaitExited(d time.Duration) bool {
 	deadline := time.Now().Add(d)
-	for !p.client.Exited() {
+	for !p.Exited() {
 		if time.Now().After(deadline) {
 			return false
 		}
@@ -457,7 +478,7 @@ func (p *Plugin) WaitExited(d time.Duration) bool {
 // ExitStatus describes how the process ended ("exit status 2", "signal:
 // segmentation fault"), or "" while it runs.
 func (p *Plugin) ExitStatus() string {
-	if !p.client.Exited() || p.cmd.ProcessState == nil {
+	if p.client == nil || !p.client.Exited() || p.cmd.ProcessState == nil {
 		return ""
 	}
 	return p.cmd.ProcessState.String()
@@ -467,6 +488,9 @@ func (p *Plugin) ExitStatus() string {
 // go-plugin's Kill, and SIGKILL to its process group if it lingers. It
 // returns once nothing of the plugin is left. Safe to call many times.
 func (p *Plugin) Stop() {
+	if p.client == nil {
+		return
+	}
 	p.once.Do(func() {
 		if p.Channel != nil {
 			_ = p.Channel.Send(shm.Message{Type: shm.MsgClose}, -1)
@@ -490,7 +514,7 @@ func (p *Plugin) Stop() {
 
 // killGroup SIGKILLs the plugin's process group.
 func (p *Plugin) killGroup() {
-	if p.cmd.Process != nil {
+	if p.cmd != nil && p.cmd.Process != nil {
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	}
 }
