@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -96,9 +97,9 @@ func OpenCatalog(dir string, warn func(string)) *Catalog {
 	path := filepath.Join(dir, "digests.json")
 	b, err := os.ReadFile(path)
 	switch {
-	case errors.Is(err, os.ErrNotExist):
+	case absent(err):
 	case err != nil:
-		c.warnOnce(fmt.Sprintf("plugin catalog: reading %s: %v", path, err))
+		c.warnOnce(path, fmt.Sprintf("plugin catalog: reading %s: %v", path, err))
 	default:
 		var m memoFile
 		if err := json.Unmarshal(b, &m); err != nil || m.Format != memoFormat {
@@ -106,7 +107,7 @@ func OpenCatalog(dir string, warn func(string)) *Catalog {
 			if err != nil {
 				why = err.Error()
 			}
-			c.warnOnce(fmt.Sprintf("plugin catalog: ignoring %s (%s); every plugin is hashed again and the file rewritten", path, why))
+			c.warnOnce(path, fmt.Sprintf("plugin catalog: ignoring %s (%s); every plugin is hashed again and the file rewritten", path, why))
 			c.memoDirty = true
 		} else {
 			for k, v := range m.Entries {
@@ -123,10 +124,11 @@ func (c *Catalog) Dir() string { return c.dir }
 // Hashed counts the binaries hashed so far (memo misses).
 func (c *Catalog) Hashed() int { return int(c.hashed.Load()) }
 
-func (c *Catalog) warnOnce(msg string) {
+// warnOnce reports msg unless a message of the same key was reported.
+func (c *Catalog) warnOnce(key, msg string) {
 	c.mu.Lock()
-	seen := c.warned[msg]
-	c.warned[msg] = true
+	seen := c.warned[key]
+	c.warned[key] = true
 	c.mu.Unlock()
 	if !seen {
 		c.warn(msg)
@@ -210,7 +212,7 @@ func (c *Catalog) Flush() {
 		err = atomicfile.Write(filepath.Join(c.dir, "digests.json"), b)
 	}
 	if err != nil {
-		c.warnOnce(fmt.Sprintf("plugin catalog: plugin digests are not remembered: %v", err))
+		c.warnOnce("write", fmt.Sprintf("plugin catalog: plugin digests are not remembered: %v", err))
 	}
 }
 
@@ -225,7 +227,7 @@ func (c *Catalog) descPath(digest string) string {
 func (c *Catalog) Lookup(digest string) (*pb.DescribeResponse, string) {
 	path := c.descPath(digest)
 	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
+	if absent(err) {
 		return nil, ""
 	}
 	if err != nil {
@@ -257,9 +259,15 @@ func (c *Catalog) Lookup(digest string) (*pb.DescribeResponse, string) {
 	return resp, ""
 }
 
+// absent: no such file, or a path through a non-directory (the catalog
+// directory cannot exist; writing says so).
+func absent(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
 func (c *Catalog) ignored(path, why string, report bool) string {
 	if report {
-		c.warnOnce(fmt.Sprintf("plugin catalog: ignoring %s (%s); the plugin is described again and the file rewritten", path, why))
+		c.warnOnce(path, fmt.Sprintf("plugin catalog: ignoring %s (%s); the plugin is described again and the file rewritten", path, why))
 	}
 	return why
 }
@@ -285,7 +293,7 @@ func (c *Catalog) Record(digest string, resp *pb.DescribeResponse) error {
 		return err
 	}
 	if err := atomicfile.Write(c.descPath(digest), b); err != nil {
-		c.warnOnce(fmt.Sprintf("plugin catalog: plugin descriptors are not remembered: %v", err))
+		c.warnOnce("write", fmt.Sprintf("plugin catalog: plugin descriptors are not remembered: %v", err))
 		return err
 	}
 	return nil

@@ -156,3 +156,30 @@ func TestDescriptorFiles(t *testing.T) {
 		t.Errorf("temporary files left: %v", left)
 	}
 }
+
+// A catalog that cannot be written says so once and keeps working: the
+// digests are still computed, nothing is remembered.
+func TestUnwritableCatalog(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "not-a-dir")
+	os.WriteFile(file, nil, 0o644)
+	bin := filepath.Join(dir, "p")
+	os.WriteFile(bin, []byte("bytes"), 0o755)
+	var warned []string
+	c := OpenCatalog(filepath.Join(file, "plugins"), func(m string) { warned = append(warned, m) })
+	for i := 0; i < 3; i++ {
+		d, err := c.Digest(bin)
+		if err != nil || d != sum([]byte("bytes")) {
+			t.Fatalf("digest %q, %v", d, err)
+		}
+		if err := c.Record(d, &pb.DescribeResponse{Stages: []*pb.StageDescriptor{{Kind: "k"}}}); err == nil {
+			t.Fatal("Record into a path under a file succeeded")
+		}
+		if got, _ := c.Lookup(d); got != nil {
+			t.Fatal("Lookup found what could not be written")
+		}
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "not remembered") || !strings.Contains(warned[0], "not a directory") {
+		t.Fatalf("warnings %q", warned)
+	}
+}

@@ -208,6 +208,13 @@ func TestSocketPathFitsAnyTMPDIR(t *testing.T) {
 			t.Fatal(err)
 		}
 		inTmp := filepath.Dir(m.SocketDir()) == tmp
+		// Guaranteed, not just observed: the longest name os.MkdirTemp can
+		// give the directory (a uint32 in decimal) plus go-plugin's longest
+		// socket name ("plugin" and a uint32) still leave room for the NUL.
+		dirName := "pipehost-sock-" + strconv.Itoa(os.Getpid()) + "-4294967295"
+		if worst := filepath.Join(filepath.Dir(m.SocketDir()), dirName, "plugin4294967295"); len(worst) >= 108 {
+			t.Errorf("TMPDIR of %d bytes: a socket path could be %s (%d bytes)", len(tmp), worst, len(worst))
+		}
 		for _, path := range paths {
 			p, err := m.Launch(context.Background(), path)
 			if err != nil {
