@@ -11,9 +11,12 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/pipehost/pipehost/host/pluginmgr"
 	"github.com/pipehost/pipehost/host/runner"
 	"github.com/pipehost/pipehost/internal/testbin"
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 )
 
 // catalogRun is one Open → Run → Close with the plugin catalog on, and
@@ -205,6 +208,52 @@ func TestPluginCatalogDetectsConflicts(t *testing.T) {
 	_, err := runner.Open(context.Background(), runner.Options{ConfigPath: cfg, PluginDirs: []string{pd}})
 	if err == nil || err.Error() != want {
 		t.Fatalf("without the catalog: %v", err)
+	}
+	assertNothingLeft(t, pd, tmp)
+}
+
+// A catalog entry that no longer matches what the binary says (it was
+// replaced between hashing and launch) is corrected: the run plans again
+// with the live descriptors and records them.
+func TestPluginCatalogStaleEntryIsCorrected(t *testing.T) {
+	tmp := isolate(t)
+	pd := testbin.Copy(t, testbin.Build(t, "testplugins/go"), "source", "transform", "sink")
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	cfg := writeConfig(t, "p.toml", strings.ReplaceAll(threeStages, "%TRACE%", ""))
+	if _, err := openWithCatalog(t, cfg, pd, cacheDir); err != nil {
+		t.Fatal(err)
+	}
+	cat := pluginmgr.OpenCatalog(runner.CatalogDir(cacheDir), nil)
+	digest := fileSHA256(t, filepath.Join(pd, "transform"))
+	live, why := cat.Lookup(digest)
+	if live == nil {
+		t.Fatalf("transform not in the catalog: %s", why)
+	}
+	stale := proto.Clone(live).(*pb.DescribeResponse)
+	for _, d := range stale.GetStages() {
+		d.Version = "9.9.9"
+	}
+	if err := cat.Record(digest, stale); err != nil {
+		t.Fatal(err)
+	}
+
+	sess, err := runner.Open(context.Background(), runner.Options{ConfigPath: cfg, PluginDirs: []string{pd}, PluginCacheDir: cacheDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := sess.Plan.Node("scale").Desc.GetVersion(); v != "1.0.0" {
+		t.Errorf("planned with version %q of dummy.scale, want the live 1.0.0", v)
+	}
+	if len(sess.Setup.Described) != 0 || len(sess.Setup.Started) != 3 {
+		t.Errorf("described %v, started %v", sess.Setup.Described, sess.Setup.Started)
+	}
+	res := sess.Run(context.Background())
+	sess.Close()
+	if err := res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := pluginmgr.OpenCatalog(runner.CatalogDir(cacheDir), nil).Lookup(digest); !proto.Equal(got, live) {
+		t.Errorf("catalog entry not corrected: %v", got)
 	}
 	assertNothingLeft(t, pd, tmp)
 }
