@@ -61,8 +61,6 @@ def check_geoparquet(case):
         fail(case, "no geo key in the Arrow schema metadata of read_table: %s" % t.schema.metadata)
     if json.loads(t.schema.metadata[b"geo"]) != geo:
         fail(case, "geo in the Arrow schema differs from the file's: %s" % t.schema.metadata[b"geo"])
-    if pq.read_metadata(path).metadata.get(b"geo") is None or sum(k == b"geo" for k in pq.read_metadata(path).metadata) != 1:
-        fail(case, "the file's key-value metadata must hold geo exactly once")
     fa = gpd.GeoDataFrame.from_arrow(t)
     if fa.geometry.name != "geometry" or len(fa) != len(geoms):
         fail(case, "from_arrow: geometry column %r, %d rows" % (fa.geometry.name, len(fa)))
