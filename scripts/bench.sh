@@ -8,3 +8,4 @@ scripts/bench-handoff.sh
 scripts/bench-cog.sh
 scripts/bench-remote.sh
 scripts/bench-markers.sh
+scripts/bench-setup.sh

@@ -181,3 +181,60 @@ inputs = { in = "slow.out" }
 		}
 	}
 }
+
+// `plugins` describes every plugin and fills the plugin catalog; a later
+// run, even with --no-cache, plans from it and launches only the two
+// plugins it uses, and writes no stage-cache entry.
+func TestNoCacheRunUsesPluginCatalog(t *testing.T) {
+	pd := plugins(t)
+	cache := t.TempDir()
+	out, errOut, code := cli(t, "plugins", "--plugin-dir", pd, "--cache-dir", cache, "--json")
+	if code != 0 {
+		t.Fatalf("plugins: exit %d: %s", code, errOut)
+	}
+	var listed []struct {
+		Path   string `json:"path"`
+		Digest string `json:"sha256"`
+	}
+	if err := json.Unmarshal([]byte(out), &listed); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(pd)
+	if len(listed) != len(entries) {
+		t.Fatalf("listed %d plugins, %d installed", len(listed), len(entries))
+	}
+	for _, p := range listed {
+		if _, err := os.Stat(filepath.Join(cache, "v1", "plugins", "desc", p.Digest+".json")); err != nil {
+			t.Errorf("%s: no catalog entry: %v", p.Path, err)
+		}
+	}
+	dir := t.TempDir()
+	if _, errOut, code := cli(t, "run", writeCfg(t, good), "--plugin-dir", pd, "--cache-dir", cache, "--no-cache", "--out", dir, "--quiet"); code != 0 {
+		t.Fatalf("run: exit %d: %s", code, errOut)
+	}
+	logs, _ := filepath.Glob(filepath.Join(dir, "logs", "run_*.jsonl"))
+	if len(logs) != 1 {
+		t.Fatalf("run logs: %v", logs)
+	}
+	data, _ := os.ReadFile(logs[0])
+	var setup struct {
+		FromCatalog int      `json:"from_catalog"`
+		Described   []string `json:"described"`
+		Started     []string `json:"started"`
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		var rec struct {
+			Type string          `json:"type"`
+			Data json.RawMessage `json:"data"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Type == "plugin_setup" {
+			json.Unmarshal(rec.Data, &setup)
+		}
+	}
+	if setup.FromCatalog != len(entries) || len(setup.Described) != 0 || len(setup.Started) != 2 {
+		t.Errorf("plugin_setup: %+v, want all %d from the catalog and 2 started", setup, len(entries))
+	}
+	if stored, _ := filepath.Glob(filepath.Join(cache, "v1", "entries", "*", "*")); len(stored) != 0 {
+		t.Errorf("--no-cache wrote stage-cache entries: %v", stored)
+	}
+}

@@ -13,7 +13,7 @@ import (
 )
 
 func cmdPlugins(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("plugins", "[--json] [--plugin-dir DIR]...", stderr)
+	fs := newFlagSet("plugins", "[--json] [--plugin-dir DIR]... [--cache-dir DIR]", stderr)
 	var common commonFlags
 	common.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
@@ -26,6 +26,7 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	opts, _ := common.options("")
+	opts.Warn = func(msg string) { fmt.Fprintln(stderr, "pipehost:", msg) }
 	ctx, stop := signalContext()
 	defer stop()
 	mgr, plugins, _, err := runner.StartPlugins(ctx, opts)

@@ -22,12 +22,14 @@ type commonFlags struct {
 	pluginDirs   listFlag
 	sets         listFlag
 	startTimeout time.Duration
+	cacheDir     string
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.Var(&c.pluginDirs, "plugin-dir", "directory of plugin executables (repeatable; searched before $PIPEHOST_PLUGIN_PATH and plugins/ beside pipehost)")
 	fs.Var(&c.sets, "set", "override a stage param: stage.param=value (repeatable)")
 	fs.DurationVar(&c.startTimeout, "plugin-timeout", 10*time.Second, "how long a plugin may take to start and describe itself")
+	fs.StringVar(&c.cacheDir, "cache-dir", cache.DefaultDir(), "cache directory: stage outputs, and plugin descriptors (kept even with --no-cache)")
 }
 
 // parseConfigArgs parses a command that takes exactly one CONFIG argument
@@ -45,6 +47,7 @@ func (c *commonFlags) parseConfigArgs(fs *flag.FlagSet, args []string, stderr io
 	if err != nil {
 		return opts, report(stderr, err), false
 	}
+	opts.Warn = func(msg string) { fmt.Fprintln(stderr, "pipehost:", msg) }
 	return opts, 0, true
 }
 
@@ -62,6 +65,9 @@ func (c *commonFlags) options(configPath string) (runner.Options, error) {
 		Overrides:    overrides,
 		PluginDirs:   c.pluginDirs,
 		StartTimeout: c.startTimeout,
+		// Descriptors are keyed by binary content, so they are used even
+		// with --no-cache: they never change a result, only what is launched.
+		PluginCacheDir: c.cacheDir,
 	}, nil
 }
 
@@ -82,7 +88,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	noCache := fs.Bool("no-cache", false, "neither read nor write the stage cache")
 	traceMarkers := fs.Bool("trace-markers", false, "write every stage and subtask to tracefs trace_marker for perf, trace-cmd and Perfetto (also output.trace_markers)")
 	fs.Var(&refresh, "refresh", "recompute this stage even if cached (repeatable)")
-	cacheDir := fs.String("cache-dir", cache.DefaultDir(), "stage cache directory")
 	cacheMax := byteSize(10 << 30)
 	fs.Var(&cacheMax, "cache-max", "collect the cache down to this size after a run, least recently used first (0: no limit)")
 	fs.Var(&budget, "mem-budget", "bound on live shared-memory bytes, e.g. 4GiB (0: unlimited); a stage starts only when its outputs fit")
@@ -92,7 +97,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	opts.Engine = engine.Options{Jobs: *jobs, KeepGoing: *keepGoing, Timeout: *timeout, NoPrefault: *noPrefault}
 	opts.MemBudget = int64(budget)
-	opts.CacheDir, opts.CacheMax = *cacheDir, int64(cacheMax)
+	opts.CacheDir, opts.CacheMax = common.cacheDir, int64(cacheMax)
 	if *noCache {
 		opts.CacheDir = ""
 	}
@@ -112,7 +117,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	for _, r := range refresh {
 		opts.Engine.Refresh[r] = true
 	}
-	opts.Warn = func(msg string) { fmt.Fprintln(stderr, "pipehost:", msg) }
 	opts.OutDir, opts.Version = *out, version
 	opts.TraceMarkers = *traceMarkers
 

@@ -82,7 +82,7 @@ var bboxType = arrow.StructOf(
 // WriteGeoParquet writes record batches (all of one schema) as GeoParquet 1.1: the WKB
 // geometry column, the other columns, and an added "bbox" struct column (xmin, ymin, xmax,
 // ymax as float64) declared as the geometry's bbox covering, so readers can skip row groups
-// by extent. The "geo" key of the Parquet footer carries version 1.1.0, the primary column,
+// by extent. The "geo" key (in the Parquet footer and in the stored Arrow schema) carries version 1.1.0, the primary column,
 // its encoding, geometry types, overall bbox and CRS. Columns are zstd-compressed.
 func (w *Writer) WriteGeoParquet(name string, recs []arrow.RecordBatch, opt GeoParquetOptions) (Artifact, error) {
 	if err := w.checkName(name); err != nil {
@@ -188,7 +188,19 @@ func (w *Writer) WriteGeoParquet(name string, recs []arrow.RecordBatch, opt GeoP
 	}
 
 	fields := append(append([]arrow.Field(nil), schema.Fields()...), arrow.Field{Name: bboxColumn, Type: bboxType, Nullable: true})
-	md := schema.Metadata()
+	// GeoPandas' from_arrow finds geometry by GeoArrow field metadata, not by the "geo"
+	// key, so the stored Arrow schema also tags the column as geoarrow.wkb with its CRS.
+	// The Parquet column itself stays plain binary WKB, as GeoParquet requires.
+	ext, err := geoArrowMetadata(opt.Georef)
+	if err != nil {
+		return fail(err)
+	}
+	fields[gi].Metadata = withMetadata(fields[gi].Metadata, ext)
+	// "geo" goes into the Arrow schema's metadata: pqarrow copies that into the Parquet
+	// footer and into the stored ARROW:schema, so Arrow readers (pyarrow's read_table,
+	// GeoDataFrame.from_arrow) see it as well as Parquet ones. A "geo" the caller's schema
+	// already carried is replaced, so the file holds exactly one.
+	md := withMetadata(schema.Metadata(), map[string]string{"geo": string(geo)})
 	outSchema := arrow.NewSchema(fields, &md)
 
 	p, err := w.create(name)
@@ -210,10 +222,6 @@ func (w *Writer) WriteGeoParquet(name string, recs []arrow.RecordBatch, opt GeoP
 				fw.Close()
 				return fmt.Errorf("record batch %d: %w", ri, err)
 			}
-		}
-		if err := fw.AppendKeyValueMetadata("geo", string(geo)); err != nil {
-			fw.Close()
-			return err
 		}
 		return fw.Close()
 	}()
@@ -246,6 +254,43 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// withMetadata returns md with the keys of set replaced or added (sorted, so files are
+// byte-for-byte reproducible).
+func withMetadata(md arrow.Metadata, set map[string]string) arrow.Metadata {
+	var keys, vals []string
+	for i, k := range md.Keys() {
+		if _, replaced := set[k]; !replaced {
+			keys, vals = append(keys, k), append(vals, md.Values()[i])
+		}
+	}
+	for _, k := range sortedKeys(boolSet(set)) {
+		keys, vals = append(keys, k), append(vals, set[k])
+	}
+	return arrow.NewMetadata(keys, vals)
+}
+
+func boolSet(m map[string]string) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
+}
+
+// geoArrowMetadata is the GeoArrow extension metadata of a WKB column in g's CRS; no CRS
+// means GeoParquet's default, written out as OGC:CRS84 because GeoArrow has no default.
+func geoArrowMetadata(g Georef) (map[string]string, error) {
+	meta := map[string]any{"crs": "OGC:CRS84", "crs_type": "authority_code"}
+	if crs := projJSON(g); crs != nil {
+		meta = map[string]any{"crs": crs, "crs_type": "projjson"}
+	}
+	b, err := json.Marshal(meta)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"ARROW:extension:name": "geoarrow.wkb", "ARROW:extension:metadata": string(b)}, nil
 }
 
 // noClose keeps the Parquet writer from closing the file, which is renamed into place later.

@@ -9,6 +9,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/apache/arrow-go/v18/parquet/file"
 )
 
 // geomJSON describes a geometry by its coordinates for the checker, which rebuilds it with
@@ -108,6 +109,22 @@ func TestTablesReadBackByPyarrowAndGeoPandas(t *testing.T) {
 		GeoParquetOptions{Georef: Georef{Topology: Sphere, Radius: 1737400}, RowGroupRows: 50})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The footer holds geo once: from the Arrow schema, not appended again
+	// (Python readers see the key-value pairs as a dict and would hide a twin).
+	pf, err := file.OpenParquetFile(filepath.Join(dir, a.Path), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	geoKeys := 0
+	for _, k := range pf.MetaData().KeyValueMetadata().Keys() {
+		if k == "geo" {
+			geoKeys++
+		}
+	}
+	pf.Close()
+	if geoKeys != 1 {
+		t.Errorf("the footer holds %d geo keys, want 1", geoKeys)
 	}
 	var wantIDs []int64
 	for i, g := range pts {

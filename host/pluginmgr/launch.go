@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -64,15 +65,26 @@ type Plugin struct {
 
 	digestOnce sync.Once
 	digest     string
+	// stat is the file state digest belongs to, when a Catalog gave it.
+	stat statRecord
 }
 
-// Digest is the SHA-256 of the plugin executable (hex), computed on first
-// use: only cache keys need it, and hashing every binary would slow every
-// launch.
+// Digest is the SHA-256 of the plugin executable (hex): the one a Catalog
+// found when it described the plugin, else computed on first use (only
+// cache keys need it, and hashing every binary would slow every launch).
 func (p *Plugin) Digest() string {
 	p.digestOnce.Do(func() { p.digest = fileDigest(p.Path) })
 	return p.digest
 }
+
+// setDigest fixes Digest's answer, before its first use.
+func (p *Plugin) setDigest(d string, st statRecord) {
+	p.digestOnce.Do(func() { p.digest, p.stat = d, st })
+}
+
+// Running reports whether a process was started for p (it may have ended
+// since). A plugin described from a Catalog has none until Start.
+func (p *Plugin) Running() bool { return p.client != nil }
 
 // Manager owns every plugin process of a run and the private directory
 // their sockets live in.
@@ -125,30 +137,92 @@ func New(opts Options) (*Manager, error) {
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "pipehost", Level: hclog.Off})
 	}
-	removeStaleSocketDirs(socketBase())
-	dir, err := os.MkdirTemp(socketBase(), socketDirPrefix+strconv.Itoa(os.Getpid())+"-")
+	dir, err := makeSocketDir()
 	if err != nil {
-		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("creating plugin socket directory: %w", err)
+		return nil, err
 	}
 	return &Manager{opts: opts, sockDir: dir}, nil
 }
+
+// SocketDir is the private directory the plugins' sockets are made in.
+func (m *Manager) SocketDir() string { return m.sockDir }
 
 // socketDirPrefix starts every socket directory's name, followed by the
 // owning host's pid, so a later run can tell a dead run's directory.
 const socketDirPrefix = "pipehost-sock-"
 
-// removeStaleSocketDirs deletes socket directories left by pipehost
-// processes that no longer exist (killed with SIGKILL, so they could not
-// clean up; their plugins died with them through Pdeathsig).
+const (
+	// sunPathMax is the size of sockaddr_un.sun_path on Linux; a path must
+	// leave room for its terminating NUL, so it is at most 107 bytes.
+	sunPathMax = 108
+	// maxSocketName bounds the name a plugin gives its socket inside the
+	// directory: go-plugin's os.CreateTemp(dir, "plugin") makes "plugin"
+	// plus up to 10 digits (16 bytes), the Rust and Python SDKs "plugin"
+	// plus 9 digits, the C++ SDK "plugin" plus 6 characters.
+	maxSocketName = 24
+	// mkdirTempSuffix is the longest random part os.MkdirTemp adds (a
+	// uint32 in decimal).
+	mkdirTempSuffix = 10
+)
+
+// makeSocketDir creates the private 0700 socket directory in the first of
+// socketBases where every socket path a plugin can make stays under the
+// sun_path limit, whatever the length of $TMPDIR. It first removes the
+// directories of dead hosts in every base.
+func makeSocketDir() (string, error) {
+	prefix := socketDirPrefix + strconv.Itoa(os.Getpid()) + "-"
+	var tried []string
+	for _, base := range socketBases() {
+		removeStaleSocketDirs(base)
+	}
+	for _, base := range socketBases() {
+		// base + "/" + prefix + random + "/" + socket name, then the NUL.
+		if worst := len(base) + 1 + len(prefix) + mkdirTempSuffix + 1 + maxSocketName + 1; worst > sunPathMax {
+			tried = append(tried, fmt.Sprintf("%s: socket paths could reach %d bytes, over the %d of sun_path", base, worst, sunPathMax))
+			continue
+		}
+		dir, err := os.MkdirTemp(base, prefix)
+		if err == nil {
+			if err = os.Chmod(dir, 0o700); err == nil {
+				return dir, nil
+			}
+			os.RemoveAll(dir)
+		}
+		tried = append(tried, err.Error())
+	}
+	return "", fmt.Errorf("creating plugin socket directory: %s", strings.Join(tried, "; "))
+}
+
+// socketBases are the candidate parents of the socket directory, in order
+// of preference: $TMPDIR (os.TempDir), $XDG_RUNTIME_DIR, /tmp. Each is
+// absolute and clean; duplicates are dropped.
+func socketBases() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, b := range []string{os.TempDir(), os.Getenv("XDG_RUNTIME_DIR"), "/tmp"} {
+		if b == "" {
+			continue
+		}
+		abs, err := filepath.Abs(b)
+		if err != nil || seen[abs] {
+			continue
+		}
+		seen[abs] = true
+		out = append(out, abs)
+	}
+	return out
+}
+
+// removeStaleSocketDirs deletes socket directories in base left by
+// pipehost processes of this user that no longer exist (killed with
+// SIGKILL, so they could not clean up; their plugins died with them
+// through Pdeathsig).
 func removeStaleSocketDirs(base string) {
 	entries, err := os.ReadDir(base)
 	if err != nil {
 		return
 	}
+	uid := uint32(os.Getuid())
 	for _, e := range entries {
 		rest, ok := strings.CutPrefix(e.Name(), socketDirPrefix)
 		if !ok || !e.IsDir() {
@@ -159,22 +233,14 @@ func removeStaleSocketDirs(base string) {
 		if !ok || err != nil || pid <= 0 {
 			continue
 		}
+		// /tmp is shared: another user's directory is theirs to remove.
+		if info, err := e.Info(); err != nil || info.Sys().(*syscall.Stat_t).Uid != uid {
+			continue
+		}
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
 			os.RemoveAll(filepath.Join(base, e.Name()))
 		}
 	}
-}
-
-// socketBase picks where the private socket directory goes. A unix socket
-// path must fit in 108 bytes, so a long $TMPDIR falls back to /tmp. Below
-// the base come "/pipehost-sock-PID-RANDOM" and go-plugin's "/pluginRANDOM":
-// up to 50 bytes with a 7-digit pid and 10-digit random parts.
-func socketBase() string {
-	base := os.TempDir()
-	if len(base) > 107-50 {
-		return "/tmp"
-	}
-	return base
 }
 
 // LaunchError says which plugin failed to start, and why.
@@ -220,6 +286,13 @@ func (m *Manager) LaunchAll(ctx context.Context, paths []string) ([]*Plugin, []e
 	return ok, failed
 }
 
+// launches counts plugin processes started by this program.
+var launches atomic.Int64
+
+// Launches is how many plugin processes this program has started (or
+// tried to), across every Manager: what a run costs in launches.
+func Launches() int64 { return launches.Load() }
+
 // Launch starts one plugin and asks it what it offers.
 func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 	m.mu.Lock()
@@ -228,6 +301,7 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 		return nil, &LaunchError{Path: path, Err: errors.New("plugin manager is closed")}
 	}
 	m.mu.Unlock()
+	launches.Add(1)
 
 	start := clock.Now()
 	local, remote, err := shm.NewChannelPair()
@@ -383,15 +457,16 @@ func fileDigest(path string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// Exited reports whether the plugin process has ended.
-func (p *Plugin) Exited() bool { return p.client.Exited() }
+// Exited reports whether the plugin process has ended (true when none was
+// ever started).
+func (p *Plugin) Exited() bool { return p.client == nil || p.client.Exited() }
 
 // WaitExited waits up to d for the process to be reported gone. A
 // connection lost mid-call usually means the process is dying; waiting a
 // moment lets a failure report say how it ended.
 func (p *Plugin) WaitExited(d time.Duration) bool {
 	deadline := time.Now().Add(d)
-	for !p.client.Exited() {
+	for !p.Exited() {
 		if time.Now().After(deadline) {
 			return false
 		}
@@ -403,7 +478,7 @@ func (p *Plugin) WaitExited(d time.Duration) bool {
 // ExitStatus describes how the process ended ("exit status 2", "signal:
 // segmentation fault"), or "" while it runs.
 func (p *Plugin) ExitStatus() string {
-	if !p.client.Exited() || p.cmd.ProcessState == nil {
+	if p.client == nil || !p.client.Exited() || p.cmd.ProcessState == nil {
 		return ""
 	}
 	return p.cmd.ProcessState.String()
@@ -413,6 +488,9 @@ func (p *Plugin) ExitStatus() string {
 // go-plugin's Kill, and SIGKILL to its process group if it lingers. It
 // returns once nothing of the plugin is left. Safe to call many times.
 func (p *Plugin) Stop() {
+	if p.client == nil {
+		return
+	}
 	p.once.Do(func() {
 		if p.Channel != nil {
 			_ = p.Channel.Send(shm.Message{Type: shm.MsgClose}, -1)
@@ -436,7 +514,7 @@ func (p *Plugin) Stop() {
 
 // killGroup SIGKILLs the plugin's process group.
 func (p *Plugin) killGroup() {
-	if p.cmd.Process != nil {
+	if p.cmd != nil && p.cmd.Process != nil {
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	}
 }

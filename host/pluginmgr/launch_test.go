@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/pipehost/pipehost/host/pluginmgr"
@@ -78,7 +79,7 @@ func BenchmarkLaunchRust(b *testing.B) {
 
 // nativeBinary returns bin/<rel> of the module. A missing binary skips the
 // benchmark, unless PIPEHOST_REQUIRE_NATIVE=1 (make test) makes it a failure.
-func nativeBinary(b *testing.B, lang, rel string) string {
+func nativeBinary(b testing.TB, lang, rel string) string {
 	b.Helper()
 	title := map[string]string{"cpp": "C++", "rust": "Rust"}[lang]
 	path := filepath.Join(testbin.ModuleRoot(), "bin", rel)
@@ -172,5 +173,141 @@ func TestStaleSocketDirsAreRemoved(t *testing.T) {
 		if _, err := os.Stat(d); err != nil {
 			t.Errorf("%s was removed: %v", d, err)
 		}
+	}
+}
+
+// A plugin's socket path must fit sun_path (108 bytes with its NUL) however
+// long $TMPDIR is: the socket directory falls back to a shorter base when
+// $TMPDIR leaves too little room. Real Go, Rust and C++ plugins start with
+// $TMPDIR lengths around the point where the fallback begins and at 100 and
+// 200 bytes, and nothing is left behind in $TMPDIR or /tmp.
+func TestSocketPathFitsAnyTMPDIR(t *testing.T) {
+	goPlugin := filepath.Join(testbin.Build(t, "testplugins/go"), "source")
+	// A short root, so the sweep below can start under the fallback point.
+	root, err := os.MkdirTemp("/tmp", "ph")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	tmpdirOf := func(n int) string {
+		if n <= len(root)+1 {
+			t.Fatalf("length %d is shorter than the test's root %s", n, root)
+		}
+		d := root + "/" + strings.Repeat("d", n-len(root)-1)
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	// launch starts each plugin with TMPDIR set to tmp and checks the
+	// socket it made; it returns whether the socket directory was in tmp.
+	launch := func(t *testing.T, tmp string, paths ...string) bool {
+		t.Setenv("TMPDIR", tmp)
+		m, err := pluginmgr.New(pluginmgr.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inTmp := filepath.Dir(m.SocketDir()) == tmp
+		// Guaranteed, not just observed: the longest name os.MkdirTemp can
+		// give the directory (a uint32 in decimal) plus go-plugin's longest
+		// socket name ("plugin" and a uint32) still leave room for the NUL.
+		dirName := "pipehost-sock-" + strconv.Itoa(os.Getpid()) + "-4294967295"
+		if worst := filepath.Join(filepath.Dir(m.SocketDir()), dirName, "plugin4294967295"); len(worst) >= 108 {
+			t.Errorf("TMPDIR of %d bytes: a socket path could be %s (%d bytes)", len(tmp), worst, len(worst))
+		}
+		for _, path := range paths {
+			p, err := m.Launch(context.Background(), path)
+			if err != nil {
+				m.Close()
+				t.Fatalf("TMPDIR of %d bytes, socket directory %s: %v", len(tmp), m.SocketDir(), err)
+			}
+			socks, _ := filepath.Glob(filepath.Join(m.SocketDir(), "*"))
+			for _, s := range socks {
+				if len(s) >= 108 {
+					t.Errorf("socket path %s is %d bytes", s, len(s))
+				}
+			}
+			if len(socks) == 0 {
+				t.Errorf("%s: no socket in %s", path, m.SocketDir())
+			}
+			p.Stop()
+		}
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(m.SocketDir()); !os.IsNotExist(err) {
+			t.Errorf("socket directory %s left behind", m.SocketDir())
+		}
+		return inTmp
+	}
+	// The sweep crosses the fallback point for any pid length; the longest
+	// $TMPDIR still used is then tried with every SDK too.
+	longestUsed := 0
+	for n := 30; n <= 70; n++ {
+		if launch(t, tmpdirOf(n), goPlugin) {
+			longestUsed = n
+		}
+	}
+	if longestUsed == 0 {
+		t.Fatal("no $TMPDIR of 30 to 70 bytes was used for sockets")
+	}
+	if longestUsed >= 70 {
+		t.Fatalf("a $TMPDIR of %d bytes was still used: the sweep did not reach the fallback", longestUsed)
+	}
+	all := []string{goPlugin,
+		nativeBinary(t, "rust", "plugins/ref-rust"),
+		nativeBinary(t, "cpp", "testplugins/minimal-cpp"),
+		nativeBinary(t, "cpp", "plugins/ref-cpp")}
+	for _, n := range []int{longestUsed, 100, 200} {
+		tmp := tmpdirOf(n)
+		if inTmp := launch(t, tmp, all...); inTmp != (n == longestUsed) {
+			t.Errorf("TMPDIR of %d bytes: socket directory in it = %v", n, inTmp)
+		}
+	}
+	// Nothing of ours is left in any base.
+	pidPrefix := "pipehost-sock-" + strconv.Itoa(os.Getpid()) + "-"
+	for _, base := range []string{"/tmp", os.Getenv("XDG_RUNTIME_DIR")} {
+		if base == "" {
+			continue
+		}
+		if left, _ := filepath.Glob(filepath.Join(base, pidPrefix+"*")); len(left) > 0 {
+			t.Errorf("left behind: %v", left)
+		}
+	}
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && (strings.HasPrefix(d.Name(), "pipehost-") || strings.HasPrefix(d.Name(), "plugin")) {
+			t.Errorf("left behind: %s", p)
+		}
+		return nil
+	})
+}
+
+// A host killed with SIGKILL while $TMPDIR was too long left its socket
+// directory in the fallback base; the next host removes it from there too.
+func TestStaleSocketDirInFallbackIsRemoved(t *testing.T) {
+	long := filepath.Join(t.TempDir(), strings.Repeat("x", 150))
+	if err := os.MkdirAll(long, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", long)
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead, err := os.MkdirTemp("/tmp", "pipehost-sock-"+strconv.Itoa(cmd.Process.Pid)+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dead)
+	m, err := pluginmgr.New(pluginmgr.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if strings.HasPrefix(m.SocketDir(), long) {
+		t.Fatalf("socket directory %s under a %d-byte TMPDIR", m.SocketDir(), len(long))
+	}
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Errorf("stale socket directory %s survived", dead)
 	}
 }

@@ -76,6 +76,12 @@ func (s *Session) startRecording() *runlog.Writer {
 		"jobs": s.opts.Engine.Jobs, "mem_budget": s.opts.MemBudget, "cache_dir": s.cacheDir(),
 		"wall_clock": time.Now().UTC().Format(time.RFC3339Nano),
 	}})
+	st := s.Setup
+	w.Log(runlog.Event{Type: "plugin_setup", Data: map[string]any{
+		"installed": st.Installed, "from_catalog": st.FromCatalog, "described": nonNil(st.Described),
+		"ignored": st.Ignored, "hashed": st.Hashed, "started": nonNil(st.Started),
+		"describe_ns": st.DescribeNs, "plan_ns": st.PlanNs, "launch_ns": st.LaunchNs,
+	}})
 	for _, p := range s.Plugins {
 		var kinds []string
 		for _, d := range p.Stages {
@@ -95,6 +101,13 @@ func (s *Session) startRecording() *runlog.Writer {
 		w.Log(runlog.Event{Type: "plugin_log", Name: filepath.Base(p.Path), Level: level, Msg: msg, ID: uint64(p.Pid)})
 	})
 	return w
+}
+
+func nonNil(l []string) []string {
+	if l == nil {
+		return []string{}
+	}
+	return l
 }
 
 func (s *Session) cacheDir() string {

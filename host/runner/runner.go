@@ -38,6 +38,12 @@ type Options struct {
 	Logger    hclog.Logger
 	// CacheDir is the stage-output cache ("" disables caching).
 	CacheDir string
+	// PluginCacheDir is the cache directory whose plugin catalog remembers
+	// binary digests and descriptors, so only the plugins a plan uses are
+	// launched ("" : every plugin is launched to be described). It is
+	// independent of CacheDir: descriptors are keyed by binary content, so
+	// using them never changes a result.
+	PluginCacheDir string
 	// CacheMax is the size the cache is collected down to after a run
 	// (least recently used entries go first); 0 means no limit.
 	CacheMax int64
@@ -80,6 +86,8 @@ type Session struct {
 	Plan     *plan.Plan
 	Arena    *arena.Arena
 	Cache    *cache.Cache
+	// Setup says what setting the session up did and cost.
+	Setup SetupStats
 	// Reports are the files the last Run wrote.
 	Reports Reports
 	// Artifacts are the datasets the last Run wrote. RunErrors are failures
@@ -105,8 +113,9 @@ func LoadConfig(path string, overrides []config.Override) (*config.Pipeline, err
 	return cfg, nil
 }
 
-// StartPlugins discovers and launches every plugin at once. On error nothing
-// is left running.
+// StartPlugins discovers and launches every plugin at once (the listing
+// command describes them all). With a plugin catalog the digests come from
+// its memo and every reply is recorded. On error nothing is left running.
 func StartPlugins(ctx context.Context, opts Options) (*pluginmgr.Manager, []*pluginmgr.Plugin, *pluginmgr.Registry, error) {
 	dirs, err := pluginmgr.SearchDirs(opts.PluginDirs)
 	if err != nil {
@@ -123,7 +132,7 @@ func StartPlugins(ctx context.Context, opts Options) (*pluginmgr.Manager, []*plu
 	if err != nil {
 		return nil, nil, nil, &SetupError{err}
 	}
-	plugins, errs := mgr.LaunchAll(ctx, paths)
+	plugins, errs := mgr.DescribeAll(ctx, paths, catalog(opts))
 	if len(errs) > 0 {
 		mgr.Close()
 		return nil, nil, nil, &SetupError{errors.Join(errs...)}
@@ -143,14 +152,25 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	mgr, plugins, reg, err := StartPlugins(ctx, opts)
+	var setup SetupStats
+	setup.PlanNs = clock.Now() - openNs
+	// Descriptors first (from the catalog where it knows a binary), then
+	// the plan, then only the plugins the plan uses are launched.
+	t0 := clock.Now()
+	cat := catalog(opts)
+	mgr, described, ds, err := describePlugins(ctx, opts, cat)
 	if err != nil {
 		return nil, err
 	}
-	p, err := plan.Build(cfg, reg)
+	setup.DescribeNs = clock.Now() - t0
+	setup.Installed, setup.FromCatalog, setup.Described, setup.Ignored = len(described), ds.FromCatalog, ds.Launched, ds.Ignored
+	p, reg, err := planAndStart(ctx, cfg, mgr, described, cat, &setup)
+	if cat != nil {
+		setup.Hashed = cat.Hashed()
+	}
 	if err != nil {
 		mgr.Close()
-		return nil, &SetupError{err}
+		return nil, err
 	}
 	caps := map[string]int{"gpu": DetectGPUs()}
 	for k, v := range cfg.Resources {
@@ -164,15 +184,16 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 		return nil, &SetupError{err}
 	}
 	opts.Engine.Resources = caps
-	// Plugins no stage needs are stopped now rather than idling all run.
+	// Plugins launched only to be described are stopped now rather than
+	// idling all run.
 	used := map[*pluginmgr.Plugin]bool{}
 	for _, n := range p.Nodes {
 		e, _ := reg.Entry(n.Kind)
 		used[e.Plugin] = true
 	}
 	mgr.StopUnused(used)
-	sess := &Session{Config: cfg, Plugins: plugins, Registry: reg, Plan: p, mgr: mgr, opts: opts,
-		Arena: arena.New(opts.MemBudget), openNs: openNs}
+	sess := &Session{Config: cfg, Plugins: mgr.Plugins(), Registry: reg, Plan: p, mgr: mgr, opts: opts,
+		Arena: arena.New(opts.MemBudget), openNs: openNs, Setup: setup}
 	if opts.CacheDir != "" {
 		c, err := cache.Open(opts.CacheDir)
 		if err != nil {

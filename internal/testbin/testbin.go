@@ -102,3 +102,15 @@ func Main(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// BuildAs compiles the Go main package pkg (relative to the module root)
+// into the executable out with extra linker flags (e.g. "-X main.name=a"),
+// so a test can make distinct binaries from one package.
+func BuildAs(tb testing.TB, pkg, out, ldflags string) {
+	tb.Helper()
+	cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", out, "./"+filepath.ToSlash(pkg))
+	cmd.Dir = ModuleRoot()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("testbin: go build -ldflags %q %s: %v\n%s", ldflags, pkg, err, b)
+	}
+}

@@ -56,6 +56,22 @@ def check_geoparquet(case):
         fail(case, "bbox %s, want %s" % (col["bbox"], total))
 
     t = pq.read_table(path)
+    # The geo key is in the stored Arrow schema too, so Arrow-level readers see it.
+    if t.schema.metadata is None or b"geo" not in t.schema.metadata:
+        fail(case, "no geo key in the Arrow schema metadata of read_table: %s" % t.schema.metadata)
+    if json.loads(t.schema.metadata[b"geo"]) != geo:
+        fail(case, "geo in the Arrow schema differs from the file's: %s" % t.schema.metadata[b"geo"])
+    fa = gpd.GeoDataFrame.from_arrow(t)
+    if fa.geometry.name != "geometry" or len(fa) != len(geoms):
+        fail(case, "from_arrow: geometry column %r, %d rows" % (fa.geometry.name, len(fa)))
+    if fa.crs != gpd.read_parquet(path).crs:
+        fail(case, "from_arrow CRS %s, read_parquet %s" % (fa.crs, gpd.read_parquet(path).crs))
+    for i, (got, want) in enumerate(zip(fa.geometry, geoms)):
+        if want is None:
+            if got is not None:
+                fail(case, "from_arrow row %d: %s for a null geometry" % (i, got))
+        elif not shapely.equals_exact(got, want, tolerance=0):
+            fail(case, "from_arrow row %d: %s, want %s" % (i, got.wkt, want.wkt))
     if t.schema.field("bbox").type != pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")]):
         fail(case, "bbox column type %s" % t.schema.field("bbox").type)
     for i, (g, b) in enumerate(zip(geoms, t.column("bbox").to_pylist())):
