@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,7 +25,7 @@ import (
 //	v1/cas/cd/<sha256>         output bytes, content-addressed
 //	v1/locks/ab/<key>.lock     flock'ed while a run computes that key
 //	v1/stages/<id>.json        the last key parts of a stage (miss reasons)
-//	v1/bins.json               plugin binary digests by path, size and mtime
+//	v1/plugins/                the plugin catalog: binary digests and descriptors (host/pluginmgr)
 const layout = "v1"
 
 // ErrCorrupt marks a cache entry whose bytes do not match its digest.
@@ -289,38 +287,6 @@ func (c *Cache) LastParts(run, stage string) *Parts {
 func (c *Cache) SaveParts(run, stage string, p Parts) error {
 	b, _ := json.Marshal(p)
 	return atomicfile.Write(filepath.Join(c.dir, "stages", stageID(run, stage)+".json"), b)
-}
-
-var binMu sync.Mutex
-
-// PluginDigest returns the SHA-256 of a plugin executable, remembered by
-// path, size, mtime and inode so a rerun does not hash every binary again.
-func (c *Cache) PluginDigest(path string, compute func() string) string {
-	st, err := os.Stat(path)
-	if err != nil {
-		return compute()
-	}
-	var ino uint64
-	if sys, ok := st.Sys().(*unix.Stat_t); ok {
-		ino = sys.Ino
-	}
-	id := path + "|" + strconv.FormatInt(st.Size(), 10) + "|" + strconv.FormatInt(st.ModTime().UnixNano(), 10) + "|" + strconv.FormatUint(ino, 10)
-	memo := filepath.Join(c.dir, "bins.json")
-	binMu.Lock()
-	defer binMu.Unlock()
-	known := map[string]string{}
-	if b, err := os.ReadFile(memo); err == nil {
-		_ = json.Unmarshal(b, &known)
-	}
-	if d, ok := known[id]; ok {
-		return d
-	}
-	d := compute()
-	known[id] = d
-	if b, err := json.Marshal(known); err == nil {
-		_ = atomicfile.Write(memo, b)
-	}
-	return d
 }
 
 // kernelCopy copies n bytes from src to dst (both at offset 0, dst at its

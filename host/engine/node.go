@@ -353,6 +353,6 @@ func (e *Engine) waitInputDigests(ctx context.Context, n *plan.Node, results []*
 // keyParts builds the stage's cache key parts from its input digests.
 func (e *Engine) keyParts(n *plan.Node, inputs []cache.Input) cache.Parts {
 	entry, _ := e.reg.Entry(n.Kind)
-	pluginDigest := e.opts.Cache.PluginDigest(entry.Plugin.Path, entry.Plugin.Digest)
-	return cache.NewParts(n.Desc, pluginDigest, n.Params, n.Seed, e.plan.Topology, e.plan.Levels, inputs)
+	// Remembered per process (and across runs by the plugin catalog).
+	return cache.NewParts(n.Desc, entry.Plugin.Digest(), n.Params, n.Seed, e.plan.Topology, e.plan.Levels, inputs)
 }

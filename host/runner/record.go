@@ -87,12 +87,8 @@ func (s *Session) startRecording() *runlog.Writer {
 		for _, d := range p.Stages {
 			kinds = append(kinds, d.GetKind())
 		}
-		digest := p.Digest
-		if s.Cache != nil {
-			digest = func() string { return s.Cache.PluginDigest(p.Path, p.Digest) }
-		}
 		w.Log(runlog.Event{Type: "plugin_launch", Data: map[string]any{
-			"path": p.Path, "sha256": digest(), "pid": p.Pid, "sdk": p.SDK, "sdk_version": p.SDKVersion,
+			"path": p.Path, "sha256": p.Digest(), "pid": p.Pid, "sdk": p.SDK, "sdk_version": p.SDKVersion,
 			"launch_ns": p.LaunchNs, "kinds": kinds,
 		}})
 	}
