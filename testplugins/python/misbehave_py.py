@@ -137,5 +137,49 @@ def probe_stdout(ctx):
     ctx.write_bytes("text", line.encode())
 
 
+def kernel(x):
+    """The benchmark's numpy kernel: three full passes over the grid."""
+    return float(x.sum(dtype=np.float64)), float(x.max()), int(np.count_nonzero(x > 0.5))
+
+
+@pipehost.stage("probe-py.kernel", version="1.0.0", inputs=[grid("in", "f32")],
+                params=[param("repeats", int, default=5, doc="timed passes of each kind"),
+                        param("report", str, default="", doc="file to write the timings to (JSON)")],
+                doc="Times a numpy kernel over its input view against the same kernel over a private copy.")
+def probe_kernel(ctx, in_, repeats, report):
+    import json
+    with ctx.timed("copy"):
+        private = np.array(in_)  # an ordinary in-process array: what the view is compared with
+    first = time.monotonic_ns()
+    want = kernel(in_)  # the first pass also maps the pages of the view
+    first = time.monotonic_ns() - first
+    shared, local = [], []
+    for _ in range(repeats):  # alternate, so both see the same machine
+        t0 = time.monotonic_ns()
+        got_shared = kernel(in_)
+        t1 = time.monotonic_ns()
+        got_local = kernel(private)
+        t2 = time.monotonic_ns()
+        shared.append(t1 - t0)
+        local.append(t2 - t1)
+        if got_shared != want or got_local != want:
+            raise pipehost.StageError("the kernel gave different results on the view and the copy")
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    res = {"bytes": int(in_.nbytes), "first_pass_ns": first, "shared_ns": shared, "private_ns": local,
+           "shared_median_ns": med(shared), "private_median_ns": med(local),
+           "ratio": med(shared) / med(local), "view_is_readonly": not in_.flags.writeable,
+           "view_owns_data": bool(in_.flags.owndata)}
+    for k in ("first_pass_ns", "shared_median_ns", "private_median_ns", "ratio"):
+        ctx.metric(k, res[k])
+    if report:
+        with open(report, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+@pipehost.stage("probe-py.noop", version="1.0.0", doc="Does nothing: the per-run cost of the SDK.")
+def probe_noop(ctx):
+    pass
+
+
 if __name__ == "__main__":
     pipehost.serve()

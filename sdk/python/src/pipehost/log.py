@@ -14,7 +14,7 @@ def _line(level: str, msg: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
     rec = {"@level": level, "@message": str(msg), "@timestamp": stamp}
     try:
-        sys.stderr.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        sys.stderr.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass

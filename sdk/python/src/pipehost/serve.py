@@ -284,7 +284,7 @@ def serve(stages=None):
     if versions is not None:
         ok = any(v.strip() == str(APP_PROTOCOL_VERSION) for v in versions.split(","))
         if not ok:
-            _fail_start(f"the host speaks plugin protocol versions {versions!r}; this plugin speaks "
+            _fail_start(f'the host speaks plugin protocol versions "{versions}"; this plugin speaks '
                         f"{APP_PROTOCOL_VERSION}: update it to a matching SDK")
     try:
         channel = shm.Channel.from_env()

@@ -194,16 +194,21 @@ class Stage:
             raise ValueError(f"pipehost: stage kind {kind!r} must be dotted, like 'climate.biome'")
         if not isinstance(version, str) or not version:
             raise ValueError(f"pipehost: stage {kind}: a version is required (it is part of the cache key)")
-        names = set()
+        args, outs = set(), set()
         for what, items in (("input", inputs), ("output", outputs), ("param", params)):
             for it in items:
                 want = Param if what == "param" else Port
                 if not isinstance(it, want):
                     raise ValueError(f"pipehost: stage {kind}: {what} {it!r} is not a {want.__name__}")
-                if arg_name(it.name) in names or it.name == "ctx":
+                if what == "output":
+                    if it.name in outs:
+                        raise ValueError(f"pipehost: stage {kind}: output {it.name!r} is declared twice")
+                    outs.add(it.name)
+                    continue
+                if arg_name(it.name) in args or arg_name(it.name) == "ctx":
                     raise ValueError(f"pipehost: stage {kind}: the name {it.name!r} is used twice "
                                      "(inputs and params are passed by name, so they must differ)")
-                names.add(arg_name(it.name))
+                args.add(arg_name(it.name))
         for p in list(inputs) + list(outputs):
             if p.kind == pb.PORT_KIND_GRID and not p.dtype:
                 raise ValueError(f"pipehost: stage {kind}: grid port {p.name!r} has no dtype")
