@@ -43,7 +43,9 @@ r = json.load(open(sys.argv[1]))
 ms = lambda ns: ns / 1e6
 print(f"input {r['bytes'] / 2**30:.2f} GiB, view read-only {r['view_is_readonly']}, view owns its data {r['view_owns_data']}")
 print(f"first pass over the view (maps its pages): {ms(r['first_pass_ns']):.1f} ms")
-print(f"view    passes (ms): {' '.join(f'{ms(x):.1f}' for x in r['shared_ns'])}  median {ms(r['shared_median_ns']):.1f}")
-print(f"private passes (ms): {' '.join(f'{ms(x):.1f}' for x in r['private_ns'])}  median {ms(r['private_median_ns']):.1f}")
-print(f"view / private: {r['ratio']:.3f}")
+for name, what in (("shared", "view of the sealed segment"), ("private", "in-process numpy array"),
+                   ("private_4k", "in-process array, 4 KiB pages")):
+    v = r[name + "_ns"]
+    print(f"{what:32s} passes (ms): {' '.join(f'{ms(x):.1f}' for x in v)}  median {ms(r[name + '_median_ns']):.1f}")
+print(f"view / in-process array: {r['ratio']:.3f}; view / in-process array with 4 KiB pages: {r['ratio_4k']:.3f}")
 PY

@@ -74,7 +74,7 @@ inputs = { in = "after.out" }
 // garbage where the handshake belongs: the host refuses it with one error
 // naming it, and nothing is left running.
 func TestPythonGarbageOnStdout(t *testing.T) {
-	garbage := filepath.Join(testbin.ModuleRoot(), "bin", "testplugins", "garbage-py")
+	garbage := filepath.Join(testbin.ModuleRoot(), "bin", "badplugins", "garbage-py")
 	b, err := os.ReadFile(garbage)
 	if err != nil {
 		if os.Getenv("PIPEHOST_REQUIRE_NATIVE") == "1" {
