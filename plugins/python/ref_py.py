@@ -9,7 +9,13 @@ import pipehost
 from pipehost import ParamError, grid, param
 from pipehost.seed import derive, derive_array
 
-ROWS = 64  # rows per chunk: progress and cancellation checks between chunks
+# Cells per chunk of rows: temporaries stay a few MiB whatever the grid's
+# size, and progress and cancellation are checked between chunks.
+CHUNK_CELLS = 1 << 16
+
+
+def rows_per_chunk(width):
+    return max(1, CHUNK_CELLS // width)
 
 
 def noise_config(octaves, cell, width, height):
@@ -62,11 +68,12 @@ def noise(ctx, octaves, cell):
             nx, ny = w // s, h // s
             octs.append((o, lattice(ctx.seed(), o, nx, ny), axis(w, s, k, nx), axis(h, s, k, ny)))
     one = np.uint64(65536)
+    rows = rows_per_chunk(w)
     with ctx.timed("fill"):
-        for y0 in range(0, h, ROWS):
+        for y0 in range(0, h, rows):
             ctx.check_cancelled()
             ctx.progress(y0 / h, "noise")
-            y1 = min(h, y0 + ROWS)
+            y1 = min(h, y0 + rows)
             acc = np.zeros((y1 - y0, w), dtype=np.uint64)
             for o, lat, (i0, i1, wx), (j0, j1, wy) in octs:
                 r0, r1 = lat[j0[y0:y1]], lat[j1[y0:y1]]
@@ -94,11 +101,12 @@ def blur(ctx, in_, radius):
                                   f"{out.shape[1]}x{out.shape[0]}, topology {g.width}x{g.height}")
     n = float((2 * radius + 1) ** 2)
     xs = np.arange(g.width, dtype=np.int64)[None, :]
+    rows = rows_per_chunk(g.width)
     with ctx.timed("blur"):
-        for y0 in range(0, g.height, ROWS):
+        for y0 in range(0, g.height, rows):
             ctx.check_cancelled()
             ctx.progress(y0 / g.height, "blur")
-            y1 = min(g.height, y0 + ROWS)
+            y1 = min(g.height, y0 + rows)
             ys = np.arange(y0, y1, dtype=np.int64)[:, None]
             acc = np.zeros((y1 - y0, g.width), dtype=np.float64)
             # The spec's order for every cell: dy outer, dx inner, float64 sums.
