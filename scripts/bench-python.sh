@@ -7,19 +7,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIPEHOST_REQUIRE_NATIVE=1
 
-# median FIELD: the median of column FIELD of stdin's numbers, per benchmark name.
+# median: "name value" lines on stdin → the median value per name.
 median() {
-  awk -v f="$1" '/^Benchmark/ { n=$1; v[n]=v[n] " " $f } END {
-    for (n in v) { c=split(v[n], a, " "); asort(a); printf "%-48s median of %d: %s\n", n, c, a[int((c+1)/2)] } }' | sort
+  .tools/venv/bin/python -c '
+import sys, collections
+v = collections.defaultdict(list)
+for line in sys.stdin:
+    n, x = line.split()[:2]
+    v[n].append(float(x))
+for n in sorted(v):
+    a = sorted(v[n])
+    runs = " ".join("%g" % x for x in v[n])
+    print("%-48s median of %d: %g   (all: %s)" % (n, len(a), a[len(a) // 2], runs))
+'
 }
 
 echo "== launch → first Describe reply (ms), 5 × 10 launches"
 go test -run '^$' -bench 'Launch(Python|Rust)$' -benchtime 10x -count 5 ./host/pluginmgr/ \
-  | grep ms-to-describe | tee /tmp/bench-python-launch.txt | awk '{print $1, $5}' | median 2
+  | grep ms-to-describe | tee /tmp/bench-python-launch.txt | awk '{print $1, $5}' | median
 
 echo "== per-stage overhead: a chain of 20 stages, host µs per stage, 5 × 5 runs"
 go test -run '^$' -bench 'NativeStageOverhead/(noop|blur-chain)/(go|cpp|py)$' -benchtime 5x -count 5 ./host/runner/ \
-  | grep 'µs/stage' | tee /tmp/bench-python-overhead.txt | awk '{for (i=1;i<=NF;i++) if ($i=="µs/stage") print $1, $(i-1)}' | median 2
+  | grep 'µs/stage' | tee /tmp/bench-python-overhead.txt | awk '{for (i=1;i<=NF;i++) if ($i=="µs/stage") print $1, $(i-1)}' | median
 
 echo "== numpy kernel over a 1 GiB input view vs an in-process copy (one run, 5 alternating passes each)"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

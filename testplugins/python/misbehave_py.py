@@ -169,7 +169,7 @@ def probe_kernel(ctx, in_, repeats, report):
             times[name].append(time.monotonic_ns() - t0)
             if got != want:
                 raise pipehost.StageError(f"the kernel gave another result on the {name} array")
-    del small
+    del small, arr  # the views of the anonymous mapping, before it is closed
     anon.close()
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     res = {"bytes": int(in_.nbytes), "first_pass_ns": first, "view_is_readonly": not in_.flags.writeable,
