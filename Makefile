@@ -10,7 +10,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_PLUGINS := $(notdir $(wildcard plugins/go/*))
 GO_TESTPLUGINS := $(notdir $(wildcard testplugins/go/*))
 
-.PHONY: all build build-go build-cpp build-rust build-remote demo test proto proto-check deps deps-go deps-sys fmt vet bench clean
+.PHONY: all build build-go build-cpp build-rust build-python build-remote demo test proto proto-check deps deps-go deps-sys fmt vet bench clean
 
 all: build
 
@@ -22,7 +22,7 @@ deps-sys:
 deps-go:
 	@$(GO) mod download
 
-build: build-go build-cpp build-rust
+build: build-go build-cpp build-rust build-python
 
 # Native SDKs and their plugins: CMake (Debian gRPC) and cargo (tonic).
 build-cpp:
@@ -32,6 +32,10 @@ build-cpp:
 build-rust:
 	@scripts/ensure-deps.sh rust
 	@scripts/build-rust.sh
+
+# The Python SDK into .tools/venv, and launchers of the Python plugins.
+build-python:
+	@scripts/build-python.sh
 
 build-go: deps-go
 	@mkdir -p bin/plugins bin/testplugins
@@ -58,6 +62,7 @@ proto: $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc
 	protoc -I proto --go_out=proto --go_opt=module=github.com/pipehost/pipehost/proto \
 	  --go-grpc_out=proto --go-grpc_opt=module=github.com/pipehost/pipehost/proto \
 	  proto/bench/v1/transfer.proto
+	scripts/proto-python.sh
 
 # Regenerates into a scratch copy and fails when the committed code differs.
 proto-check: $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc

@@ -9,3 +9,4 @@ scripts/bench-cog.sh
 scripts/bench-remote.sh
 scripts/bench-markers.sh
 scripts/bench-setup.sh
+scripts/bench-python.sh

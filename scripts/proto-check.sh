@@ -17,4 +17,11 @@ for pkg in pipehostv1 benchv1; do
     exit 1
   fi
 done
+# The Python SDK's generated modules, by the pinned grpcio-tools.
+scripts/proto-python.sh "$tmp/py"
+if ! diff -r -x __pycache__ "$tmp/py/pipehost/_proto" sdk/python/src/pipehost/_proto >/dev/null; then
+  echo "proto-check: generated code in sdk/python/src/pipehost/_proto is stale; run 'make proto' and commit" >&2
+  diff -r -x __pycache__ "$tmp/py/pipehost/_proto" sdk/python/src/pipehost/_proto | head -20 >&2
+  exit 1
+fi
 echo "proto-check: generated code is fresh"

@@ -1,12 +1,14 @@
 package runner_test
 
-// C++ (sdk/cpp) and Rust (sdk/rust) plugins run side by side with Go ones
+// C++ (sdk/cpp), Rust (sdk/rust) and Python (sdk/python) plugins run side
+// by side with Go ones
 // through the real host: the reference stages follow docs/reference-stage.md
 // bit for bit, grids and blobs cross language boundaries zero-copy, and each
 // way a native stage can misbehave fails exactly as a Go stage would. The
 // binaries come from `make build` (bin/plugins/ref-{cpp,rust},
-// bin/testplugins/{misbehave,minimal}-cpp, bin/testplugins/misbehave-rust).
-// A test that is the same for both languages runs once per language, as a
+// bin/testplugins/{misbehave,minimal}-cpp, bin/testplugins/misbehave-rust,
+// and the Python launchers bin/plugins/ref-py, bin/testplugins/misbehave-py).
+// A test that is the same for every language runs once per language, as a
 // subtest named after it.
 
 import (
@@ -45,16 +47,20 @@ import (
 )
 
 // nativeLangs are the native SDKs, by the suffix of their reference kinds.
-var nativeLangs = []string{"cpp", "rust"}
+var nativeLangs = []string{"cpp", "rust", "py"}
 
 // nativeTitle names a language in messages.
-var nativeTitle = map[string]string{"cpp": "C++", "rust": "Rust"}
+var nativeTitle = map[string]string{"cpp": "C++", "rust": "Rust", "py": "Python"}
+
+// nativeSDK is what each language's plugins report as their SDK.
+var nativeSDK = map[string]string{"cpp": "cpp", "rust": "rust", "py": "python"}
 
 // nativePlugins are the binaries `make build-<lang>` installs: the reference
 // plugin in bin/plugins, the others in bin/testplugins.
 var nativePlugins = map[string][]string{
 	"cpp":  {"ref-cpp", "misbehave-cpp", "minimal-cpp"},
 	"rust": {"ref-rust", "misbehave-rust"},
+	"py":   {"ref-py", "misbehave-py"},
 }
 
 // nativeBinary returns the path of a built native plugin. A missing binary
@@ -427,6 +433,7 @@ func TestNativeNoiseFollowsTheSpec(t *testing.T) {
 	}{
 		{"cpp", "noise"},
 		{"rust", "lattice,fill"},
+		{"py", "lattice,fill"},
 	} {
 		t.Run(tc.lang, func(t *testing.T) {
 			title := nativeTitle[tc.lang]
@@ -506,6 +513,7 @@ func TestNativeStageErrorsNameTheParam(t *testing.T) {
 	}{
 		{"cpp", "param cell = 12", "param radius = 17"},
 		{"rust", `param "cell"`, `param "radius"`},
+		{"py", `param "cell"`, `param "radius"`},
 	} {
 		t.Run(tc.lang, func(t *testing.T) {
 			r := runNative(t, grid+`
@@ -557,6 +565,7 @@ func TestNativeWriteToInputFaultsAndLeavesDataIntact(t *testing.T) {
 	}{
 		{"cpp", "bad-cpp.writeinput: writing to my read-only input", "the write did not fault", 42},
 		{"rust", "writing to a read-only input on purpose", "the write to a sealed input went through", -1},
+		{"py", "numpy refused the write: assignment destination is read-only", "the write to a sealed input went through", -1},
 	} {
 		t.Run(tc.lang, func(t *testing.T) {
 			trace := filepath.Join(t.TempDir(), "trace.jsonl")
@@ -598,6 +607,7 @@ func TestNativeCrashIsReported(t *testing.T) {
 	for _, tc := range []struct{ lang, says string }{
 		{"cpp", "bad-cpp.crash: about to abort"},
 		{"rust", "aborting on purpose"},
+		{"py", "bad-py.crash: aborting on purpose"},
 	} {
 		t.Run(tc.lang, func(t *testing.T) {
 			trace := filepath.Join(t.TempDir(), "trace.jsonl")
@@ -654,6 +664,7 @@ func TestNativeDynamicOutputs(t *testing.T) {
 	}{
 		{"cpp", "minimal-cpp", true, true},
 		{"rust", "probe-rust", false, false},
+		{"py", "probe-py", true, true},
 	} {
 		t.Run(tc.lang, func(t *testing.T) {
 			title := nativeTitle[tc.lang]
@@ -677,6 +688,15 @@ params = { rows = 1000 }
 kind = "` + tc.prober + `.tablebytes"
 inputs = { in = "rows.rows" }
 `
+			if tc.lang == "py" {
+				body += `[stages.pyrows]
+kind = "probe-py.table"
+params = { rows = 777 }
+[stages.pylook]
+kind = "probe-py.tablebytes"
+inputs = { in = "pyrows.rows" }
+`
+			}
 			if tc.stdout {
 				body += `[stages.text]
 kind = "` + tc.prober + `.stdout"
@@ -705,6 +725,15 @@ inputs = { in = "text.text" }
 			if m := r.stage("look").Metrics; m["arrow"] != 1 || m["format"] != float64(pb.Format_FORMAT_ARROW_IPC) || m["n"] < 1000*16 {
 				t.Errorf("Go table as seen by %s: %v", title, m)
 			}
+			if tc.lang == "py" {
+				// pyarrow read the Go table zero-copy, and a pyarrow table went back.
+				if m := r.stage("look").Metrics; m["rows"] != 1000 {
+					t.Errorf("pyarrow read %v rows of the Go table, want 1000", m["rows"])
+				}
+				if m := r.stage("pylook").Metrics; m["rows"] != 777 || m["columns"] != 2 || m["arrow"] != 1 {
+					t.Errorf("the pyarrow table as read back: %v", m)
+				}
+			}
 			if !tc.stdout {
 				return
 			}
@@ -731,7 +760,7 @@ func TestNativePluginDescribesItself(t *testing.T) {
 	for _, lang := range nativeLangs {
 		t.Run(lang, func(t *testing.T) {
 			p := launchNative(t, nativeBinary(t, lang, "ref-"+lang))
-			if p.SDK != lang || p.SDKVersion == "" {
+			if p.SDK != nativeSDK[lang] || p.SDKVersion == "" {
 				t.Errorf("sdk %q %q", p.SDK, p.SDKVersion)
 			}
 			kinds := map[string]*pb.StageDescriptor{}
@@ -764,6 +793,7 @@ func TestNativePluginExitsWithItsChannel(t *testing.T) {
 	for _, tc := range []struct{ lang, gone string }{
 		{"cpp", `"@message":"pipehost plugin: host is gone`},
 		{"rust", `"@message":"host is gone (fd channel EOF)`},
+		{"py", `"@message":"host is gone (fd channel EOF)`},
 	} {
 		t.Run(tc.lang, func(t *testing.T) {
 			ref := nativeBinary(t, tc.lang, "ref-"+tc.lang)
@@ -804,6 +834,8 @@ func TestNativePluginRefusesToStartWrongly(t *testing.T) {
 		{"cpp", "This program is a pipehost stage plugin. It is not meant to be run by hand",
 			"accepts only versions 2,3"},
 		{"rust", "is a pipehost stage plugin (it offers ref.noise-rust, ref.blur-rust)",
+			`speaks plugin protocol versions "2,3"; this plugin speaks 1`},
+		{"py", "is a pipehost stage plugin (it offers ref.noise-py, ref.blur-py)",
 			`speaks plugin protocol versions "2,3"; this plugin speaks 1`},
 	} {
 		t.Run(lang.name, func(t *testing.T) {
@@ -853,6 +885,7 @@ func TestNativePluginServesGoPluginServices(t *testing.T) {
 	}{
 		{"cpp", codes.ResourceExhausted},
 		{"rust", codes.OutOfRange},
+		{"py", codes.ResourceExhausted},
 	} {
 		t.Run(tc.lang, func(t *testing.T) {
 			servesGoPluginServices(t, nativeBinary(t, tc.lang, "ref-"+tc.lang), tc.overLimit)
@@ -982,8 +1015,8 @@ func servesGoPluginServices(t *testing.T, ref string, overLimit codes.Code) {
 func BenchmarkNativeStageOverhead(b *testing.B) {
 	for _, tc := range []struct{ name, lang, kind string }{
 		{"blur-chain/cpp", "cpp", "ref.blur-cpp"}, {"blur-chain/rust", "rust", "ref.blur-rust"},
-		{"blur-chain/go", "go", "ref.blur-go"},
-		{"noop/cpp", "cpp", "minimal-cpp.noop"}, {"noop/go", "go", "probe.noop"},
+		{"blur-chain/go", "go", "ref.blur-go"}, {"blur-chain/py", "py", "ref.blur-py"},
+		{"noop/cpp", "cpp", "minimal-cpp.noop"}, {"noop/go", "go", "probe.noop"}, {"noop/py", "py", "probe-py.noop"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			dirs := []string{testbin.Build(b, "testplugins/go"), testbin.Build(b, "plugins/go")}

@@ -23,7 +23,14 @@ func TestMain(m *testing.M) { testbin.Main(m) }
 // an empty plugin path, and checks at the end that nothing is left there.
 func isolate(t *testing.T) string {
 	t.Helper()
-	tmp := t.TempDir()
+	// A short directory, not t.TempDir(): the plugins' unix socket paths
+	// live under it and must stay within sun_path's 108 bytes however long
+	// the test's name and however wide the host's pid.
+	tmp, err := os.MkdirTemp("", "ph")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
 	t.Setenv("TMPDIR", tmp)
 	t.Setenv("PIPEHOST_PLUGIN_PATH", "")
 	return tmp

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The Python SDK's numbers (docs/BENCHMARKS.md, "Python SDK"): launch to the
+# first Describe reply, the per-stage overhead of a no-op Python stage next to
+# Go and C++ ones, and a numpy kernel over a 1 GiB input inside a stage
+# against the same kernel on an in-process copy. Medians of 5.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIPEHOST_REQUIRE_NATIVE=1
+
+# median: "name value" lines on stdin → the median value per name.
+median() {
+  .tools/venv/bin/python -c '
+import sys, collections
+v = collections.defaultdict(list)
+for line in sys.stdin:
+    n, x = line.split()[:2]
+    v[n].append(float(x))
+for n in sorted(v):
+    a = sorted(v[n])
+    runs = " ".join("%g" % x for x in v[n])
+    print("%-48s median of %d: %g   (all: %s)" % (n, len(a), a[len(a) // 2], runs))
+'
+}
+
+echo "== launch → first Describe reply (ms), 5 × 10 launches"
+go test -run '^$' -bench 'Launch(Python|Rust)$' -benchtime 10x -count 5 ./host/pluginmgr/ \
+  | grep ms-to-describe | tee /tmp/bench-python-launch.txt | awk '{print $1, $5}' | median
+
+echo "== per-stage overhead: a chain of 20 stages, host µs per stage, 5 × 5 runs"
+go test -run '^$' -bench 'NativeStageOverhead/(noop|blur-chain)/(go|cpp|py)$' -benchtime 5x -count 5 ./host/runner/ \
+  | grep 'µs/stage' | tee /tmp/bench-python-overhead.txt | awk '{for (i=1;i<=NF;i++) if ($i=="µs/stage") print $1, $(i-1)}' | median
+
+echo "== numpy kernel over a 1 GiB input view vs an in-process copy (one run, 5 alternating passes each)"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+cat > "$tmp/kernel.toml" <<TOML
+[grid]
+topology = "plane"
+width = 16384
+height = 16384
+[stages.src]
+kind = "ref.noise-go"
+params = { octaves = 1, cell = 64 }
+[stages.kernel]
+kind = "probe-py.kernel"
+inputs = { in = "src.out" }
+params = { repeats = 5, report = "$tmp/kernel.json" }
+TOML
+bin/pipehost run "$tmp/kernel.toml" --out "$tmp/out" --plugin-dir bin/plugins --plugin-dir bin/testplugins >/dev/null
+.tools/venv/bin/python - "$tmp/kernel.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+ms = lambda ns: ns / 1e6
+print(f"input {r['bytes'] / 2**30:.2f} GiB, view read-only {r['view_is_readonly']}, view owns its data {r['view_owns_data']}")
+print(f"first pass over the view (maps its pages): {ms(r['first_pass_ns']):.1f} ms")
+for name, what in (("shared", "view of the sealed segment"), ("private", "in-process numpy array"),
+                   ("private_4k", "in-process array, 4 KiB pages")):
+    v = r[name + "_ns"]
+    print(f"{what:32s} passes (ms): {' '.join(f'{ms(x):.1f}' for x in v)}  median {ms(r[name + '_median_ns']):.1f}")
+print(f"view / in-process array: {r['ratio']:.3f}; view / in-process array with 4 KiB pages: {r['ratio_4k']:.3f}")
+PY

@@ -1,0 +1,15 @@
+import json
+import os
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "sdk", "python", "src"))
+
+
+def load(rel):
+    with open(os.path.join(ROOT, "testdata", rel)) as f:
+        return json.load(f)
+
+
+def hx(s):
+    return int(s, 16)
