@@ -243,11 +243,16 @@ type Engine struct {
 	pluginMu sync.Mutex
 	respawn  map[string]*pluginmgr.Plugin // crashed plugin path → replacement
 
-	digests     sync.WaitGroup // background output digests
-	stores      sync.WaitGroup // background cache writes
-	storing     atomic.Int64   // cache writes in progress (they hold memory)
-	recomputing sync.Map       // *StageResult → *sync.Mutex, one recomputation at a time
-	res         *resources
+	digests sync.WaitGroup // background output digests
+	stores  sync.WaitGroup // background cache writes
+	// Key parts waiting for the background writer (saveParts).
+	partsMu      sync.Mutex
+	partsQueue   []stagedParts
+	partsWriting bool
+	// Plugin path → binary digest, asked of the cache once per run.
+	storing       atomic.Int64 // cache writes in progress (they hold memory)
+	recomputing   sync.Map     // *StageResult → *sync.Mutex, one recomputation at a time
+	res           *resources
 }
 
 // New prepares a run of p using the registry's plugins and the arena.

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -125,9 +124,9 @@ type slice struct {
 	depth      int
 }
 
-// slices pairs B and E per thread as Perfetto does, failing on an E without
+// pairSlices pairs B and E per thread as Perfetto does, failing on an E without
 // a B, an E of another process, or a B never ended.
-func slices(t *testing.T, ms []marker) []slice {
+func pairSlices(t *testing.T, ms []marker) []slice {
 	t.Helper()
 	open := map[int][]slice{}
 	var out []slice
@@ -212,7 +211,7 @@ func TestTraceMarkersShowEveryStageAndSubtask(t *testing.T) {
 	cfg = strings.Replace(cfg, "[grid]", "[output]\ntrace_markers = true\n\n[grid]", 1)
 	_, recs := run(t, runner.Options{})
 	ms := ti.markers(t)
-	all := slices(t, ms)
+	all := pairSlices(t, ms)
 
 	type stageRec struct {
 		pid        int
@@ -402,12 +401,6 @@ func BenchmarkTraceMarkersOnOff(b *testing.B) {
 		b.ReportMetric((cOn-cOff)/stages/1e3, "cpu-µs/stage-extra")
 		b.ReportMetric(median(pairedCPU), "%-cpu-paired")
 	}
-}
-
-func median(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
 }
 
 // readLogB reads the run log's records for a benchmark.
