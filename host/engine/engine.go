@@ -250,9 +250,9 @@ type Engine struct {
 	partsQueue   []stagedParts
 	partsWriting bool
 	// Plugin path → binary digest, asked of the cache once per run.
-	storing       atomic.Int64 // cache writes in progress (they hold memory)
-	recomputing   sync.Map     // *StageResult → *sync.Mutex, one recomputation at a time
-	res           *resources
+	storing     atomic.Int64 // cache writes in progress (they hold memory)
+	recomputing sync.Map     // *StageResult → *sync.Mutex, one recomputation at a time
+	res         *resources
 }
 
 // New prepares a run of p using the registry's plugins and the arena.
