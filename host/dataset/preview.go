@@ -37,7 +37,7 @@ type PaletteEntry struct {
 // PreviewOptions controls WritePNG.
 type PreviewOptions struct {
 	Style PreviewStyle
-	// MaxSize caps the long side of the image in pixels; 0 means 1024.
+	// MaxSize caps the long side of the image in pixels; 0 means 1024 (2048 for Palette).
 	MaxSize int
 	// NoData marks cells without a value; they and NaN cells are transparent.
 	NoData *float64
@@ -182,6 +182,9 @@ func renderPreview(g Grid, opt PreviewOptions) *image.NRGBA {
 		maxSize = 1024
 	}
 	if opt.Style == Palette {
+		if opt.MaxSize == 0 {
+			maxSize = 2048 // one-cell features (rivers) survive at common sizes
+		}
 		return renderPalette(g, maxSize, opt.Palette)
 	}
 	vals, w, h := downsample(g, maxSize, opt.NoData)

@@ -189,7 +189,7 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 		if c := siblings[port+"_colors"]; c != nil && c.Handle.GetKind() == pb.PortKind_PORT_KIND_TABLE {
 			pal, err := s.palette(c)
 			if err != nil {
-				return nil, fmt.Errorf("colour table %s_colors: %w", port, err)
+				return nil, fmt.Errorf("colour table %s_colors (save it too, e.g. as \"arrow\", so it outlives the run): %w", port, err)
 			}
 			preview = dataset.PreviewOptions{Style: dataset.Palette, Palette: pal}
 		}
