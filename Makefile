@@ -40,7 +40,7 @@ build-go: deps-go
 	@for p in $(GO_TESTPLUGINS); do $(GO) build -o bin/testplugins/$$p ./testplugins/go/$$p || exit 1; done
 
 demo: deps build
-	bin/pipehost run examples/dummy.toml --out out --plugin-dir bin/testplugins
+	bin/pipehost run examples/planet.toml --out out --plugin-dir bin/plugins
 
 test: deps build proto-check
 	@scripts/test.sh
