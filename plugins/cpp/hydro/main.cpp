@@ -17,7 +17,6 @@ namespace {
 const pipehost::Param<double> kSeaLevel{"sea_level", 0.0, "elevation of the sea surface in metres"};
 const pipehost::Param<double> kRiverArea{"river_area", 40000.0,
                                          "drained area in km² from which a cell carries a river (> 0)"};
-const pipehost::Param<int64_t> kMinCells{"min_cells", 4, "rivers shorter than this many cells are dropped (≥ 2)"};
 
 constexpr double kPi = 3.14159265358979323846;
 // Offsets of neighbors8, clockwise from north (docs/topology.md).
@@ -87,9 +86,7 @@ std::vector<uint8_t> wkb(const std::vector<std::vector<std::pair<double, double>
 
 void flow(pipehost::Context& ctx) {
   const double sea = ctx[kSeaLevel], river_area = ctx[kRiverArea];
-  const int64_t min_cells = ctx[kMinCells];
   if (!(river_area > 0) || !std::isfinite(river_area)) throw pipehost::Error("param river_area: must be > 0");
-  if (min_cells < 2) throw pipehost::Error("param min_cells = " + std::to_string(min_cells) + ": want ≥ 2");
   if (!std::isfinite(sea)) throw pipehost::Error("param sea_level: must be finite");
   auto elev = ctx.input_grid<float>("elevation");
   const pipehost::Topology& topo = ctx.topology();
@@ -235,7 +232,7 @@ void flow(pipehost::Context& ctx) {
       }
       c = r;
     }
-    if (int64_t(path.size()) < min_cells) continue;
+    if (path.size() < 2) continue;  // a lone basin cell
     // Split where a step crosses a wrap edge or a pole, so no segment spans
     // the whole map.
     std::vector<std::vector<std::pair<double, double>>> parts(1);
@@ -249,12 +246,12 @@ void flow(pipehost::Context& ctx) {
       }
       parts.back().push_back(map.at(double(c.x) + 0.5, double(c.y) + 0.5));
     }
-    std::vector<std::vector<std::pair<double, double>>> kept;
+    // A part of one vertex (a river that crosses a seam on its first or
+    // last step) repeats it: a LineString needs two.
     for (auto& p : parts) {
-      if (p.size() >= 2) kept.push_back(std::move(p));
+      if (p.size() == 1) p.push_back(p[0]);
     }
-    if (kept.empty()) continue;
-    const auto b = wkb(kept);
+    const auto b = wkb(parts);
     id.push_int32(next_id++);
     outlet_area.push_float64(acc[path[path.size() - 2]]);
     length.push_float64(len / 1000);
@@ -283,7 +280,6 @@ int main() {
           .output(pipehost::table_port("rivers"))
           .param(kSeaLevel)
           .param(kRiverArea)
-          .param(kMinCells)
           .concurrent()
           .run(flow),
   });
