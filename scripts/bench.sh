@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/bench-engine.sh
 scripts/bench-handoff.sh
 scripts/bench-cog.sh
+scripts/bench-planet.sh
