@@ -34,15 +34,33 @@ struct Erode {
 impl Params for Erode {
     fn specs() -> Vec<ParamSpec> {
         vec![
-            ParamSpec::float("droplets_per_cell").default(0.3).doc("rain droplets per land cell, 0..16"),
-            ParamSpec::int("max_steps").default(64).doc("steps a droplet lives at most, 1..1024"),
-            ParamSpec::float("inertia").default(0.1).doc("how much a droplet keeps its direction, 0..1"),
-            ParamSpec::float("capacity").default(6.0).doc("sediment a droplet carries per unit of speed, water and slope"),
-            ParamSpec::float("erosion").default(0.3).doc("fraction of free capacity taken from the ground per step, 0..1"),
-            ParamSpec::float("deposition").default(0.3).doc("fraction of excess sediment dropped per step, 0..1"),
-            ParamSpec::float("evaporation").default(0.02).doc("fraction of water lost per step, 0..1"),
-            ParamSpec::int("radius").default(2).doc("erosion brush radius in cells, 1..8"),
-            ParamSpec::int("threads").default(0).doc("worker threads; 0 means one per core. The output does not depend on it"),
+            ParamSpec::float("droplets_per_cell")
+                .default(0.3)
+                .doc("rain droplets per land cell, 0..16"),
+            ParamSpec::int("max_steps")
+                .default(64)
+                .doc("steps a droplet lives at most, 1..1024"),
+            ParamSpec::float("inertia")
+                .default(0.1)
+                .doc("how much a droplet keeps its direction, 0..1"),
+            ParamSpec::float("capacity")
+                .default(6.0)
+                .doc("sediment a droplet carries per unit of speed, water and slope"),
+            ParamSpec::float("erosion")
+                .default(0.3)
+                .doc("fraction of free capacity taken from the ground per step, 0..1"),
+            ParamSpec::float("deposition")
+                .default(0.3)
+                .doc("fraction of excess sediment dropped per step, 0..1"),
+            ParamSpec::float("evaporation")
+                .default(0.02)
+                .doc("fraction of water lost per step, 0..1"),
+            ParamSpec::int("radius")
+                .default(2)
+                .doc("erosion brush radius in cells, 1..8"),
+            ParamSpec::int("threads")
+                .default(0)
+                .doc("worker threads; 0 means one per core. The output does not depend on it"),
         ]
     }
     fn decode(p: &ParamValues) -> Result<Self, Error> {
@@ -69,19 +87,34 @@ impl Params for Erode {
         unit("deposition", e.deposition)?;
         unit("evaporation", e.evaporation)?;
         if !(0.0..=16.0).contains(&e.droplets_per_cell) {
-            return Err(Error::param("droplets_per_cell", format!("{} is out of range 0..16", e.droplets_per_cell)));
+            return Err(Error::param(
+                "droplets_per_cell",
+                format!("{} is out of range 0..16", e.droplets_per_cell),
+            ));
         }
         if !(1..=1024).contains(&e.max_steps) {
-            return Err(Error::param("max_steps", format!("{} is out of range 1..1024", e.max_steps)));
+            return Err(Error::param(
+                "max_steps",
+                format!("{} is out of range 1..1024", e.max_steps),
+            ));
         }
         if !(0.0..=1000.0).contains(&e.capacity) {
-            return Err(Error::param("capacity", format!("{} is out of range 0..1000", e.capacity)));
+            return Err(Error::param(
+                "capacity",
+                format!("{} is out of range 0..1000", e.capacity),
+            ));
         }
         if !(1..=8).contains(&e.radius) {
-            return Err(Error::param("radius", format!("{} is out of range 1..8", e.radius)));
+            return Err(Error::param(
+                "radius",
+                format!("{} is out of range 1..8", e.radius),
+            ));
         }
         if !(0..=256).contains(&e.threads) {
-            return Err(Error::param("threads", format!("{} is out of range 0..256", e.threads)));
+            return Err(Error::param(
+                "threads",
+                format!("{} is out of range 0..256", e.threads),
+            ));
         }
         Ok(e)
     }
@@ -106,7 +139,11 @@ impl Surface {
             match self.grid.wrap_y() {
                 Wrap::Repeat => y = (y + 0.5).rem_euclid(self.h) - 0.5,
                 Wrap::Pole => {
-                    y = if y < top { 2.0 * top - y } else { 2.0 * bottom - y };
+                    y = if y < top {
+                        2.0 * top - y
+                    } else {
+                        2.0 * bottom - y
+                    };
                     x += self.w / 2.0;
                     *dy = -*dy;
                     if !(top..bottom).contains(&y) {
@@ -114,7 +151,11 @@ impl Surface {
                     }
                 }
                 Wrap::Reflect => {
-                    y = if y < top { 2.0 * top - y } else { 2.0 * bottom - y };
+                    y = if y < top {
+                        2.0 * top - y
+                    } else {
+                        2.0 * bottom - y
+                    };
                     *dy = -*dy;
                     if !(top..bottom).contains(&y) {
                         return None;
@@ -144,7 +185,12 @@ impl Surface {
         let (x0, y0) = (x.floor(), y.floor());
         let (u, v) = (x - x0, y - y0);
         let (ix, iy) = (x0 as i64, y0 as i64);
-        let idx = [self.cell(ix, iy), self.cell(ix + 1, iy), self.cell(ix, iy + 1), self.cell(ix + 1, iy + 1)];
+        let idx = [
+            self.cell(ix, iy),
+            self.cell(ix + 1, iy),
+            self.cell(ix, iy + 1),
+            self.cell(ix + 1, iy + 1),
+        ];
         let [a, b, c, d] = idx.map(|i| f64::from(hgt[i]));
         let gx = (b - a) * (1.0 - v) + (d - c) * v;
         let gy = (c - a) * (1.0 - u) + (d - b) * u;
@@ -165,7 +211,16 @@ fn add(acc: &[AtomicI32], touched: &mut Vec<u32>, i: usize, metres: f64) {
 
 /// Runs droplet `id` over the batch's heights, adding its changes to `acc`.
 #[allow(clippy::too_many_arguments)]
-fn droplet(s: &Surface, p: &Erode, brush: &[(i64, i64, f64)], hgt: &[f32], seed: u64, id: u64, acc: &[AtomicI32], touched: &mut Vec<u32>) {
+fn droplet(
+    s: &Surface,
+    p: &Erode,
+    brush: &[(i64, i64, f64)],
+    hgt: &[f32],
+    seed: u64,
+    id: u64,
+    acc: &[AtomicI32],
+    touched: &mut Vec<u32>,
+) {
     let r = derive(seed, id);
     let mut x = (r >> 40) as f64 / (1u64 << 24) as f64 * s.w - 0.5;
     let mut y = (r & 0xFF_FFFF) as f64 / (1u64 << 24) as f64 * s.h - 0.5;
@@ -204,7 +259,11 @@ fn droplet(s: &Surface, p: &Erode, brush: &[(i64, i64, f64)], hgt: &[f32], seed:
             // Uphill: fill at most half the step, so a droplet that cannot
             // see its own deposits (it reads the batch's heights) never
             // builds a spike bouncing in a pit.
-            let drop = if dh > 0.0 { (0.5 * dh).min(sediment) } else { (sediment - cap) * p.deposition };
+            let drop = if dh > 0.0 {
+                (0.5 * dh).min(sediment)
+            } else {
+                (sediment - cap) * p.deposition
+            };
             sediment -= drop;
             for j in 0..4 {
                 add(acc, touched, idx[j], drop / k * wts[j]);
@@ -230,7 +289,13 @@ fn erode(ctx: &RunContext, p: Erode) -> Result<(), Error> {
     let grid = *topo.grid();
     let (w, h) = (grid.width(), grid.height());
     if (input.width(), input.height()) != (w, h) || (out.width(), out.height()) != (w, h) {
-        return Err(Error::new(format!("grid sizes differ: input {}x{}, output {}x{}, topology {w}x{h}", input.width(), input.height(), out.width(), out.height())));
+        return Err(Error::new(format!(
+            "grid sizes differ: input {}x{}, output {}x{}, topology {w}x{h}",
+            input.width(),
+            input.height(),
+            out.width(),
+            out.height()
+        )));
     }
     {
         let _s = ctx.timed("copy");
@@ -238,7 +303,11 @@ fn erode(ctx: &RunContext, p: Erode) -> Result<(), Error> {
             out.row_mut(y).copy_from_slice(input.row(y));
         }
     }
-    let surface = Surface { grid, w: w as f64, h: h as f64 };
+    let surface = Surface {
+        grid,
+        w: w as f64,
+        h: h as f64,
+    };
     // A cone-shaped brush, weights summing to 1.
     let mut brush = Vec::new();
     let r = p.radius;
@@ -260,7 +329,11 @@ fn erode(ctx: &RunContext, p: Erode) -> Result<(), Error> {
     // a batch is 1/256 of the grid's cells, so few droplets of one batch
     // meet.
     let batch = ((cells / 256) as u64).max(1024);
-    let threads = if p.threads > 0 { p.threads as usize } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+    let threads = if p.threads > 0 {
+        p.threads as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     let acc: Vec<AtomicI32> = (0..cells).map(|_| AtomicI32::new(0)).collect();
     let seed = ctx.seed();
     let _s = ctx.timed("droplets");
@@ -291,7 +364,10 @@ fn erode(ctx: &RunContext, p: Erode) -> Result<(), Error> {
                     })
                 })
                 .collect();
-            workers.into_iter().map(|h| h.join().expect("erosion worker panicked")).collect()
+            workers
+                .into_iter()
+                .map(|h| h.join().expect("erosion worker panicked"))
+                .collect()
         });
         // Apply: each cell's integer total once, whichever list names it.
         for list in &touched {
