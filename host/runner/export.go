@@ -186,12 +186,16 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 		geo := s.georef(int(h.GetLevel()))
 		meta := map[string]string{"PIPEHOST_RUN": s.Config.RunID, "PIPEHOST_STAGE": n.Name, "PIPEHOST_KIND": n.Kind, "PIPEHOST_PORT": port, "PIPEHOST_SHA256": o.Digest.Hash}
 		preview := dataset.PreviewOptions{Style: dataset.ShadedRamp}
+		// A colour table that cannot be read costs the palette, not the
+		// datasets: they are written, the preview falls back, the error is
+		// reported.
+		var palErr error
 		if c := siblings[port+"_colors"]; c != nil && c.Handle.GetKind() == pb.PortKind_PORT_KIND_TABLE {
-			pal, err := s.palette(c)
-			if err != nil {
-				return nil, fmt.Errorf("colour table %s_colors (save it too, e.g. as \"arrow\", so it outlives the run): %w", port, err)
+			if pal, err := s.palette(c); err != nil {
+				palErr = fmt.Errorf("colour table %s_colors (save it too, e.g. as \"arrow\", so it outlives the run): %w", port, err)
+			} else {
+				preview = dataset.PreviewOptions{Style: dataset.Palette, Palette: pal}
 			}
-			preview = dataset.PreviewOptions{Style: dataset.Palette, Palette: pal}
 		}
 		for _, f := range formats {
 			var err error
@@ -218,6 +222,9 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 			return out, err
 		}
 		s.previews[n.Name+"."+port] = filepath.ToSlash(name)
+		if palErr != nil {
+			return out, palErr
+		}
 	case pb.PortKind_PORT_KIND_TABLE:
 		r, err := ipc.NewMappedFileReader(data)
 		if err != nil {

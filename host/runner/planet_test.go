@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"image/png"
 	"io"
 	"math"
 	"os"
@@ -431,4 +432,83 @@ func TestPlanetDatasetsDeterministicAndReadable(t *testing.T) {
 			t.Errorf("%s differs between --jobs 1 and --jobs 4", path)
 		}
 	}
+}
+
+// The biome preview is drawn in the stage's colour table, one class colour
+// per pixel; without the table saved the datasets are still written and the
+// run names the missing table.
+func TestPlanetBiomePreviewUsesColourTable(t *testing.T) {
+	plugins := planetPlugins(t)
+	sess, _ := runPlanet(t, plugins, planetConfig(t, "planet.toml"), runner.Options{}, "grid.width=256", "grid.height=128")
+	dir := sess.Reports.Dir
+	f, err := os.Open(filepath.Join(dir, "data", "climate.biome_colors.arrow"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := ipc.NewFileReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	rec, err := r.RecordBatch(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	colours := map[[3]uint8]bool{}
+	col := func(name string) *array.Uint8 { return rec.Column(rec.Schema().FieldIndices(name)[0]).(*array.Uint8) }
+	for j := 0; j < int(rec.NumRows()); j++ {
+		colours[[3]uint8{col("r").Value(j), col("g").Value(j), col("b").Value(j)}] = true
+	}
+	pf, err := os.Open(filepath.Join(dir, "previews", "climate.biome.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pf.Close()
+	img, err := png.Decode(pf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[[3]uint8]bool{}
+	for y := img.Bounds().Min.Y; y < img.Bounds().Max.Y; y++ {
+		for x := img.Bounds().Min.X; x < img.Bounds().Max.X; x++ {
+			cr, cg, cb, _ := img.At(x, y).RGBA()
+			c := [3]uint8{uint8(cr >> 8), uint8(cg >> 8), uint8(cb >> 8)}
+			if !colours[c] {
+				t.Fatalf("preview pixel (%d, %d) = %v is no biome colour", x, y, c)
+			}
+			seen[c] = true
+		}
+	}
+	if len(seen) < 6 {
+		t.Errorf("only %d biome colours in the preview", len(seen))
+	}
+
+	isolate(t)
+	cfg := planetConfig(t, "planet.toml", `biome_colors = ["arrow"], `, ``)
+	s2, err := runner.Open(context.Background(), runner.Options{ConfigPath: cfg, PluginDirs: []string{plugins},
+		OutDir: filepath.Join(t.TempDir(), "out"), CacheDir: filepath.Join(t.TempDir(), "cache"),
+		Overrides: []config.Override{mustOverride(t, "grid.width=256"), mustOverride(t, "grid.height=128")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Run(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	if len(s2.RunErrors) != 1 || !strings.Contains(s2.RunErrors[0].Error(), "colour table biome_colors") {
+		t.Errorf("run errors %v, want one naming the colour table", s2.RunErrors)
+	}
+	if _, err := os.Stat(filepath.Join(s2.Reports.Dir, "data", "climate.biome.tif")); err != nil {
+		t.Errorf("the biome COG was not written: %v", err)
+	}
+}
+
+func mustOverride(t *testing.T, s string) config.Override {
+	t.Helper()
+	o, err := config.ParseOverride(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
 }
