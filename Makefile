@@ -49,7 +49,7 @@ build-remote:
 	@scripts/build-remote-servers.sh
 
 demo: deps build
-	bin/pipehost run examples/dummy.toml --out out --plugin-dir bin/testplugins
+	bin/pipehost run examples/planet.toml --out out --plugin-dir bin/plugins
 
 test: deps build build-remote proto-check
 	@scripts/test.sh

@@ -11,3 +11,4 @@ scripts/bench-remote.sh
 scripts/bench-markers.sh
 scripts/bench-setup.sh
 scripts/bench-python.sh
+scripts/bench-planet.sh

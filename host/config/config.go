@@ -420,10 +420,18 @@ func ParseOverride(s string) (Override, error) {
 }
 
 // Apply sets overrides on the pipeline; an unknown stage is an error.
+// "grid.KEY=value" sets a key of the [grid] table (width, height, levels,
+// topology, radius, minor_radius, caps) unless a stage is named grid.
 func (p *Pipeline) Apply(overrides []Override) error {
 	var errs Errors
 	for _, o := range overrides {
 		s := p.Stage(o.Stage)
+		if s == nil && o.Stage == "grid" {
+			if err := p.setGrid(o); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		if s == nil {
 			errs = append(errs, &Error{Pos: o.Value.Pos, Msg: fmt.Sprintf("no stage named %q in %s", o.Stage, p.File)})
 			continue
@@ -435,6 +443,66 @@ func (p *Pipeline) Apply(overrides []Override) error {
 		}
 	}
 	return errs.Err()
+}
+
+// setGrid applies one grid.KEY override with the checks the config file gets.
+func (p *Pipeline) setGrid(o Override) *Error {
+	bad := func(format string, args ...any) *Error {
+		return &Error{Pos: o.Value.Pos, Key: "grid." + o.Param, Msg: fmt.Sprintf(format, args...)}
+	}
+	switch o.Param {
+	case "width", "height", "levels":
+		i, ok := o.Value.Value.(int64)
+		hi := int64(1 << 20)
+		if o.Param == "levels" {
+			hi = 21
+		}
+		if !ok || i < 1 || i > hi {
+			if ok {
+				return bad("%d is out of range [1, %d]", i, hi)
+			}
+			return bad("expected an integer, got %s", describe(o.Value))
+		}
+		switch o.Param {
+		case "width":
+			p.Grid.Width = int(i)
+		case "height":
+			p.Grid.Height = int(i)
+		default:
+			p.Grid.Levels = int(i)
+		}
+	case "radius", "minor_radius":
+		var f float64
+		switch v := o.Value.Value.(type) {
+		case int64:
+			f = float64(v)
+		case float64:
+			f = v
+		default:
+			return bad("expected a number, got %s", describe(o.Value))
+		}
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return bad("expected a finite number, got %s", describe(o.Value))
+		}
+		if o.Param == "radius" {
+			p.Grid.Radius = f
+		} else {
+			p.Grid.MinorRadius = f
+		}
+	case "topology", "caps":
+		v, ok := o.Value.Value.(string)
+		if !ok {
+			return bad("expected a string, got %s", describe(o.Value))
+		}
+		if o.Param == "topology" {
+			p.Grid.Topology = v
+		} else {
+			p.Grid.Caps = v
+		}
+	default:
+		return bad("unknown grid key %q (width, height, levels, topology, radius, minor_radius, caps)", o.Param)
+	}
+	return nil
 }
 
 // Stage returns the stage named name, or nil.
