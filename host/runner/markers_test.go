@@ -1,6 +1,6 @@
 package runner_test
 
-// Trace markers end to end: a Go → Rust → C++ → Go pipeline runs with
+// Trace markers end to end: a Go → Rust → C++ → Go → Python pipeline runs with
 // markers on, and the kernel's trace buffer must hold every stage and every
 // subtask span of the run log, written by the right process, nested on the
 // thread that ran them, at the run log's times.
@@ -171,6 +171,8 @@ func TestTraceMarkersShowEveryStageAndSubtask(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := strings.ReplaceAll(string(body), `save = `, `# save = `)
+	// And last a Python blur (its subtask: "blur"), so every SDK writes markers.
+	cfg += "\n[stages.py]\nkind = \"ref.blur-py\"\ninputs = { in = \"final.out\" }\nparams = { radius = 1 }\n"
 
 	run := func(t *testing.T, opts runner.Options) (*runner.Session, []record) {
 		t.Helper()
@@ -235,8 +237,8 @@ func TestTraceMarkersShowEveryStageAndSubtask(t *testing.T) {
 			spans[st] = append(spans[st], r)
 		}
 	}
-	if len(stages) != 4 || len(pids) != 3 {
-		t.Fatalf("expected 4 stages in 3 plugin processes (Go, Rust, C++), got %d stages in %d", len(stages), len(pids))
+	if len(stages) != 5 || len(pids) != 4 {
+		t.Fatalf("expected 5 stages in 4 plugin processes (Go, Rust, C++, Python), got %d stages in %d", len(stages), len(pids))
 	}
 	for name, s := range stages {
 		var top []slice
