@@ -25,6 +25,9 @@ type Pipeline struct {
 	// Resources are capacities of named resources (e.g. gpu = 2); the
 	// command line overrides them.
 	Resources map[string]int
+	// PluginEnv names the host environment variables passed on to plugins,
+	// beyond the few every plugin gets (plugins.env).
+	PluginEnv []string
 }
 
 // Grid is the run's grid: topology, native size and pyramid depth.
@@ -213,7 +216,7 @@ func decode(file string, root *Node) (*Pipeline, error) {
 	d := &decoder{}
 	p := &Pipeline{File: file, Grid: Grid{Topology: "plane", Width: 64, Height: 64, Levels: 1}}
 	p.RunID = strings.TrimSuffix(filepath.Base(file), filepath.Ext(file))
-	if d.fields(root, "", "run", "grid", "stages", "output", "resources") == nil {
+	if d.fields(root, "", "run", "grid", "stages", "output", "resources", "plugins") == nil {
 		return nil, d.errs.Err()
 	}
 	if f := root.Get("run"); f != nil {
@@ -287,6 +290,25 @@ func decode(file string, root *Node) (*Pipeline, error) {
 			for _, rf := range f.Value.Fields {
 				if i, ok := d.integer(&rf, "resources."+rf.Key, 0, 1<<20); ok {
 					p.Resources[rf.Key] = int(i)
+				}
+			}
+		}
+	}
+	if f := root.Get("plugins"); f != nil {
+		if n := d.fields(f.Value, "plugins", "env"); n != nil {
+			if g := n.Get("env"); g != nil {
+				if g.Value.Kind != List {
+					d.errorf(g.Value.Pos, "plugins.env", "expected a list of environment variable names, got %s", describe(g.Value))
+				} else {
+					for i, item := range g.Value.Items {
+						key := fmt.Sprintf("plugins.env[%d]", i)
+						name, ok := d.str(&Field{Key: key, Value: item}, key)
+						if ok && (name == "" || strings.ContainsAny(name, "=\x00")) {
+							d.errorf(item.Pos, key, "%q is not an environment variable name", name)
+						} else if ok {
+							p.PluginEnv = append(p.PluginEnv, name)
+						}
+					}
 				}
 			}
 		}

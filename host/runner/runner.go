@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -59,6 +60,11 @@ type Options struct {
 	// TraceMarkers writes every stage and subtask to tracefs trace_marker
 	// (as does the config's output.trace_markers); see docs/runlog.md.
 	TraceMarkers bool
+	// UpdateLock writes the plugin lock file beside the config
+	// (pipehost.lock) for the plugins the plan uses, instead of refusing
+	// binaries that differ from it. Without it, an existing lock file is
+	// enforced and a missing one is not created.
+	UpdateLock bool
 }
 
 // DetectGPUs counts the NVIDIA and DRM render devices of this machine.
@@ -158,12 +164,27 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	// the plan, then only the plugins the plan uses are launched.
 	t0 := clock.Now()
 	cat := catalog(opts)
-	mgr, described, ds, err := describePlugins(ctx, opts, cat)
+	// Plugins get a scrubbed environment: what every plugin needs, what
+	// the caller adds, and the host variables the config names.
+	for _, k := range cfg.PluginEnv {
+		if v, ok := os.LookupEnv(k); ok {
+			opts.PluginEnv = append(opts.PluginEnv, k+"="+v)
+		}
+	}
+	lock, err := ReadLock(LockPath(opts.ConfigPath))
+	if err != nil {
+		return nil, &SetupError{err}
+	}
+	if opts.UpdateLock {
+		lock = nil // every installed plugin may be used, then recorded
+	}
+	mgr, described, ds, unlocked, err := describePlugins(ctx, opts, cat, lock)
 	if err != nil {
 		return nil, err
 	}
 	setup.DescribeNs = clock.Now() - t0
 	setup.Installed, setup.FromCatalog, setup.Described, setup.Ignored = len(described), ds.FromCatalog, ds.Launched, ds.Ignored
+	setup.Unlocked = unlocked
 	p, reg, err := planAndStart(ctx, cfg, mgr, described, cat, &setup)
 	if cat != nil {
 		setup.Hashed = cat.Hashed()
@@ -192,6 +213,18 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 		used[e.Plugin] = true
 	}
 	mgr.StopUnused(used)
+	if opts.UpdateLock {
+		l := lockOf(LockPath(opts.ConfigPath), p, reg)
+		if old, _ := ReadLock(l.Path); !sameLock(old, l) {
+			if err := l.Write(); err != nil {
+				mgr.Close()
+				return nil, &SetupError{fmt.Errorf("writing the plugin lock: %w", err)}
+			}
+			if opts.Warn != nil {
+				opts.Warn(fmt.Sprintf("wrote %s (%d plugins)", l.Path, len(l.Plugins)))
+			}
+		}
+	}
 	sess := &Session{Config: cfg, Plugins: mgr.Plugins(), Registry: reg, Plan: p, mgr: mgr, opts: opts,
 		Arena: arena.New(opts.MemBudget), openNs: openNs, Setup: setup}
 	if opts.CacheDir != "" {
