@@ -34,7 +34,7 @@ func planetPlugins(t *testing.T) string {
 	root := testbin.ModuleRoot()
 	dir := t.TempDir()
 	goPlanet := filepath.Join(testbin.Build(t, "plugins/go"), "planet-go")
-	for _, p := range []string{goPlanet, filepath.Join(root, "bin", "plugins", "planet-rust"), filepath.Join(root, "bin", "plugins", "hydro-cpp")} {
+	for _, p := range []string{goPlanet, filepath.Join(root, "bin", "plugins", "planet-rust"), filepath.Join(root, "bin", "plugins", "hydro-cpp"), filepath.Join(root, "bin", "plugins", "planet-py")} {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			if os.Getenv("PIPEHOST_REQUIRE_NATIVE") == "1" {
