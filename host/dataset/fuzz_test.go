@@ -70,9 +70,12 @@ func FuzzTIFFIFDs(f *testing.F) {
 		if len(ifds) == 0 {
 			return
 		}
-		out, offsets := encodeIFDs(big, uint64(start), ifds)
-		file := append(make([]byte, start), out...)
-		got, err := walkIFDs(file, big, uint64(start))
+		// An IFD sits after the header, on a word boundary (offset 0 means
+		// "no IFD").
+		first := 16 + 2*uint64(start%(1<<16))
+		out, offsets := encodeIFDs(big, first, ifds)
+		file := append(make([]byte, first), out...)
+		got, err := walkIFDs(file, big, first)
 		if err != nil {
 			t.Fatal(err)
 		}
