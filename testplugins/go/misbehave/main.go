@@ -1,5 +1,7 @@
 // Command misbehave offers stages that break the rules in every way the host
-// must survive: panics, exits, crashes, hangs, writing to a read-only input,
+// must survive: panics, exits, crashes (also after writing half an output),
+// hangs, writing to a read-only input, log floods, odd hclog lines, a child
+// holding stdio, data races, oversized dynamic outputs,
 // keeping a writable mapping of an output.
 package main
 
