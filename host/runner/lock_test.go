@@ -129,7 +129,7 @@ params = { path = "`+out+`" }
 	for _, kv := range env {
 		name, _, _ := strings.Cut(kv, "=")
 		switch name {
-		case "PATH", "HOME", "LANG", "TMPDIR", "PIPEHOST_TEST_ALLOWED", "PIPEHOST_FD_CHANNEL", "PIPEHOST_PLUGIN_COOKIE", "PLUGIN_UNIX_SOCKET_DIR":
+		case "PATH", "HOME", "LANG", "TMPDIR", "PIPEHOST_TEST_ALLOWED", "PIPEHOST_FD_CHANNEL", "PIPEHOST_PLUGIN_COOKIE", "PLUGIN_UNIX_SOCKET_DIR", "GORACE":
 		default:
 			if !strings.HasPrefix(name, "PLUGIN_") {
 				t.Errorf("plugin saw %s", kv)
