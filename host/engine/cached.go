@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -68,20 +69,49 @@ func (e *Engine) digestOutputs(r *StageResult) {
 		e.digests.Add(1)
 		go func() {
 			defer e.digests.Done()
-			yieldToStages()
-			o.setDigest(cache.SegmentDigest(seg))
+			restore := yieldToStages()
+			d, err := cache.SegmentDigest(seg)
+			restore()
+			o.setDigest(d, err)
 		}()
 	}
 }
 
 // yieldToStages lowers the priority of the calling goroutine's OS thread
-// and keeps the goroutine on it (the runtime ends a locked thread with its
-// goroutine, so the lowered priority never reaches other work): digests and
-// cache writes then give way to stages when the CPUs are short.
-func yieldToStages() {
+// while it digests or stores, so that work gives way to stages when the CPUs
+// are short, and returns the function that restores it. The thread must go
+// back to the runtime's pool alive: plugins are started with Pdeathsig,
+// which the kernel ties to the thread that forked them, so a thread that
+// ends (as a locked one does when its goroutine exits) would kill every
+// plugin it started. Where the priority could not be raised back, nothing
+// is lowered.
+func yieldToStages() (restore func()) {
+	if !canRenice {
+		return func() {}
+	}
 	runtime.LockOSThread()
-	_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 10)
+	tid := unix.Gettid()
+	if unix.Setpriority(unix.PRIO_PROCESS, tid, backgroundNice) != nil {
+		runtime.UnlockOSThread()
+		return func() {}
+	}
+	return func() {
+		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 0)
+		runtime.UnlockOSThread()
+	}
 }
+
+const backgroundNice = 10
+
+// canRenice says whether a thread's priority, once lowered, can be raised
+// back to nice 0: as root, or with RLIMIT_NICE allowing it.
+var canRenice = func() bool {
+	if os.Geteuid() == 0 {
+		return true
+	}
+	var rl unix.Rlimit
+	return unix.Getrlimit(unix.RLIMIT_NICE, &rl) == nil && rl.Cur >= 20
+}()
 
 // store writes the stage's outputs to the cache in the background, once
 // their digests are known, and releases the host's claims on them when
@@ -133,11 +163,14 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 		for _, seg := range segs {
 			bytes += seg.Size()
 		}
+		restore := func() {}
 		if bytes >= inlineDigest {
-			yieldToStages()
+			restore = yieldToStages()
 		}
 		m.Created = time.Now().UTC()
-		if err := e.opts.Cache.Store(m, segs); err != nil {
+		err := e.opts.Cache.Store(m, segs)
+		restore()
+		if err != nil {
 			warn(err)
 		}
 	}()

@@ -135,6 +135,7 @@ func New(opts Options) (*Manager, error) {
 	if opts.StderrLines == 0 {
 		opts.StderrLines = 400
 	}
+	opts.Logger = safeLogger(opts.Logger)
 	if opts.Logger == nil {
 		opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "pipehost", Level: hclog.Off})
 	}
@@ -313,9 +314,12 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 	cmd := exec.Command(path)
 	cmd.Env = append(m.baseEnv(), m.opts.Env...)
 	cmd.ExtraFiles = []*os.File{remote}
-	// Pdeathsig: the plugin dies with the host. Setpgid: stopping the
-	// plugin stops whatever it started too, which would otherwise hold its
-	// stderr open and stall shutdown.
+	// Pdeathsig: the plugin dies with the host. The kernel ties it to the
+	// thread that forks, not the process, so no host code may let an OS
+	// thread end (a goroutine exiting while LockOSThread'ed): that would
+	// kill the plugins started from it. Setpgid: stopping the plugin stops
+	// whatever it started too, which would otherwise hold its stderr open and
+	// stall shutdown.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	p.cmd = cmd
 	p.client = plugin.NewClient(&plugin.ClientConfig{
@@ -572,4 +576,31 @@ func (m *Manager) StopUnused(used map[*Plugin]bool) {
 		go func() { defer wg.Done(); p.Stop() }()
 	}
 	wg.Wait()
+}
+
+// pluginLogger is the logger handed to go-plugin. go-plugin parses every
+// plugin stderr line as hclog JSON when its logger is enabled, and panics
+// (taking the host down) on a line whose @message, @level or @timestamp is
+// not a string. Reporting the plugin loggers as off skips that parser; the
+// run log reads each plugin's stderr itself (parseHCLog), so no line is lost,
+// and go-plugin's own messages still reach the logger.
+type pluginLogger struct{ hclog.Logger }
+
+func safeLogger(l hclog.Logger) hclog.Logger {
+	if l == nil {
+		return nil
+	}
+	return pluginLogger{l}
+}
+
+func (l pluginLogger) GetLevel() hclog.Level { return hclog.Off }
+
+func (l pluginLogger) Named(name string) hclog.Logger { return pluginLogger{l.Logger.Named(name)} }
+
+func (l pluginLogger) ResetNamed(name string) hclog.Logger {
+	return pluginLogger{l.Logger.ResetNamed(name)}
+}
+
+func (l pluginLogger) With(args ...interface{}) hclog.Logger {
+	return pluginLogger{l.Logger.With(args...)}
 }

@@ -134,7 +134,7 @@ func StartPlugins(ctx context.Context, opts Options) (*pluginmgr.Manager, []*plu
 	if len(paths) == 0 {
 		return nil, nil, nil, &SetupError{fmt.Errorf("no plugins found (searched %s); pass --plugin-dir or set %s", strings.Join(dirs, ", "), pluginmgr.EnvPluginPath)}
 	}
-	mgr, err := pluginmgr.New(pluginmgr.Options{StartTimeout: opts.StartTimeout, Env: opts.PluginEnv, Logger: safePluginLogger(opts.Logger)})
+	mgr, err := pluginmgr.New(pluginmgr.Options{StartTimeout: opts.StartTimeout, Env: opts.PluginEnv, Logger: opts.Logger})
 	if err != nil {
 		return nil, nil, nil, &SetupError{err}
 	}
@@ -309,31 +309,4 @@ func (s *Session) Close() error {
 	err := s.mgr.Close()
 	s.Arena.Close()
 	return err
-}
-
-// pluginLogger is the logger handed to go-plugin. go-plugin parses every
-// plugin stderr line as hclog JSON when its logger is enabled, and panics
-// (taking the host down) on a line whose @message, @level or @timestamp is
-// not a string. Reporting the plugin loggers as off skips that parser; the
-// run log reads each plugin's stderr itself (parseHCLog), so no line is lost,
-// and go-plugin's own messages still reach the logger.
-type pluginLogger struct{ hclog.Logger }
-
-func safePluginLogger(l hclog.Logger) hclog.Logger {
-	if l == nil {
-		return nil
-	}
-	return pluginLogger{l}
-}
-
-func (l pluginLogger) GetLevel() hclog.Level { return hclog.Off }
-
-func (l pluginLogger) Named(name string) hclog.Logger { return pluginLogger{l.Logger.Named(name)} }
-
-func (l pluginLogger) ResetNamed(name string) hclog.Logger {
-	return pluginLogger{l.Logger.ResetNamed(name)}
-}
-
-func (l pluginLogger) With(args ...interface{}) hclog.Logger {
-	return pluginLogger{l.Logger.With(args...)}
 }
