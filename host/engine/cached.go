@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 
 	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/host/remote"
 	"github.com/pipehost/pipehost/internal/clock"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
@@ -122,12 +125,21 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 		if err := e.opts.Cache.Store(m, segs); err != nil {
 			warn(err)
 		}
+		if e.opts.Remote != nil {
+			// Still on the store's goroutine: the host's claims (released
+			// when it returns) keep the segments alive for the upload, and
+			// the run waits for it like for the local write.
+			open := func(port string) (io.ReaderAt, error) { return remote.SegmentReader(segs[port]), nil }
+			if err := e.opts.Remote.Store(ctx, r.Key, m.Outputs, open); err != nil {
+				e.opts.Observer.StageEvent(n, logEvent("could not upload to the remote cache: "+err.Error()))
+			}
+		}
 	}()
 }
 
 // materialize makes a cached output's bytes available as an arena segment
 // that needBy (a stage about to run) will release.
-func (e *Engine) materialize(producer *plan.Node, port string, o *Output, needBy string) error {
+func (e *Engine) materialize(ctx context.Context, producer *plan.Node, port string, o *Output, needBy string) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.Entry != nil && !o.Entry.Freed() {
@@ -136,7 +148,7 @@ func (e *Engine) materialize(producer *plan.Node, port string, o *Output, needBy
 	if !o.Cached {
 		return fmt.Errorf("output %q of %s is gone", port, producer.Name)
 	}
-	seg, err := e.opts.Cache.Materialize(o.Digest, port)
+	seg, err := CachedSegment(ctx, e.opts.Cache, e.opts.Remote, o, port)
 	if err != nil {
 		return err
 	}
@@ -179,7 +191,7 @@ func (e *Engine) materializeInputs(ctx context.Context, n *plan.Node, results []
 	for _, in := range n.Inputs {
 		up := results[in.From.Index]
 		port := in.Output.GetName()
-		err := e.materialize(in.From, port, up.Outputs[port], n.Name)
+		err := e.materialize(ctx, in.From, port, up.Outputs[port], n.Name)
 		if isCorrupt(err) {
 			e.opts.Observer.StageEvent(in.From, logEvent(fmt.Sprintf("cached output %q is corrupt (%v): entry removed, recomputing %s", port, err, in.From.Name)))
 			e.opts.Cache.Invalidate(up.Key)
@@ -187,13 +199,31 @@ func (e *Engine) materializeInputs(ctx context.Context, n *plan.Node, results []
 			if err := e.recompute(ctx, in.From, up, results, slots, n.Name); err != nil {
 				return fmt.Errorf("recomputing %s after its cache entry turned out corrupt: %w", in.From.Name, err)
 			}
-			err = e.materialize(in.From, port, up.Outputs[port], n.Name)
+			err = e.materialize(ctx, in.From, port, up.Outputs[port], n.Name)
 		}
 		if err != nil {
 			return fmt.Errorf("input %q (cached output of %s): %w", in.Input.GetName(), in.From.Name, err)
 		}
 	}
 	return nil
+}
+
+// CachedSegment loads a cached output's bytes into a new write-sealed
+// segment, verified against its digest: from the local store if it has
+// them, else from the remote cache for a remote hit. Remote bytes that do
+// not match, have been evicted or cannot be had wrap cache.ErrCorrupt, so
+// the stage is recomputed like for a corrupt local entry.
+func CachedSegment(ctx context.Context, c *cache.Cache, rc *remote.Cache, o *Output, name string) (*shm.Segment, error) {
+	if o.Remote && rc != nil {
+		if _, err := os.Stat(c.BlobPath(o.Digest)); err != nil {
+			seg, err := rc.Fetch(ctx, o.Digest, name)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %v", cache.ErrCorrupt, err)
+			}
+			return seg, nil
+		}
+	}
+	return c.Materialize(o.Digest, name)
 }
 
 func isCorrupt(err error) bool { return err != nil && errors.Is(err, cache.ErrCorrupt) }
