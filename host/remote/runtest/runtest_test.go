@@ -258,6 +258,15 @@ func TestCorruptRemoteBlobRecomputed(t *testing.T) {
 		t.Errorf("noise: cache %s, want a remote hit", r.Cache)
 	}
 	sameDatasets(t, datasets(t, a.outDir), datasets(t, b.outDir))
+
+	// The recomputed bytes replaced the corrupt blob: a third host reads
+	// blur from the remote cache again.
+	c := newHost(t)
+	res = byName(run(t, c.open(t, cfg, env.Cache, "final")))
+	if r := res["blur"]; r.Cache != engine.CacheHit {
+		t.Errorf("third host, blur: cache %s (%q), want a remote hit with the repaired blob", r.Cache, r.MissReason)
+	}
+	sameDatasets(t, datasets(t, a.outDir), datasets(t, c.outDir))
 }
 
 func flipByte(t *testing.T, path string) {
