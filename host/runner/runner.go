@@ -215,8 +215,13 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	if target == "" {
 		target = cfg.Remote.Cache
 	}
-	if target != "" && sess.Cache != nil {
+	switch {
+	case target != "" && sess.Cache != nil:
 		sess.Remote = openRemote(ctx, target, sess.warn)
+	case target != "" && opts.RemoteCache != "":
+		// The config may name a team cache a --no-cache run ignores; a
+		// flag given with the cache off is a mistake worth saying.
+		sess.warn(fmt.Sprintf("the remote cache %s is not used: the local cache is off", target))
 	}
 	return sess, nil
 }

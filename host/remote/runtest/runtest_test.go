@@ -58,6 +58,7 @@ save = { out = ["cog", "npz"] }
 // host is one machine: its own local cache and output directory.
 type host struct {
 	cacheDir, outDir string
+	plugins          string // "" : the Go reference plugins
 	warnings         []string
 	mu               sync.Mutex
 }
@@ -85,9 +86,13 @@ func (h *host) open(t *testing.T, cfg, remoteCache string, refresh ...string) *r
 	t.Cleanup(func() { os.RemoveAll(tmp) })
 	t.Setenv("TMPDIR", tmp)
 	t.Setenv("PIPEHOST_PLUGIN_PATH", "")
+	plugins := h.plugins
+	if plugins == "" {
+		plugins = testbin.Build(t, "plugins/go")
+	}
 	opts := runner.Options{
 		ConfigPath:  cfg,
-		PluginDirs:  []string{testbin.Build(t, "plugins/go")},
+		PluginDirs:  []string{plugins},
 		CacheDir:    h.cacheDir,
 		RemoteCache: remoteCache,
 		OutDir:      h.outDir,
@@ -208,6 +213,56 @@ func TestTwoHostsShareOneCache(t *testing.T) {
 	if w := append(a.warns(), b.warns()...); len(w) != 0 {
 		t.Errorf("warnings: %q", w)
 	}
+}
+
+// TestTwoHostsShareOneCacheMixed runs examples/mixed.toml (Go, Rust and C++
+// stages) on two hosts sharing one cache: the second is served entirely
+// from it and writes the same COG and NPZ bytes.
+func TestTwoHostsShareOneCacheMixed(t *testing.T) {
+	env := remotetest.Servers(t)
+	root := testbin.ModuleRoot()
+	plugins := t.TempDir()
+	for _, p := range []string{filepath.Join(testbin.Build(t, "plugins/go"), "ref-go"),
+		filepath.Join(root, "bin", "plugins", "ref-cpp"), filepath.Join(root, "bin", "plugins", "ref-rust")} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			if os.Getenv("PIPEHOST_REQUIRE_NATIVE") == "1" {
+				t.Fatalf("reference plugin missing (run make build): %v", err)
+			}
+			t.Skipf("reference plugin missing (run make build): %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(plugins, filepath.Base(p)), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body, err := os.ReadFile(filepath.Join(root, "examples", "mixed.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A fresh seed: the shared server holds none of these keys yet.
+	cfg := writeConfig(t, strings.Replace(string(body), "seed = 7", fmt.Sprintf("seed = %d", time.Now().UnixNano()), 1))
+
+	a := newHost(t)
+	a.plugins = plugins
+	resA := run(t, a.open(t, cfg, env.Cache))
+	b := newHost(t)
+	b.plugins = plugins
+	resB := run(t, b.open(t, cfg, env.Cache))
+	for name, r := range byName(resA) {
+		if r.Cache != engine.CacheMiss {
+			t.Errorf("host A, stage %s: cache %s, want a miss", name, r.Cache)
+		}
+	}
+	for name, r := range byName(resB) {
+		if r.Cache != engine.CacheHit || !strings.Contains(r.Note, "remote cache") || r.Slot != -1 {
+			t.Errorf("host B, stage %s: cache %s (%q, slot %d), want a remote hit", name, r.Cache, r.Note, r.Slot)
+		}
+	}
+	da, db := datasets(t, a.outDir), datasets(t, b.outDir)
+	if len(da) < 2 {
+		t.Fatalf("host A wrote %v, want a COG and an NPZ", da)
+	}
+	sameDatasets(t, da, db)
 }
 
 // TestRemoteInputFetchedForARunningStage: a stage that runs on the second
