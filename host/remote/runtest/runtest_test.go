@@ -18,6 +18,7 @@ import (
 
 	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/engine"
+	"github.com/pipehost/pipehost/host/remote"
 	"github.com/pipehost/pipehost/host/runner"
 	"github.com/pipehost/pipehost/internal/remotetest"
 	"github.com/pipehost/pipehost/internal/testbin"
@@ -402,4 +403,80 @@ func TestCacheServerHung(t *testing.T) {
 	if d := time.Since(start); d > 20*time.Second {
 		t.Errorf("the run took %s with a hung server", d)
 	}
+}
+
+// TestInterruptedUploadLeavesNoEntry kills the cache server while a run
+// uploads a 256 MiB output, then starts a server again on the blobs the
+// killed one left: the stage's key must not name bytes that are missing.
+func TestInterruptedUploadLeavesNoEntry(t *testing.T) {
+	dir, port := t.TempDir(), remotetest.FreePort(t)
+	target, proc := remotetest.BazelRemoteAt(t, dir, port)
+	cfg := writeConfig(t, fmt.Sprintf(`[run]
+seed = %d
+[grid]
+width = 8192
+height = 8192
+[stages.noise]
+kind = "ref.noise-go"
+params = { octaves = 1, cell = 64 }
+`, time.Now().UnixNano()))
+	h := newHost(t)
+	sess := h.open(t, cfg, target)
+	// Kill the server as soon as its store has bytes of the upload (the
+	// run's other cache writes are small and go first).
+	killed := make(chan bool, 1)
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				killed <- false
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			var big bool
+			filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+				if err == nil && !info.IsDir() && info.Size() > 1<<20 {
+					big = true
+				}
+				return nil
+			})
+			if big {
+				proc.Kill()
+				killed <- true
+				return
+			}
+		}
+	}()
+	res := sess.Run(context.Background())
+	sess.Close()
+	close(stop)
+	if !<-killed {
+		t.Fatal("the run ended before any upload bytes reached the server")
+	}
+	if err := res.Err(); err != nil {
+		t.Fatalf("the run failed with the cache server killed: %v", err)
+	}
+	oneWarning(t, h, target)
+	key := byName(res)["noise"].Key
+	proc.Wait()
+
+	target, _ = remotetest.BazelRemoteAt(t, dir, port)
+	c, err := remote.Dial(context.Background(), target, remote.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	recs, err := c.LookupKey(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var digests []remote.Digest
+	for _, r := range recs {
+		digests = append(digests, r.Digest)
+	}
+	if missing, err := c.FindMissing(context.Background(), digests); err != nil || len(missing) > 0 {
+		t.Fatalf("the entry names blobs the server lacks: %v (%v)", missing, err)
+	}
+	t.Logf("after the interrupted upload: entry %v", recs != nil)
 }
