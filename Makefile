@@ -10,7 +10,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GO_PLUGINS := $(notdir $(wildcard plugins/go/*))
 GO_TESTPLUGINS := $(notdir $(wildcard testplugins/go/*))
 
-.PHONY: all build build-go build-cpp build-rust build-python build-remote demo test proto proto-check deps deps-go deps-sys fmt vet bench clean
+.PHONY: all build build-go build-cpp build-rust build-python build-remote demo test soak proto proto-check deps deps-go deps-sys fmt vet bench clean
 
 all: build
 
@@ -49,10 +49,18 @@ build-remote:
 	@scripts/build-remote-servers.sh
 
 demo: deps build
-	bin/pipehost run examples/dummy.toml --out out --plugin-dir bin/testplugins
+	bin/pipehost run examples/planet.toml --out out --plugin-dir bin/plugins
 
 test: deps build build-remote proto-check
 	@scripts/test.sh
+
+# 1,000 runs of a small pipeline with faults injected (or 10 minutes, whichever
+# ends first); fds, processes, segments, sockets and cache bytes must not
+# change. The figures go to out/soak.txt (docs/reliability.md quotes them).
+soak: build-go
+	@mkdir -p out
+	PIPEHOST_SOAK=$${SOAK_RUNS:-1000} PIPEHOST_SOAK_TIME=$${SOAK_TIME:-10m} PIPEHOST_SOAK_REPORT=$(CURDIR)/out/soak.txt \
+	  $(GO) test -count=1 -v -timeout 20m -run '^TestSoak$$' ./host/runner
 
 proto: $(TOOLS)/bin/protoc-gen-go $(TOOLS)/bin/protoc-gen-go-grpc
 	@scripts/ensure-deps.sh protoc

@@ -4,12 +4,12 @@
 # run alternately. Prints wall time, throughput (MB/s of input) and peak RSS for each run and
 # the median per writer.
 #
-#   scripts/bench-cog.sh [SIZE] [ROUNDS]      # defaults: 4096 3
+#   scripts/bench-cog.sh [SIZE] [ROUNDS]      # defaults: 4096 5
 #   COMPRESSIONS="deflate zstd" TILE=512 scripts/bench-cog.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${1:-4096}
-ROUNDS=${2:-3}
+ROUNDS=${2:-${ROUNDS:-5}}
 TILE=${TILE:-512}
 COMPRESSIONS=${COMPRESSIONS:-deflate zstd}
 
@@ -34,6 +34,7 @@ run() {
     'BEGIN { printf "%-22s %8.2f %9.1f %7.2f %9.1f %9.2f\n", l, s, b/1e6/s, c+k, r/1024, o/1048576 }' | tee -a "$work/results"
 }
 
+echo "load $(cut -d" " -f1-3 /proc/loadavg) at the start"
 echo "raster: ${SIZE}x${SIZE} float32 ($((bytes / 1048576)) MiB), tile ${TILE}, predictor 3, average overviews, $(nproc) CPUs"
 header() { printf "%-22s %8s %9s %7s %9s %9s\n" writer seconds "MB/s" "CPU s" "RSS MiB" "out MiB"; }
 header
@@ -57,7 +58,7 @@ for comp in $COMPRESSIONS; do
     { echo "bench-cog: our $comp output is not a valid COG" >&2; exit 1; }
 done
 echo
-echo "medians over $ROUNDS rounds:"
+echo "medians over $ROUNDS rounds; load $(cut -d" " -f1-3 /proc/loadavg) at the end:"
 header
 # Labels are the first 22 columns; the medians of time, CPU time and RSS are taken separately.
 cut -c1-22 "$work/results" | awk '!seen[$0]++' | while IFS= read -r label; do

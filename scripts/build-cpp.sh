@@ -15,5 +15,6 @@ cmake --build "$BUILD" -j"$JOBS" -- --no-print-directory | { grep -vE '^\[ *[0-9
 mkdir -p bin/plugins bin/testplugins
 # install -C leaves an unchanged file (and its mtime) alone.
 install -C -m 0755 "$BUILD/plugins/ref/ref-cpp" bin/plugins/ref-cpp
+install -C -m 0755 "$BUILD/plugins/hydro/hydro-cpp" bin/plugins/hydro-cpp
 install -C -m 0755 "$BUILD/testplugins/misbehave/misbehave-cpp" bin/testplugins/misbehave-cpp
 install -C -m 0755 "$BUILD/testplugins/minimal/minimal-cpp" bin/testplugins/minimal-cpp

@@ -48,8 +48,9 @@ PY
   if cmp -s "$tmp" "bin/$dest/$name"; then rm -f "$tmp"; else mv -f "$tmp" "bin/$dest/$name"; fi
 }
 launcher ref-py plugins/python/ref_py.py plugins
+launcher planet-py plugins/python/planet_py.py plugins
 launcher misbehave-py testplugins/python/misbehave_py.py testplugins
 # Not a working plugin (it prints over its handshake): kept out of the
 # plugin directories runs use, for the host's tests only.
 launcher garbage-py testplugins/python/garbage_py.py badplugins
-echo "build-python: bin/plugins/ref-py bin/testplugins/misbehave-py bin/badplugins/garbage-py"
+echo "build-python: bin/plugins/ref-py bin/plugins/planet-py bin/testplugins/misbehave-py bin/badplugins/garbage-py"

@@ -16,5 +16,6 @@ install_if_changed() {
   fi
 }
 install_if_changed target/release/ref-rust bin/plugins/ref-rust
+install_if_changed target/release/planet-rust bin/plugins/planet-rust
 install_if_changed target/release/misbehave-rust bin/testplugins/misbehave-rust
-echo "build-rust: bin/plugins/ref-rust bin/testplugins/misbehave-rust"
+echo "build-rust: bin/plugins/ref-rust bin/plugins/planet-rust bin/testplugins/misbehave-rust"

@@ -38,11 +38,22 @@ plain_pkgs=$(go list ./... | grep -e '/host/dataset' -e '/topology' -e '/sdk/see
 go test -race -count=1 -timeout 15m $race_pkgs
 step "go test"
 go test -count=1 -timeout 15m $plain_pkgs
+# Peak RSS is measured on plugins built without -race (see the test).
+go test -count=1 -timeout 5m -run '^TestPeakRSSOfAShortSpike$' ./host/runner
 
+# Six targets, about a minute in all. An input that fails is written to the
+# package's testdata/fuzz/<Target>/: commit it, it then runs with every go test.
 step "fuzz (${FUZZTIME} each)"
-go test -run '^$' -fuzz '^FuzzValidate$' -fuzztime "$FUZZTIME" ./shm
-go test -run '^$' -fuzz '^FuzzDecodeHeader$' -fuzztime "$FUZZTIME" ./shm
-go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "$FUZZTIME" ./host/config
+fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "$FUZZTIME" "$2"; }
+fuzz FuzzValidate ./shm              # handle validation
+fuzz FuzzDecodeHeader ./shm          # fd-channel framing
+fuzz FuzzParse ./host/config         # TOML, JSON and YAML configs
+fuzz FuzzAppendDecodes ./host/runlog # run-log lines decode and round trip
+fuzz FuzzNPYHeader ./host/dataset    # NPY header round trip
+fuzz FuzzTIFFIFDs ./host/dataset     # TIFF / BigTIFF IFD round trip
+
+step "soak (${SOAK_RUNS:-30} runs with faults injected)"
+PIPEHOST_SOAK="${SOAK_RUNS:-30}" go test -count=1 -timeout 15m -run '^TestSoak$' ./host/runner
 
 for extra in scripts/test-*.sh; do
   [ -e "$extra" ] || continue

@@ -31,12 +31,15 @@ func openDataPlane() (*dataPlane, error) {
 		return nil, err
 	}
 	dp := &dataPlane{ch: ch, mb: shm.NewMailbox(ch), tokens: shm.PluginTokens()}
+	// Read os.Stderr now: go-plugin's Serve reassigns it later, and reading
+	// it from the goroutine below would race with that write.
+	stderr := os.Stderr
 	go func() {
 		// The host closed the channel or died: nobody will read our results.
 		<-dp.mb.Done()
 		code := 0
 		if !errors.Is(dp.mb.Err(), shm.ErrPeerClosed) {
-			fmt.Fprintln(os.Stderr, "pipehost plugin: host is gone:", dp.mb.Err())
+			fmt.Fprintln(stderr, "pipehost plugin: host is gone:", dp.mb.Err())
 			code = 3
 		}
 		os.Exit(code)

@@ -40,11 +40,15 @@ const (
 	// WaySlice only fills a fresh Go slice in the producer: the baseline
 	// for the producer's fill time.
 	WaySlice
+	// WayRun is `pipehost run` on the default path: the cache on, cold.
+	WayRun
+	// WayRunNoCache is `pipehost run --no-cache`.
+	WayRunNoCache
 	numWays
 )
 
 func (w Way) String() string {
-	return [...]string{"(a) zero-copy", "(a) zero-copy, prefaulted", "(b) gRPC stream", "(c) .npy file", "Go slice fill only"}[w]
+	return [...]string{"(a) zero-copy", "(a) zero-copy, prefaulted", "(b) gRPC stream", "(c) .npy file", "Go slice fill only", "pipehost run (default, cold cache)", "pipehost run --no-cache"}[w]
 }
 
 // Sample is one case: one grid handed over one way. Times are nanoseconds.
@@ -77,6 +81,8 @@ type Sample struct {
 	// Seal is the part of (a)'s Handoff spent sealing the segment (against
 	// future writes, plus the check of the producer's mappings).
 	Seal int64
+	// Wall is the whole `pipehost run` command (the run ways only).
+	Wall int64
 	// Peak resident sets (VmHWM) during the case, in bytes.
 	HostPeak, ProducerPeak, ConsumerPeak uint64
 	// The consumer's anonymous and shared resident bytes once it had read
@@ -94,6 +100,9 @@ type Bench struct {
 	chunk        int
 	dir          string
 	cases        int
+	// pipehost and pluginDir run the pipehost ways: the built command
+	// and a directory holding only the benchxfer plugin.
+	pipehost, pluginDir string
 }
 
 // Open launches the producer and the consumer, both from the benchxfer
@@ -175,10 +184,14 @@ func (b *Bench) Run(ctx context.Context, way Way, size int64) (Sample, error) {
 		err = c.npy(ctx)
 	case WaySlice:
 		err = c.slice(ctx)
+	case WayRun, WayRunNoCache:
+		err = c.pipehostRun(ctx, way == WayRunNoCache)
 	default:
 		err = fmt.Errorf("unknown way %d", way)
 	}
-	c.s.HostPeak = xfer.ReadMemory().Peak
+	if way != WayRun && way != WayRunNoCache {
+		c.s.HostPeak = xfer.ReadMemory().Peak
+	}
 	if err != nil {
 		return Sample{}, fmt.Errorf("%v, %s: %w", way, sizeString(size), err)
 	}

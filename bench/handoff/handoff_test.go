@@ -13,14 +13,18 @@ import (
 )
 
 // buildPlugin compiles testplugins/go/benchxfer, the plugin the harness
-// launches as producer and consumer.
+// launches as producer and consumer, alone in its directory.
 func buildPlugin(t *testing.T) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "benchxfer")
-	cmd := exec.Command("go", "build", "-o", out, "./testplugins/go/benchxfer")
+	return build(t, "./testplugins/go/benchxfer", filepath.Join(t.TempDir(), "benchxfer"))
+}
+
+func build(t *testing.T, pkg, out string) string {
+	t.Helper()
+	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = testbin.ModuleRoot()
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the benchmark plugin: %v\n%s", err, b)
+		t.Fatalf("building %s: %v\n%s", pkg, err, b)
 	}
 	return out
 }
@@ -39,6 +43,8 @@ func TestOneRound(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
+	b.pluginDir = filepath.Dir(plugin)
+	b.pipehost = build(t, "./cmd/pipehost", filepath.Join(t.TempDir(), "pipehost"))
 	const size = 1 << 20
 	res := &Results{Env: readEnv(Config{Chunk: 256 << 10, Dir: dir}), Sizes: []int64{size}, Rounds: map[int64]int{size: 1}}
 	for _, way := range allWays {
@@ -64,6 +70,10 @@ func TestOneRound(t *testing.T) {
 			t.Errorf("%v: no consumer peak RSS", way)
 		}
 		switch way {
+		case WayRun, WayRunNoCache:
+			if s.Wall < s.EndToEnd || s.ConsumerShmem < size {
+				t.Errorf("%v: command %d ns, end to end %d ns, consumer shmem %d bytes", way, s.Wall, s.EndToEnd, s.ConsumerShmem)
+			}
 		case WayShm, WayShmPrefault:
 			// Zero-copy: the consumer holds the grid as shared pages.
 			if s.ConsumerShmem < size || s.Seal <= 0 || s.Tail <= 0 {
@@ -89,7 +99,7 @@ func TestOneRound(t *testing.T) {
 	if err := res.Markdown(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range append([]string{"| 1 MiB | (a) zero-copy ", "hand-off (b)/(a)", "Host peak RSS"}, wayNames()...) {
+	for _, want := range append([]string{"| 1 MiB | (a) zero-copy ", "default / --no-cache", "Host peak RSS"}, wayNames()...) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}

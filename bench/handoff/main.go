@@ -35,7 +35,7 @@ import (
 type Config struct {
 	Plugin string
 	Sizes  []int64
-	// Rounds per size; 0 means 5 below 1 GiB and 3 from 1 GiB up.
+	// Rounds per size; 0 means 5.
 	Rounds int
 	Chunk  int
 	Dir    string
@@ -45,18 +45,22 @@ type Config struct {
 	// Ways to measure; nil means all.
 	Ways     []Way
 	Progress io.Writer
+	// Pipehost and PluginDir run the pipehost ways (`pipehost run`).
+	Pipehost, PluginDir string
 }
 
 func main() {
 	var cfg Config
 	var sizes, chunk string
 	flag.StringVar(&cfg.Plugin, "plugin", "", "path of the built testplugins/go/benchxfer plugin (required)")
-	flag.StringVar(&sizes, "sizes", "1MiB,64MiB,1GiB,4GiB", "grid sizes, comma-separated (multiples of 4 KiB)")
-	flag.IntVar(&cfg.Rounds, "rounds", 0, "rounds per size; 0: 5 below 1 GiB, 3 from 1 GiB up")
+	flag.StringVar(&cfg.Pipehost, "pipehost", "", "built pipehost command, for the ways run and run-no-cache")
+	flag.StringVar(&cfg.PluginDir, "plugin-dir", "", "plugin directory holding only benchxfer, for the ways run and run-no-cache")
+	flag.StringVar(&sizes, "sizes", "64MiB,1GiB,4GiB", "grid sizes, comma-separated (multiples of 4 KiB)")
+	flag.IntVar(&cfg.Rounds, "rounds", 0, "rounds per size; 0: 5")
 	flag.StringVar(&chunk, "chunk", "1MiB", "gRPC chunk size of way (b), and read size of way (c)")
 	flag.StringVar(&cfg.Dir, "dir", os.TempDir(), "directory for the .npy files of way (c)")
 	flag.StringVar(&cfg.Big, "big", "auto", "sizes above 1 GiB: auto (only if free memory and disk allow), on, off")
-	ways := flag.String("ways", "a,a-prefault,b,c,slice", "ways to measure: a, a-prefault, b, c, slice (the producer's Go slice fill)")
+	ways := flag.String("ways", "run,run-no-cache,a,b,c", "ways to measure: run (pipehost run, cache on and cold), run-no-cache, a, a-prefault, b, c, slice (the producer's Go slice fill)")
 	quiet := flag.Bool("q", false, "no progress lines on stderr")
 	flag.Parse()
 	if cfg.Plugin == "" {
@@ -96,7 +100,7 @@ func main() {
 }
 
 // allWays is the order of a round; each round starts one further along.
-var allWays = []Way{WayShm, WayShmPrefault, WayGRPC, WayNPY, WaySlice}
+var allWays = []Way{WayRun, WayRunNoCache, WayShm, WayShmPrefault, WayGRPC, WayNPY, WaySlice}
 
 // Run launches the plugins and measures every way at every size.
 func Run(ctx context.Context, cfg Config) (*Results, error) {
@@ -108,6 +112,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		return nil, err
 	}
 	defer b.Close()
+	b.pipehost, b.pluginDir = cfg.Pipehost, cfg.PluginDir
 	res := &Results{Env: readEnv(cfg), Rounds: map[int64]int{}}
 	for _, size := range cfg.Sizes {
 		if err := xfer.CheckSize(size); err != nil {
@@ -121,9 +126,6 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		rounds := cfg.Rounds
 		if rounds <= 0 {
 			rounds = 5
-			if size >= 1<<30 {
-				rounds = 3
-			}
 		}
 		res.Sizes = append(res.Sizes, size)
 		res.Rounds[size] = rounds
@@ -204,7 +206,7 @@ func memAvailable() (int64, error) {
 }
 
 // wayFlags are the names of the ways on the command line.
-var wayFlags = map[string]Way{"a": WayShm, "a-prefault": WayShmPrefault, "b": WayGRPC, "c": WayNPY, "slice": WaySlice}
+var wayFlags = map[string]Way{"run": WayRun, "run-no-cache": WayRunNoCache, "a": WayShm, "a-prefault": WayShmPrefault, "b": WayGRPC, "c": WayNPY, "slice": WaySlice}
 
 func parseWays(s string) ([]Way, error) {
 	var out []Way
@@ -214,7 +216,7 @@ func parseWays(s string) ([]Way, error) {
 		}
 		w, ok := wayFlags[f]
 		if !ok {
-			return nil, fmt.Errorf("-ways: unknown way %q (want a, a-prefault, b, c or slice)", f)
+			return nil, fmt.Errorf("-ways: unknown way %q (want run, run-no-cache, a, a-prefault, b, c or slice)", f)
 		}
 		if !slices.Contains(out, w) {
 			out = append(out, w)

@@ -106,7 +106,48 @@ var (
 	fConsPeak  = func(s Sample) int64 { return int64(s.ConsumerPeak) }
 	fConsAnon  = func(s Sample) int64 { return int64(s.ConsumerAnon) }
 	fConsShmem = func(s Sample) int64 { return int64(s.ConsumerShmem) }
+	fWithFill  = func(s Sample) int64 { return s.Fill + s.EndToEnd }
+	fWall      = func(s Sample) int64 { return s.Wall }
 )
+
+// headlineWays are the like-for-like comparison, in the order shown.
+var headlineWays = []Way{WayRun, WayRunNoCache, WayShm, WayGRPC, WayNPY}
+
+// headline writes the like-for-like tables: the same two measures, with
+// the same start and end points, for every way.
+func (r *Results) headline(bw io.Writer) {
+	fmt.Fprintln(bw, "Like for like, every way: *filled → held* runs from the producer's grid being filled (its")
+	fmt.Fprintln(bw, "last write, before its Result) to the consumer having read every byte; *with fill* adds the")
+	fmt.Fprintln(bw, "producer's fill before it. Host peak is the VmHWM of the pipehost command (from its run log) for")
+	fmt.Fprintln(bw, "the run ways and of the harness for the others; *command* is the whole `pipehost run` as a user waits for it.")
+	fmt.Fprintln(bw)
+	t := NewTable("size", "way", "filled → held ms", "with fill ms", "host peak MiB", "command ms")
+	for _, size := range r.Sizes {
+		for _, way := range headlineWays {
+			if _, ok := r.median(way, size, fE2E); !ok {
+				continue
+			}
+			wall := "–"
+			if way == WayRun || way == WayRunNoCache {
+				wall = r.msCell(way, size, fWall)
+			}
+			t.Add(sizeString(size), way.String(), r.msCell(way, size, fE2E), r.msCell(way, size, fWithFill),
+				r.mibCell(way, size, fHostPeak), wall)
+		}
+	}
+	t.Write(bw)
+	fmt.Fprintln(bw, "\nRatios of the medians above (default = pipehost run with the cache on and cold):")
+	fmt.Fprintln(bw)
+	t = NewTable("size", "default / --no-cache, filled → held", "default / --no-cache, with fill", "default / --no-cache, command",
+		"gRPC / default, filled → held", "gRPC / default, with fill", ".npy / default, with fill")
+	for _, size := range r.Sizes {
+		t.Add(sizeString(size), r.ratio(WayRun, WayRunNoCache, size, fE2E), r.ratio(WayRun, WayRunNoCache, size, fWithFill),
+			r.ratio(WayRun, WayRunNoCache, size, fWall), r.ratio(WayGRPC, WayRun, size, fE2E),
+			r.ratio(WayGRPC, WayRun, size, fWithFill), r.ratio(WayNPY, WayRun, size, fWithFill))
+	}
+	t.Write(bw)
+	fmt.Fprintln(bw)
+}
 
 // Markdown writes the report: times, ratios, what prefaulting bought, and
 // memory.
@@ -117,6 +158,11 @@ func (r *Results) Markdown(w io.Writer) error {
 		e.CPUs, sizeString(e.MemTotal), e.Kernel, e.GoVersion, e.ShmemTHP, sizeString(int64(e.Chunk)), e.Dir)
 	fmt.Fprintf(bw, "Load average %s at the start, %s at the end.\n", e.LoadStart, e.LoadEnd)
 	fmt.Fprintf(bw, "Medians of %s; the ways are interleaved in every round of one run.\n\n", r.roundsText())
+	r.headline(bw)
+	fmt.Fprintln(bw, "Details: the host's part (the harness's Result → consumer's request for (a)–(c); producer's")
+	fmt.Fprintln(bw, "stage end → consumer's stage start for the run ways), the consumer's first byte and full read from")
+	fmt.Fprintln(bw, "its request (its stage start for the run ways):")
+	fmt.Fprintln(bw)
 
 	t := NewTable("size", "way", "host hand-off ms", "consumer first byte ms", "consumer full read ms",
 		"end to end ms", "producer fill ms", "producer file write ms")
@@ -136,15 +182,6 @@ func (r *Results) Markdown(w io.Writer) error {
 			t.Add(sizeString(size), way.String(), r.msCell(way, size, fHandoff), r.msCell(way, size, fFirst),
 				r.msCell(way, size, fFull), r.msCell(way, size, fE2E), r.msCell(way, size, fFill), write)
 		}
-	}
-	t.Write(bw)
-
-	fmt.Fprintln(bw, "\nHow many times slower (b) and (c) are than (a), from the medians above:")
-	fmt.Fprintln(bw)
-	t = NewTable("size", "hand-off (b)/(a)", "first byte (b)/(a)", "end to end (b)/(a)", "end to end (c)/(a)")
-	for _, size := range r.Sizes {
-		t.Add(sizeString(size), r.ratio(WayGRPC, WayShm, size, fHandoff), r.ratio(WayGRPC, WayShm, size, fFirst),
-			r.ratio(WayGRPC, WayShm, size, fE2E), r.ratio(WayNPY, WayShm, size, fE2E))
 	}
 	t.Write(bw)
 
@@ -239,8 +276,11 @@ func (r *Results) ratio(num, den Way, size int64, f func(Sample) int64) string {
 		return "–"
 	}
 	q := float64(n) / float64(d)
-	if q >= 10 {
+	switch {
+	case q >= 10:
 		return fmt.Sprintf("%.0f×", q)
+	case q < 2:
+		return fmt.Sprintf("%.2f×", q)
 	}
 	return fmt.Sprintf("%.1f×", q)
 }

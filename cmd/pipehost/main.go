@@ -39,6 +39,7 @@ func commands() []command {
 		{"run", "run a pipeline", cmdRun},
 		{"validate", "check a pipeline config against the plugins without running it", cmdValidate},
 		{"graph", "print a pipeline's DAG as DOT or Mermaid", cmdGraph},
+		{"lock", "record the SHA-256 of the plugins a pipeline uses in pipehost.lock beside it", cmdLock},
 		{"plugins", "list plugins and the stage kinds they offer", cmdPlugins},
 		{"cache", "list, collect or clear the stage-output cache", cmdCache},
 		{"version", "print the version", cmdVersion},

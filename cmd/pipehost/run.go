@@ -87,6 +87,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&resources, "resource", "capacity of a named resource: name=N (repeatable)")
 	noCache := fs.Bool("no-cache", false, "neither read nor write the stage cache")
 	remoteCache := fs.String("remote-cache", "", "shared REAPI cache behind the local one, grpc://HOST:PORT (also remote.cache in the config); a server that cannot be reached costs one warning")
+	updateLock := fs.Bool("update-lock", false, "accept the installed plugin binaries and rewrite pipehost.lock beside the config, instead of refusing ones that differ from it")
 	traceMarkers := fs.Bool("trace-markers", false, "write every stage and subtask to tracefs trace_marker for perf, trace-cmd and Perfetto (also output.trace_markers)")
 	fs.Var(&refresh, "refresh", "recompute this stage even if cached (repeatable)")
 	cacheMax := byteSize(10 << 30)
@@ -121,6 +122,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	opts.OutDir, opts.Version = *out, version
 	opts.TraceMarkers = *traceMarkers
+	opts.UpdateLock = *updateLock
 
 	ctx, stop := signalContext()
 	defer stop()
@@ -187,6 +189,33 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		edges += len(n.Inputs)
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d stages, %d edges)\n", opts.ConfigPath, len(sess.Plan.Nodes), edges)
+	return exitOK
+}
+
+// cmdLock writes pipehost.lock beside the config: the digest of every plugin
+// binary the plan uses. Runs then refuse a binary that differs.
+func cmdLock(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("lock", "CONFIG [flags]", stderr)
+	var common commonFlags
+	common.register(fs)
+	opts, code, ok := common.parseConfigArgs(fs, args, stderr)
+	if !ok {
+		return code
+	}
+	opts.UpdateLock = true
+	opts.Warn = func(string) {}
+	ctx, stop := signalContext()
+	defer stop()
+	sess, err := runner.Open(ctx, opts)
+	if err != nil {
+		return report(stderr, err)
+	}
+	defer sess.Close()
+	l, err := runner.ReadLock(runner.LockPath(opts.ConfigPath))
+	if err != nil || l == nil {
+		return report(stderr, fmt.Errorf("the lock file was not written: %v", err))
+	}
+	fmt.Fprintf(stdout, "%s: %d plugin(s) locked\n", l.Path, len(l.Plugins))
 	return exitOK
 }
 

@@ -223,17 +223,36 @@ func (c *Cache) Materialize(d Digest, name string) (*shm.Segment, error) {
 	return seg, nil
 }
 
-// SegmentDigest hashes a sealed segment through a read-only mapping.
+// digestWindow is how much of a segment SegmentDigest maps at a time: the
+// host then never holds more than this of a grid's pages, however large.
+const digestWindow = 64 << 20
+
+// SegmentDigest hashes a sealed segment through read-only mappings of one
+// window at a time (no copy, and the host's resident set stays bounded).
 func SegmentDigest(seg *shm.Segment) (Digest, error) {
-	if seg.Size() == 0 {
-		return DigestOf(nil), nil
+	if !seg.Sealed() {
+		return Digest{}, fmt.Errorf("digest of segment %q: %w", seg.Name(), shm.ErrNotSealed)
 	}
-	m, err := seg.MapRO()
+	h := sha256.New()
+	size := seg.Size()
+	err := seg.Use(func(fd int) error {
+		for off := int64(0); off < size; off += digestWindow {
+			n := min(digestWindow, size-off)
+			b, err := unix.Mmap(fd, off, int(n), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+			if err != nil {
+				return fmt.Errorf("digest of segment %q: mapping bytes %d–%d: %w", seg.Name(), off, off+n, err)
+			}
+			h.Write(b)
+			if err := unix.Munmap(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return Digest{}, err
 	}
-	defer m.Unmap()
-	return DigestOf(m.Bytes()), nil
+	return Digest{Hash: hex.EncodeToString(h.Sum(nil)), Size: size}, nil
 }
 
 // Lock takes the per-key lock, waiting while another process (or run) holds

@@ -25,6 +25,9 @@ type Pipeline struct {
 	// Resources are capacities of named resources (e.g. gpu = 2); the
 	// command line overrides them.
 	Resources map[string]int
+	// PluginEnv names the host environment variables passed on to plugins,
+	// beyond the few every plugin gets (plugins.env).
+	PluginEnv []string
 	// Remote configures the shared REAPI cache (docs/scale-out.md).
 	Remote Remote
 }
@@ -222,7 +225,7 @@ func decode(file string, root *Node) (*Pipeline, error) {
 	d := &decoder{}
 	p := &Pipeline{File: file, Grid: Grid{Topology: "plane", Width: 64, Height: 64, Levels: 1}}
 	p.RunID = strings.TrimSuffix(filepath.Base(file), filepath.Ext(file))
-	if d.fields(root, "", "run", "grid", "stages", "output", "resources", "remote") == nil {
+	if d.fields(root, "", "run", "grid", "stages", "output", "resources", "plugins", "remote") == nil {
 		return nil, d.errs.Err()
 	}
 	if f := root.Get("run"); f != nil {
@@ -303,6 +306,25 @@ func decode(file string, root *Node) (*Pipeline, error) {
 			for _, rf := range f.Value.Fields {
 				if i, ok := d.integer(&rf, "resources."+rf.Key, 0, 1<<20); ok {
 					p.Resources[rf.Key] = int(i)
+				}
+			}
+		}
+	}
+	if f := root.Get("plugins"); f != nil {
+		if n := d.fields(f.Value, "plugins", "env"); n != nil {
+			if g := n.Get("env"); g != nil {
+				if g.Value.Kind != List {
+					d.errorf(g.Value.Pos, "plugins.env", "expected a list of environment variable names, got %s", describe(g.Value))
+				} else {
+					for i, item := range g.Value.Items {
+						key := fmt.Sprintf("plugins.env[%d]", i)
+						name, ok := d.str(&Field{Key: key, Value: item}, key)
+						if ok && (name == "" || strings.ContainsAny(name, "=\x00")) {
+							d.errorf(item.Pos, key, "%q is not an environment variable name", name)
+						} else if ok {
+							p.PluginEnv = append(p.PluginEnv, name)
+						}
+					}
 				}
 			}
 		}
@@ -436,10 +458,18 @@ func ParseOverride(s string) (Override, error) {
 }
 
 // Apply sets overrides on the pipeline; an unknown stage is an error.
+// "grid.KEY=value" sets a key of the [grid] table (width, height, levels,
+// topology, radius, minor_radius, caps) unless a stage is named grid.
 func (p *Pipeline) Apply(overrides []Override) error {
 	var errs Errors
 	for _, o := range overrides {
 		s := p.Stage(o.Stage)
+		if s == nil && o.Stage == "grid" {
+			if err := p.setGrid(o); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		if s == nil {
 			errs = append(errs, &Error{Pos: o.Value.Pos, Msg: fmt.Sprintf("no stage named %q in %s", o.Stage, p.File)})
 			continue
@@ -451,6 +481,66 @@ func (p *Pipeline) Apply(overrides []Override) error {
 		}
 	}
 	return errs.Err()
+}
+
+// setGrid applies one grid.KEY override with the checks the config file gets.
+func (p *Pipeline) setGrid(o Override) *Error {
+	bad := func(format string, args ...any) *Error {
+		return &Error{Pos: o.Value.Pos, Key: "grid." + o.Param, Msg: fmt.Sprintf(format, args...)}
+	}
+	switch o.Param {
+	case "width", "height", "levels":
+		i, ok := o.Value.Value.(int64)
+		hi := int64(1 << 20)
+		if o.Param == "levels" {
+			hi = 21
+		}
+		if !ok || i < 1 || i > hi {
+			if ok {
+				return bad("%d is out of range [1, %d]", i, hi)
+			}
+			return bad("expected an integer, got %s", describe(o.Value))
+		}
+		switch o.Param {
+		case "width":
+			p.Grid.Width = int(i)
+		case "height":
+			p.Grid.Height = int(i)
+		default:
+			p.Grid.Levels = int(i)
+		}
+	case "radius", "minor_radius":
+		var f float64
+		switch v := o.Value.Value.(type) {
+		case int64:
+			f = float64(v)
+		case float64:
+			f = v
+		default:
+			return bad("expected a number, got %s", describe(o.Value))
+		}
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return bad("expected a finite number, got %s", describe(o.Value))
+		}
+		if o.Param == "radius" {
+			p.Grid.Radius = f
+		} else {
+			p.Grid.MinorRadius = f
+		}
+	case "topology", "caps":
+		v, ok := o.Value.Value.(string)
+		if !ok {
+			return bad("expected a string, got %s", describe(o.Value))
+		}
+		if o.Param == "topology" {
+			p.Grid.Topology = v
+		} else {
+			p.Grid.Caps = v
+		}
+	default:
+		return bad("unknown grid key %q (width, height, levels, topology, radius, minor_radius, caps)", o.Param)
+	}
+	return nil
 }
 
 // Stage returns the stage named name, or nil.

@@ -208,3 +208,30 @@ func TestRemoteCache(t *testing.T) {
 		t.Errorf("non-string cache: %v", err)
 	}
 }
+
+func TestGridOverrides(t *testing.T) {
+	p, err := Parse("f.toml", []byte("[grid]\ntopology = \"sphere\"\nwidth = 64\nheight = 32\n[stages.a]\nkind = \"k\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var os []Override
+	for _, s := range []string{"grid.width=4096", "grid.height=2048", "grid.levels=5", "grid.topology=torus", "grid.radius=7", "grid.minor_radius=2.5"} {
+		o, err := ParseOverride(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os = append(os, o)
+	}
+	if err := p.Apply(os); err != nil {
+		t.Fatal(err)
+	}
+	if g := p.Grid; g.Width != 4096 || g.Height != 2048 || g.Levels != 5 || g.Topology != "torus" || g.Radius != 7 || g.MinorRadius != 2.5 {
+		t.Errorf("grid overrides not applied: %+v", g)
+	}
+	for s, want := range map[string]string{"grid.width=0": "out of range", "grid.width=wide": "expected an integer", "grid.depth=3": "unknown grid key"} {
+		o, _ := ParseOverride(s)
+		if err := p.Apply([]Override{o}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", s, err, want)
+		}
+	}
+}

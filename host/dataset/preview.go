@@ -20,18 +20,32 @@ const (
 	Hillshade
 	// ShadedRamp multiplies the colour ramp by the hillshade.
 	ShadedRamp
+	// Relief is shaded relief around a sea level of 0: blues by depth below it, land tints
+	// from green to white above it, lit like Hillshade.
+	Relief
+	// Palette colours each value by PreviewOptions.Palette (categories, e.g. biomes); each
+	// pixel takes the value of one cell, never a mean.
+	Palette
 )
+
+// PaletteEntry is the colour of one value in a Palette preview.
+type PaletteEntry struct {
+	Value   float64
+	R, G, B uint8
+}
 
 // PreviewOptions controls WritePNG.
 type PreviewOptions struct {
 	Style PreviewStyle
-	// MaxSize caps the long side of the image in pixels; 0 means 1024.
+	// MaxSize caps the long side of the image in pixels; 0 means 1024 (2048 for Palette).
 	MaxSize int
 	// NoData marks cells without a value; they and NaN cells are transparent.
 	NoData *float64
 	// Min and Max fix the ends of the colour ramp; nil uses the smallest and largest value
 	// in the preview.
 	Min, Max *float64
+	// Palette lists the colours of a Palette preview; values not in it are transparent.
+	Palette []PaletteEntry
 }
 
 // WritePNG writes an RGBA preview of g. The grid is reduced by an integer factor so that its
@@ -48,7 +62,7 @@ func (w *Writer) WritePNG(name string, g Grid, opt PreviewOptions) (Artifact, er
 	if err := g.check("grid"); err != nil {
 		return fail(err)
 	}
-	if opt.Style > ShadedRamp {
+	if opt.Style > Palette {
 		return fail(fmt.Errorf("unknown preview style %d", opt.Style))
 	}
 	if opt.MaxSize < 0 {
@@ -167,6 +181,12 @@ func renderPreview(g Grid, opt PreviewOptions) *image.NRGBA {
 	if maxSize == 0 {
 		maxSize = 1024
 	}
+	if opt.Style == Palette {
+		if opt.MaxSize == 0 {
+			maxSize = 2048 // one-cell features (rivers) survive at common sizes
+		}
+		return renderPalette(g, maxSize, opt.Palette)
+	}
 	vals, w, h := downsample(g, maxSize, opt.NoData)
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, v := range vals {
@@ -214,6 +234,13 @@ func renderPreview(g Grid, opt PreviewOptions) *image.NRGBA {
 			switch opt.Style {
 			case Hillshade:
 				r, gr, b = 255*shade, 255*shade, 255*shade
+			case Relief:
+				r, gr, b = relief(v, lo, hi)
+				k := 0.35 + 0.65*shade
+				if v < 0 {
+					k = 0.8 + 0.2*shade // the sea surface is flat: only a hint of the floor
+				}
+				r, gr, b = r*k, gr*k, b*k
 			case ShadedRamp:
 				r, gr, b = ramp((v - lo) / span)
 				k := 0.35 + 0.65*shade
@@ -222,6 +249,69 @@ func renderPreview(g Grid, opt PreviewOptions) *image.NRGBA {
 				r, gr, b = ramp((v - lo) / span)
 			}
 			img.SetNRGBA(x, y, color.NRGBA{uint8(math.Round(r)), uint8(math.Round(gr)), uint8(math.Round(b)), 255})
+		}
+	}
+	return img
+}
+
+// landStops tint land from the coast (0) to the highest value (1).
+var landStops = []struct {
+	at      float64
+	r, g, b float64
+}{
+	{0.00, 86, 140, 72},
+	{0.12, 128, 168, 92},
+	{0.30, 206, 196, 130},
+	{0.55, 160, 118, 82},
+	{0.80, 128, 112, 104},
+	{1.00, 250, 250, 250},
+}
+
+// relief is the colour of value v in a Relief preview whose values span lo..hi.
+func relief(v, lo, hi float64) (r, g, b float64) {
+	if v < 0 {
+		t := 0.0
+		if lo < 0 {
+			t = math.Min(1, v/lo)
+		}
+		// Light shelf water to deep navy.
+		return 120 - 95*t, 180 - 140*t, 230 - 120*t
+	}
+	t := 0.0
+	if hi > 0 {
+		t = math.Min(1, v/hi)
+	}
+	for i := 1; i < len(landStops); i++ {
+		a, c := landStops[i-1], landStops[i]
+		if t <= c.at {
+			u := (t - a.at) / (c.at - a.at)
+			return a.r + u*(c.r-a.r), a.g + u*(c.g-a.g), a.b + u*(c.b-a.b)
+		}
+	}
+	last := landStops[len(landStops)-1]
+	return last.r, last.g, last.b
+}
+
+// renderPalette draws categories: each pixel is the cell at its block's centre, so a
+// reduced image never invents a category by averaging two others.
+func renderPalette(g Grid, maxSize int, palette []PaletteEntry) *image.NRGBA {
+	long := max(g.Width, g.Height)
+	f := (long + maxSize - 1) / maxSize
+	w, h := (g.Width+f-1)/f, (g.Height+f-1)/f
+	colours := make(map[float64]color.NRGBA, len(palette))
+	for _, p := range palette {
+		colours[p.Value] = color.NRGBA{p.R, p.G, p.B, 255}
+	}
+	size := g.DType.Size()
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		sy := min(g.Height-1, y*f+f/2)
+		row := g.row(sy)
+		for x := 0; x < w; x++ {
+			sx := min(g.Width-1, x*f+f/2)
+			if c, ok := colours[sampleAt(g.DType, row[sx*size:])]; ok {
+				img.SetNRGBA(x, y, c)
+			}
 		}
 	}
 	return img

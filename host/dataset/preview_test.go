@@ -1,6 +1,8 @@
 package dataset
 
 import (
+	"image"
+	"image/png"
 	"math"
 	"os"
 	"path/filepath"
@@ -61,4 +63,69 @@ func TestPNGPreviewReadBackByGDAL(t *testing.T) {
 	if strings.Count(out, ": ok") != len(cases) {
 		t.Fatalf("checker output:\n%s", out)
 	}
+}
+
+// Palette previews show each cell's own colour (never a blend of two
+// categories); Relief previews are blue below 0 and land-tinted above it.
+func TestPaletteAndReliefPreviews(t *testing.T) {
+	dir := t.TempDir()
+	w, err := NewWriter(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	// Stripes of categories 1 and 3, 2 cells wide, reduced by 2: every pixel
+	// must be exactly colour 1 or 3, never a mean (2, which is also listed).
+	cats := makeGrid(Uint8, 400, 100, func(x, y int) float64 { return float64(1 + 2*((x/2)%2)) })
+	pal := []PaletteEntry{{Value: 1, R: 200}, {Value: 2, G: 200}, {Value: 3, B: 200}}
+	if _, err := w.WritePNG("cats.png", cats, PreviewOptions{Style: Palette, Palette: pal, MaxSize: 200}); err != nil {
+		t.Fatal(err)
+	}
+	img := readPNG(t, filepath.Join(dir, "cats.png"))
+	if b := img.Bounds(); b.Dx() != 200 || b.Dy() != 50 {
+		t.Fatalf("palette preview is %v, want 200x50", b)
+	}
+	for x := 0; x < 200; x++ {
+		r, g, b, a := img.At(x, 10).RGBA()
+		want := [3]uint32{200, 0, 0}
+		if x%2 == 1 {
+			want = [3]uint32{0, 0, 200}
+		}
+		if [3]uint32{r >> 8, g >> 8, b >> 8} != want || a>>8 != 255 {
+			t.Fatalf("pixel %d = %d,%d,%d,%d; want %v opaque", x, r>>8, g>>8, b>>8, a>>8, want)
+		}
+	}
+	// Relief: left half sea (-1000), right half land rising to 3000.
+	el := makeGrid(Float32, 64, 32, func(x, y int) float64 {
+		if x < 32 {
+			return -1000
+		}
+		return 100 * float64(x-31)
+	})
+	if _, err := w.WritePNG("relief.png", el, PreviewOptions{Style: Relief}); err != nil {
+		t.Fatal(err)
+	}
+	img = readPNG(t, filepath.Join(dir, "relief.png"))
+	r, g, b, _ := img.At(5, 16).RGBA()
+	if !(b > r && b > g) {
+		t.Errorf("sea pixel %d,%d,%d is not blue", r>>8, g>>8, b>>8)
+	}
+	r, g, b, _ = img.At(34, 16).RGBA()
+	if b >= r || b >= g {
+		t.Errorf("land pixel %d,%d,%d is blue", r>>8, g>>8, b>>8)
+	}
+}
+
+func readPNG(t *testing.T, path string) image.Image {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
 }

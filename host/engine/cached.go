@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -70,9 +71,19 @@ func (e *Engine) digestOutputs(r *StageResult) {
 		e.digests.Add(1)
 		go func() {
 			defer e.digests.Done()
+			yieldToStages()
 			o.setDigest(cache.SegmentDigest(seg))
 		}()
 	}
+}
+
+// yieldToStages lowers the priority of the calling goroutine's OS thread
+// and keeps the goroutine on it (the runtime ends a locked thread with its
+// goroutine, so the lowered priority never reaches other work): digests and
+// cache writes then give way to stages when the CPUs are short.
+func yieldToStages() {
+	runtime.LockOSThread()
+	_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 10)
 }
 
 // store writes the stage's outputs to the cache in the background, once
@@ -121,6 +132,13 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 			}
 		}
 		defer unlock()
+		var bytes int64
+		for _, seg := range segs {
+			bytes += seg.Size()
+		}
+		if bytes >= inlineDigest {
+			yieldToStages()
+		}
 		m.Created = time.Now().UTC()
 		if err := e.opts.Cache.Store(m, segs); err != nil {
 			warn(err)

@@ -252,10 +252,15 @@ type Engine struct {
 	pluginMu sync.Mutex
 	respawn  map[string]*pluginmgr.Plugin // crashed plugin path → replacement
 
-	digests     sync.WaitGroup // background output digests
-	stores      sync.WaitGroup // background cache writes
-	storing     atomic.Int64   // cache writes in progress (they hold memory)
-	recomputing sync.Map       // *StageResult → *sync.Mutex, one recomputation at a time
+	digests sync.WaitGroup // background output digests
+	stores  sync.WaitGroup // background cache writes
+	// Key parts waiting for the background writer (saveParts).
+	partsMu      sync.Mutex
+	partsQueue   []stagedParts
+	partsWriting bool
+	// Plugin path → binary digest, asked of the cache once per run.
+	storing     atomic.Int64 // cache writes in progress (they hold memory)
+	recomputing sync.Map     // *StageResult → *sync.Mutex, one recomputation at a time
 	res         *resources
 }
 

@@ -249,7 +249,44 @@ func (e *Engine) explainMiss(n *plan.Node, r *StageResult, parts cache.Parts) {
 	} else if r.MissReason == "" {
 		r.MissReason = cache.Explain(c.LastParts(e.plan.Config.RunID, n.Name), parts)
 	}
-	_ = c.SaveParts(e.plan.Config.RunID, n.Name, parts)
+	e.saveParts(n.Name, parts)
+}
+
+// saveParts queues the stage's key parts for the next run's miss reasons.
+// One background writer stores them, off every stage's critical path; Run
+// returns only once they are written, as it does for the stores.
+func (e *Engine) saveParts(stage string, parts cache.Parts) {
+	e.partsMu.Lock()
+	defer e.partsMu.Unlock()
+	e.partsQueue = append(e.partsQueue, stagedParts{stage, parts})
+	if e.partsWriting {
+		return
+	}
+	e.partsWriting = true
+	e.stores.Add(1)
+	go func() {
+		defer e.stores.Done()
+		for {
+			e.partsMu.Lock()
+			batch := e.partsQueue
+			e.partsQueue = nil
+			if len(batch) == 0 {
+				e.partsWriting = false
+				e.partsMu.Unlock()
+				return
+			}
+			e.partsMu.Unlock()
+			for _, b := range batch {
+				_ = e.opts.Cache.SaveParts(e.plan.Config.RunID, b.stage, b.parts)
+			}
+		}
+	}()
+}
+
+// stagedParts is a stage's key parts waiting to be saved.
+type stagedParts struct {
+	stage string
+	parts cache.Parts
 }
 
 // serveFromCache completes the stage from its cache entry, if there is one:

@@ -259,9 +259,11 @@ func (b *builder) save(sc *config.Stage, desc *pb.StageDescriptor) {
 	}
 }
 
-// Formats lists the dataset formats per port kind (docs/formats.md).
+// Formats lists the dataset formats per port kind (docs/formats.md). For
+// grids, "relief" writes no file of its own: it asks for a shaded-relief
+// preview around sea level 0 instead of the default shaded ramp.
 var Formats = map[pb.PortKind][]string{
-	pb.PortKind_PORT_KIND_GRID:  {"cog", "cog-zstd", "npz", "npz-compressed"},
+	pb.PortKind_PORT_KIND_GRID:  {"cog", "cog-zstd", "npz", "npz-compressed", "relief"},
 	pb.PortKind_PORT_KIND_TABLE: {"geoparquet", "arrow"},
 	pb.PortKind_PORT_KIND_BLOB:  {"raw"},
 }

@@ -325,3 +325,7 @@ func hashFile(path string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// HashFile is the SHA-256 (hex) of a plugin binary, read whole (for when
+// there is no catalog to remember it).
+func HashFile(path string) (string, error) { return hashFile(path) }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
 
 	"github.com/pipehost/pipehost/internal/clock"
 	"github.com/pipehost/pipehost/internal/wire"
@@ -404,7 +405,7 @@ func (m *Manager) baseEnv() []string {
 		shm.EnvFDChannel + "=3",
 		"PLUGIN_UNIX_SOCKET_DIR=" + m.sockDir,
 	}
-	for _, k := range []string{"PATH", "HOME", "LANG", "TMPDIR"} {
+	for _, k := range []string{"PATH", "HOME", "LANG", "TMPDIR", "GORACE"} {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
 		}
@@ -467,6 +468,12 @@ func (p *Plugin) Exited() bool { return p.client == nil || p.client.Exited() }
 func (p *Plugin) WaitExited(d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for !p.Exited() {
+		// go-plugin reports the exit only once the plugin's stdout and
+		// stderr close: a child still holding them would hide it. Once the
+		// plugin itself is dead, end what is left of its group.
+		if p.leaderDead() {
+			p.killGroup()
+		}
 		if time.Now().After(deadline) {
 			return false
 		}
@@ -510,6 +517,17 @@ func (p *Plugin) Stop() {
 			_ = p.Channel.Close()
 		}
 	})
+}
+
+// leaderDead reports whether the plugin process has ended (it is a zombie
+// not yet reaped), without reaping it.
+func (p *Plugin) leaderDead() bool {
+	if p.cmd.Process == nil {
+		return false
+	}
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, p.cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	return err == nil && info.Signo == int32(unix.SIGCHLD)
 }
 
 // killGroup SIGKILLs the plugin's process group.

@@ -11,6 +11,7 @@ import (
 	"sort"
 
 	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 
 	"github.com/pipehost/pipehost/host/dataset"
@@ -118,7 +119,7 @@ func (s *Session) saveDatasets(res *engine.Result) ([]SavedArtifact, []error) {
 			if err := open(); err != nil {
 				return nil, []error{fmt.Errorf("output directory %s: %w", s.OutDir(), err)}
 			}
-			arts, err := s.saveOutput(w, n, sv.Port, sv.Formats, o)
+			arts, err := s.saveOutput(w, n, sv.Port, sv.Formats, o, r.Outputs)
 			saved = append(saved, arts...)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("saving %s.%s: %w", n.Name, sv.Port, err))
@@ -164,7 +165,7 @@ func (s *Session) outputBytes(o *engine.Output) ([]byte, func(), error) {
 	}, nil
 }
 
-func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, formats []string, o *engine.Output) ([]SavedArtifact, error) {
+func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, formats []string, o *engine.Output, siblings map[string]*engine.Output) ([]SavedArtifact, error) {
 	data, release, err := s.outputBytes(o)
 	if err != nil {
 		return nil, err
@@ -185,9 +186,23 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 		g := dataset.Grid{Data: data, Height: int(h.GetShape()[0]), Width: int(h.GetShape()[1]), DType: datasetDType[h.GetDtype()]}
 		geo := s.georef(int(h.GetLevel()))
 		meta := map[string]string{"PIPEHOST_RUN": s.Config.RunID, "PIPEHOST_STAGE": n.Name, "PIPEHOST_KIND": n.Kind, "PIPEHOST_PORT": port, "PIPEHOST_SHA256": o.Digest.Hash}
+		preview := dataset.PreviewOptions{Style: dataset.ShadedRamp}
+		// A colour table that cannot be read costs the palette, not the
+		// datasets: they are written, the preview falls back, the error is
+		// reported.
+		var palErr error
+		if c := siblings[port+"_colors"]; c != nil && c.Handle.GetKind() == pb.PortKind_PORT_KIND_TABLE {
+			if pal, err := s.palette(c); err != nil {
+				palErr = fmt.Errorf("colour table %s_colors (save it too, e.g. as \"arrow\", so it outlives the run): %w", port, err)
+			} else {
+				preview = dataset.PreviewOptions{Style: dataset.Palette, Palette: pal}
+			}
+		}
 		for _, f := range formats {
 			var err error
 			switch f {
+			case "relief":
+				preview.Style = dataset.Relief
 			case "cog", "cog-zstd":
 				opt := dataset.COGOptions{Georef: geo, Metadata: meta}
 				if f == "cog-zstd" {
@@ -204,10 +219,13 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 			}
 		}
 		name := filepath.Join("previews", n.Name+"."+port+".png")
-		if err := add(w.WritePNG(name, g, dataset.PreviewOptions{Style: dataset.ShadedRamp})); err != nil {
+		if err := add(w.WritePNG(name, g, preview)); err != nil {
 			return out, err
 		}
 		s.previews[n.Name+"."+port] = filepath.ToSlash(name)
+		if palErr != nil {
+			return out, palErr
+		}
 	case pb.PortKind_PORT_KIND_TABLE:
 		r, err := ipc.NewMappedFileReader(data)
 		if err != nil {
@@ -246,6 +264,45 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 		}
 	}
 	return out, nil
+}
+
+// palette reads a colour table output: a stage that writes a grid port P and
+// a table port P_colors with uint8 columns value, r, g and b gets a preview of
+// P in those colours (categories such as biomes) instead of a ramp.
+func (s *Session) palette(o *engine.Output) ([]dataset.PaletteEntry, error) {
+	data, release, err := s.outputBytes(o)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	r, err := ipc.NewMappedFileReader(data)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var pal []dataset.PaletteEntry
+	for i := 0; i < r.NumRecords(); i++ {
+		rec, err := r.RecordBatch(i)
+		if err != nil {
+			return nil, err
+		}
+		var cols [4]*array.Uint8
+		for k, name := range []string{"value", "r", "g", "b"} {
+			idx := rec.Schema().FieldIndices(name)
+			if len(idx) != 1 {
+				return nil, fmt.Errorf("no column %q", name)
+			}
+			c, ok := rec.Column(idx[0]).(*array.Uint8)
+			if !ok {
+				return nil, fmt.Errorf("column %q is %s, want uint8", name, rec.Column(idx[0]).DataType())
+			}
+			cols[k] = c
+		}
+		for j := 0; j < int(rec.NumRows()); j++ {
+			pal = append(pal, dataset.PaletteEntry{Value: float64(cols[0].Value(j)), R: cols[1].Value(j), G: cols[2].Value(j), B: cols[3].Value(j)})
+		}
+	}
+	return pal, nil
 }
 
 // writeMetadata writes metadata.json: the resolved config, every stage's

@@ -1,6 +1,6 @@
 package runner_test
 
-// Trace markers end to end: a Go → Rust → C++ → Go pipeline runs with
+// Trace markers end to end: a Go → Rust → C++ → Go → Python pipeline runs with
 // markers on, and the kernel's trace buffer must hold every stage and every
 // subtask span of the run log, written by the right process, nested on the
 // thread that ran them, at the run log's times.
@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -125,9 +124,9 @@ type slice struct {
 	depth      int
 }
 
-// slices pairs B and E per thread as Perfetto does, failing on an E without
+// pairSlices pairs B and E per thread as Perfetto does, failing on an E without
 // a B, an E of another process, or a B never ended.
-func slices(t *testing.T, ms []marker) []slice {
+func pairSlices(t *testing.T, ms []marker) []slice {
 	t.Helper()
 	open := map[int][]slice{}
 	var out []slice
@@ -172,6 +171,8 @@ func TestTraceMarkersShowEveryStageAndSubtask(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := strings.ReplaceAll(string(body), `save = `, `# save = `)
+	// And last a Python blur (its subtask: "blur"), so every SDK writes markers.
+	cfg += "\n[stages.py]\nkind = \"ref.blur-py\"\ninputs = { in = \"final.out\" }\nparams = { radius = 1 }\n"
 
 	run := func(t *testing.T, opts runner.Options) (*runner.Session, []record) {
 		t.Helper()
@@ -212,7 +213,7 @@ func TestTraceMarkersShowEveryStageAndSubtask(t *testing.T) {
 	cfg = strings.Replace(cfg, "[grid]", "[output]\ntrace_markers = true\n\n[grid]", 1)
 	_, recs := run(t, runner.Options{})
 	ms := ti.markers(t)
-	all := slices(t, ms)
+	all := pairSlices(t, ms)
 
 	type stageRec struct {
 		pid        int
@@ -236,8 +237,8 @@ func TestTraceMarkersShowEveryStageAndSubtask(t *testing.T) {
 			spans[st] = append(spans[st], r)
 		}
 	}
-	if len(stages) != 4 || len(pids) != 3 {
-		t.Fatalf("expected 4 stages in 3 plugin processes (Go, Rust, C++), got %d stages in %d", len(stages), len(pids))
+	if len(stages) != 5 || len(pids) != 4 {
+		t.Fatalf("expected 5 stages in 4 plugin processes (Go, Rust, C++, Python), got %d stages in %d", len(stages), len(pids))
 	}
 	for name, s := range stages {
 		var top []slice
@@ -402,12 +403,6 @@ func BenchmarkTraceMarkersOnOff(b *testing.B) {
 		b.ReportMetric((cOn-cOff)/stages/1e3, "cpu-µs/stage-extra")
 		b.ReportMetric(median(pairedCPU), "%-cpu-paired")
 	}
-}
-
-func median(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
 }
 
 // readLogB reads the run log's records for a benchmark.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -65,6 +66,11 @@ type Options struct {
 	// TraceMarkers writes every stage and subtask to tracefs trace_marker
 	// (as does the config's output.trace_markers); see docs/runlog.md.
 	TraceMarkers bool
+	// UpdateLock writes the plugin lock file beside the config
+	// (pipehost.lock) for the plugins the plan uses, instead of refusing
+	// binaries that differ from it. Without it, an existing lock file is
+	// enforced and a missing one is not created.
+	UpdateLock bool
 }
 
 // DetectGPUs counts the NVIDIA and DRM render devices of this machine.
@@ -136,7 +142,7 @@ func StartPlugins(ctx context.Context, opts Options) (*pluginmgr.Manager, []*plu
 	if len(paths) == 0 {
 		return nil, nil, nil, &SetupError{fmt.Errorf("no plugins found (searched %s); pass --plugin-dir or set %s", strings.Join(dirs, ", "), pluginmgr.EnvPluginPath)}
 	}
-	mgr, err := pluginmgr.New(pluginmgr.Options{StartTimeout: opts.StartTimeout, Env: opts.PluginEnv, Logger: opts.Logger})
+	mgr, err := pluginmgr.New(pluginmgr.Options{StartTimeout: opts.StartTimeout, Env: opts.PluginEnv, Logger: safePluginLogger(opts.Logger)})
 	if err != nil {
 		return nil, nil, nil, &SetupError{err}
 	}
@@ -166,12 +172,27 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	// the plan, then only the plugins the plan uses are launched.
 	t0 := clock.Now()
 	cat := catalog(opts)
-	mgr, described, ds, err := describePlugins(ctx, opts, cat)
+	// Plugins get a scrubbed environment: what every plugin needs, what
+	// the caller adds, and the host variables the config names.
+	for _, k := range cfg.PluginEnv {
+		if v, ok := os.LookupEnv(k); ok {
+			opts.PluginEnv = append(opts.PluginEnv, k+"="+v)
+		}
+	}
+	lock, err := ReadLock(LockPath(opts.ConfigPath))
+	if err != nil {
+		return nil, &SetupError{err}
+	}
+	if opts.UpdateLock {
+		lock = nil // every installed plugin may be used, then recorded
+	}
+	mgr, described, ds, unlocked, err := describePlugins(ctx, opts, cat, lock)
 	if err != nil {
 		return nil, err
 	}
 	setup.DescribeNs = clock.Now() - t0
 	setup.Installed, setup.FromCatalog, setup.Described, setup.Ignored = len(described), ds.FromCatalog, ds.Launched, ds.Ignored
+	setup.Unlocked = unlocked
 	p, reg, err := planAndStart(ctx, cfg, mgr, described, cat, &setup)
 	if cat != nil {
 		setup.Hashed = cat.Hashed()
@@ -200,6 +221,18 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 		used[e.Plugin] = true
 	}
 	mgr.StopUnused(used)
+	if opts.UpdateLock {
+		l := lockOf(LockPath(opts.ConfigPath), p, reg)
+		if old, _ := ReadLock(l.Path); !sameLock(old, l) {
+			if err := l.Write(); err != nil {
+				mgr.Close()
+				return nil, &SetupError{fmt.Errorf("writing the plugin lock: %w", err)}
+			}
+			if opts.Warn != nil {
+				opts.Warn(fmt.Sprintf("wrote %s (%d plugins)", l.Path, len(l.Plugins)))
+			}
+		}
+	}
 	sess := &Session{Config: cfg, Plugins: mgr.Plugins(), Registry: reg, Plan: p, mgr: mgr, opts: opts,
 		Arena: arena.New(opts.MemBudget), openNs: openNs, Setup: setup}
 	if opts.CacheDir != "" {
@@ -315,4 +348,31 @@ func (s *Session) Close() error {
 		s.Remote.Close()
 	}
 	return err
+}
+
+// pluginLogger is the logger handed to go-plugin. go-plugin parses every
+// plugin stderr line as hclog JSON when its logger is enabled, and panics
+// (taking the host down) on a line whose @message, @level or @timestamp is
+// not a string. Reporting the plugin loggers as off skips that parser; the
+// run log reads each plugin's stderr itself (parseHCLog), so no line is lost,
+// and go-plugin's own messages still reach the logger.
+type pluginLogger struct{ hclog.Logger }
+
+func safePluginLogger(l hclog.Logger) hclog.Logger {
+	if l == nil {
+		return nil
+	}
+	return pluginLogger{l}
+}
+
+func (l pluginLogger) GetLevel() hclog.Level { return hclog.Off }
+
+func (l pluginLogger) Named(name string) hclog.Logger { return pluginLogger{l.Logger.Named(name)} }
+
+func (l pluginLogger) ResetNamed(name string) hclog.Logger {
+	return pluginLogger{l.Logger.ResetNamed(name)}
+}
+
+func (l pluginLogger) With(args ...interface{}) hclog.Logger {
+	return pluginLogger{l.Logger.With(args...)}
 }

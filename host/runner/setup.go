@@ -27,6 +27,9 @@ type SetupStats struct {
 	Ignored map[string]string
 	// Hashed counts the binaries hashed (their stat was not remembered).
 	Hashed int
+	// Unlocked lists installed plugins left out because the pipeline's
+	// lock file does not approve them.
+	Unlocked []string
 	// Started lists the plugins launched because a stage uses them.
 	Started []string
 	// DescribeNs is discovery, digests and descriptors (including launches
@@ -49,29 +52,47 @@ func catalog(opts Options) *pluginmgr.Catalog {
 // describePlugins finds the installed plugins and their descriptors,
 // launching only those the catalog does not know. On error nothing is left
 // running.
-func describePlugins(ctx context.Context, opts Options, cat *pluginmgr.Catalog) (*pluginmgr.Manager, []*pluginmgr.Plugin, pluginmgr.DescribeStats, error) {
-	var stats pluginmgr.DescribeStats
+// Installed plugins the lock does not approve are left out and named in
+// unlocked.
+func describePlugins(ctx context.Context, opts Options, cat *pluginmgr.Catalog, lock *Lock) (mgr *pluginmgr.Manager, plugins []*pluginmgr.Plugin, stats pluginmgr.DescribeStats, unlocked []string, err error) {
 	dirs, err := pluginmgr.SearchDirs(opts.PluginDirs)
 	if err != nil {
-		return nil, nil, stats, &SetupError{err}
+		return nil, nil, stats, nil, &SetupError{err}
 	}
 	paths, err := pluginmgr.Discover(dirs)
 	if err != nil {
-		return nil, nil, stats, &SetupError{err}
+		return nil, nil, stats, nil, &SetupError{err}
 	}
 	if len(paths) == 0 {
-		return nil, nil, stats, &SetupError{fmt.Errorf("no plugins found (searched %s); pass --plugin-dir or set %s", strings.Join(dirs, ", "), pluginmgr.EnvPluginPath)}
+		return nil, nil, stats, nil, &SetupError{fmt.Errorf("no plugins found (searched %s); pass --plugin-dir or set %s", strings.Join(dirs, ", "), pluginmgr.EnvPluginPath)}
 	}
-	mgr, err := pluginmgr.New(pluginmgr.Options{StartTimeout: opts.StartTimeout, Env: opts.PluginEnv, Logger: opts.Logger})
+	if lock != nil {
+		// Checked before anything is launched: a binary the lock does not
+		// approve is never run.
+		digest := pluginmgr.HashFile
+		if cat != nil {
+			digest = cat.Digest
+		}
+		var kept []string
+		kept, unlocked, err = filterLocked(lock, paths, digest)
+		if err != nil {
+			return nil, nil, stats, nil, &SetupError{err}
+		}
+		if len(kept) == 0 {
+			return nil, nil, stats, nil, &SetupError{fmt.Errorf("none of the plugins %s approves is installed (searched %s)", lock.Path, strings.Join(dirs, ", "))}
+		}
+		paths = kept
+	}
+	mgr, err = pluginmgr.New(pluginmgr.Options{StartTimeout: opts.StartTimeout, Env: opts.PluginEnv, Logger: opts.Logger})
 	if err != nil {
-		return nil, nil, stats, &SetupError{err}
+		return nil, nil, stats, nil, &SetupError{err}
 	}
 	plugins, stats, errs := mgr.Describe(ctx, paths, cat)
 	if len(errs) > 0 {
 		mgr.Close()
-		return nil, nil, stats, &SetupError{errors.Join(errs...)}
+		return nil, nil, stats, nil, &SetupError{errors.Join(errs...)}
 	}
-	return mgr, plugins, stats, nil
+	return mgr, plugins, stats, unlocked, nil
 }
 
 // planAndStart builds the plan from the descriptors and starts the plugins
@@ -88,6 +109,10 @@ func planAndStart(ctx context.Context, cfg *config.Pipeline, mgr *pluginmgr.Mana
 		}
 		p, err := plan.Build(cfg, reg)
 		if err != nil {
+			if len(setup.Unlocked) > 0 {
+				err = fmt.Errorf("%w\n(not considered: %d installed plugin(s) that %s does not approve: %s; if they are trusted, run `pipehost lock`)",
+					err, len(setup.Unlocked), LockFileName, strings.Join(setup.Unlocked, ", "))
+			}
 			return nil, nil, &SetupError{err}
 		}
 		t1 := clock.Now()

@@ -55,7 +55,11 @@ func Build(tb testing.TB, pkgDir string) string {
 			pkgs = append(pkgs, "./"+filepath.ToSlash(filepath.Join(pkgDir, e.Name())))
 		}
 	}
-	args := append([]string{"build", "-o", dir + "/"}, pkgs...)
+	args := []string{"build", "-o", dir + "/"}
+	if Race {
+		args = append(args, "-race")
+	}
+	args = append(args, pkgs...)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -95,6 +99,12 @@ func Copy(tb testing.TB, src string, names ...string) string {
 // Main wraps a package's TestMain body: it runs the tests and removes the
 // built binaries.
 func Main(m *testing.M) {
+	if Race {
+		// A race found inside a plugin ends that plugin at once (exit
+		// status 66), so the stage fails and so does the test; plugins get
+		// GORACE from the host's environment.
+		os.Setenv("GORACE", "halt_on_error=1 exitcode=66")
+	}
 	code := m.Run()
 	Cleanup()
 	if code != 0 {

@@ -83,6 +83,10 @@ func produce(c *sdk.Context, p produceParams) error {
 	}
 	xfer.Fill(grid, c.Seed())
 	end := clock.Now()
+	// The seed travels as two exact halves, so a host that did not choose
+	// it (a pipehost run) can check the consumer's sum.
+	c.Metric("seed_lo", float64(uint32(c.Seed())))
+	c.Metric("seed_hi", float64(c.Seed()>>32))
 	c.Metric("fill_start_ns", float64(start))
 	c.Metric("fill_end_ns", float64(end))
 	mem := xfer.ReadMemory()

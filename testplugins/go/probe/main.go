@@ -6,7 +6,9 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,6 +26,10 @@ import (
 type sleepParams struct {
 	Ms    int    `param:"ms" default:"100"`
 	Trace string `param:"trace" default:""`
+}
+
+type envParams struct {
+	Path string `param:"path" doc:"file to write the plugin's environment to, one VAR=value a line"`
 }
 
 type allocParams struct {
@@ -72,6 +78,11 @@ func main() {
 					return c.Err()
 				}
 				return observe.Append(p.Trace, observe.Record{Stage: c.Stage(), Kind: c.Kind(), StartNs: start, EndNs: observe.Now()})
+			}),
+		sdk.Define(sdk.Spec{Kind: "probe.env", Version: "1", Inputs: optIn, Outputs: grid, Concurrent: true,
+			Doc: "Writes the plugin process's environment to a file."},
+			func(c *sdk.Context, p envParams) error {
+				return os.WriteFile(p.Path, []byte(strings.Join(os.Environ(), "\n")+"\n"), 0o644)
 			}),
 		sdk.Define(sdk.Spec{Kind: "probe.serial", Version: "1", Inputs: optIn, Outputs: grid,
 			Doc: "Like probe.sleep, but one run per process at a time (no concurrent runs)."},

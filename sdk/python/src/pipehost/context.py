@@ -327,6 +327,7 @@ class Context:
         self._last_progress = 0
         self._metrics = {}
         self._topology = None
+        self._marker = None  # the trace_marker file while the host asked for markers
         self.params = {}
 
     # Identity.
@@ -473,14 +474,20 @@ class Context:
         stack = self._stack()
         pid = parent if parent is not None else (stack[-1] if stack else 0)
         sid = self._new_span_id()
+        marker = self._marker
+        if marker:
+            marker.begin(name)  # ended below, on this same thread
         start = time.monotonic_ns()
         stack.append(sid)
         try:
             yield sid
         finally:
+            end = time.monotonic_ns()
+            if marker:
+                marker.end()
             stack.pop()
             self._sink(pb.RunEvent(span=pb.Span(id=sid, parent_id=pid, name=str(name), start_ns=start,
-                                                end_ns=time.monotonic_ns())))
+                                                end_ns=end)))
 
     # Cancellation.
     @property

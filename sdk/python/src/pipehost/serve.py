@@ -14,7 +14,7 @@ from concurrent import futures
 
 import grpc
 
-from . import log, shm
+from . import log, shm, trace_marker
 from ._proto.goplugin import controller_pb2, controller_pb2_grpc, stdio_pb2_grpc
 from ._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from ._proto.pipehost.v1 import stage_pb2 as pb
@@ -122,6 +122,12 @@ class Plugin:
                 return grpc.StatusCode.INVALID_ARGUMENT, f"stage {name} ({kind}): {e}"
             ctx = Context(req, stage, data, sink, cancelled)
             shared_before = self.enter()
+            # The stage's slice, begun and ended on this thread (B/E nest per
+            # thread); with no path in the request it costs one check.
+            marker = trace_marker.MARKER if req.trace_marker and trace_marker.MARKER.open(req.trace_marker) else None
+            ctx._marker = marker
+            if marker:
+                marker.begin(name)
             start = time.monotonic_ns()
             cpu0 = _cpu_ns()
             failure = None
@@ -151,7 +157,9 @@ class Plugin:
                 e.__traceback__ = None
             finally:
                 kwargs = None
-            end = time.monotonic_ns()
+                end = time.monotonic_ns()
+                if marker:
+                    marker.end()
             cpu1 = _cpu_ns()
             peak = _peak_rss()
             shared = self.leave() or shared_before

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Per-stage overhead of 1,000-stage no-op DAGs (chain and wide; probe.sleep with ms = 0, one
+# 256-byte grid output each) as a user sees it: the wall time of the whole `pipehost run`
+# command, divided by the number of stages, with the cache on and cold (a fresh cache
+# directory), on and warm (the same directory again: every stage hits) and off (--no-cache).
+# Also the engine-only figure (run_end.wall_ns: first admission to last stage done). The modes
+# alternate within every round, in an order that rotates from round to round.
+#
+#   scripts/bench-stages.sh            # 1,000 stages, 5 rounds
+#   STAGES=200 ROUNDS=3 scripts/bench-stages.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STAGES=${STAGES:-1000}
+ROUNDS=${ROUNDS:-5}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/plugins"
+go build -o "$work/pipehost" ./cmd/pipehost
+go build -o "$work/plugins/probe" ./testplugins/go/probe
+
+for shape in chain wide; do
+  {
+    printf '[grid]\nwidth = 8\nheight = 8\n'
+    for ((i = 0; i < STAGES; i++)); do
+      printf '[stages.s%d]\nkind = "probe.sleep"\nparams = { ms = 0 }\n' "$i"
+      if [ "$shape" = chain ] && [ "$i" -gt 0 ]; then printf 'inputs = { in = "s%d.out" }\n' $((i - 1)); fi
+    done
+  } >"$work/$shape.toml"
+done
+
+# once SHAPE MODE: one `pipehost run`; appends "shape mode command_ms engine_ms" to results.
+once() {
+  local shape=$1 mode=$2 out="$work/out" args=()
+  rm -rf "$out"
+  case $mode in
+    off) args=(--no-cache) ;;
+    cold) rm -rf "$work/cache-$shape"; args=(--cache-dir "$work/cache-$shape") ;;
+    warm) args=(--cache-dir "$work/cache-$shape") ;;
+  esac
+  local t0 t1
+  t0=$(date +%s%N)
+  "$work/pipehost" run "$work/$shape.toml" --plugin-dir "$work/plugins" --out "$out" --quiet "${args[@]}"
+  t1=$(date +%s%N)
+  local engine
+  engine=$(grep -ho '"wall_ns":[0-9]*' "$out"/logs/run_*.jsonl | tail -1 | cut -d: -f2)
+  local hits
+  hits=$(grep -ho '"cache_hits":[0-9]*' "$out"/logs/run_*.jsonl | tail -1 | cut -d: -f2)
+  if [ "$mode" = warm ] && [ "$hits" != "$STAGES" ]; then
+    echo "bench-stages: warm $shape run hit $hits of $STAGES stages" >&2; exit 1
+  fi
+  if [ "$mode" != warm ] && [ "$hits" != 0 ]; then
+    echo "bench-stages: $mode $shape run hit $hits stages" >&2; exit 1
+  fi
+  echo "$shape $mode $(((t1 - t0) / 1000)) $((engine / 1000))" | tee -a "$work/results" >&2
+}
+
+echo "# $(date -u +%FT%TZ) $(go version | cut -d' ' -f3) $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg) at the start"
+# Warm needs the cold run's cache, so each round runs cold then warm, with off before or after.
+for ((r = 0; r < ROUNDS; r++)); do
+  for shape in chain wide; do
+    if ((r % 2 == 0)); then once "$shape" off; once "$shape" cold; once "$shape" warm
+    else once "$shape" cold; once "$shape" warm; once "$shape" off; fi
+  done
+done
+echo "# load $(cut -d' ' -f1-3 /proc/loadavg) at the end; medians of $ROUNDS rounds, $STAGES stages"
+echo
+echo "| DAG | cache | command ms/stage | engine ms/stage | command ms |"
+echo "| --- | --- | ---: | ---: | ---: |"
+med() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for shape in chain wide; do
+  for mode in off cold warm; do
+    cmd=$(awk -v s="$shape" -v m="$mode" '$1 == s && $2 == m { print $3 }' "$work/results" | med)
+    eng=$(awk -v s="$shape" -v m="$mode" '$1 == s && $2 == m { print $4 }' "$work/results" | med)
+    label=$mode; [ "$mode" = off ] && label="off (--no-cache)"
+    awk -v s="$shape" -v l="$label" -v c="$cmd" -v e="$eng" -v n="$STAGES" \
+      'BEGIN { printf "| %s | %s | %.3f | %.3f | %.0f |\n", s, l, c / 1000 / n, e / 1000 / n, c / 1000 }'
+  done
+done
