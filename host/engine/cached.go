@@ -69,21 +69,55 @@ func (e *Engine) digestOutputs(r *StageResult) {
 			continue
 		}
 		e.digests.Add(1)
-		go func() {
+		goYielding(func() {
 			defer e.digests.Done()
-			yieldToStages()
 			o.setDigest(cache.SegmentDigest(seg))
-		}()
+		})
 	}
 }
 
-// yieldToStages lowers the priority of the calling goroutine's OS thread
-// and keeps the goroutine on it (the runtime ends a locked thread with its
-// goroutine, so the lowered priority never reaches other work): digests and
-// cache writes then give way to stages when the CPUs are short.
-func yieldToStages() {
-	runtime.LockOSThread()
-	_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 10)
+// goYielding runs f on an OS thread of lowered priority (nice 10), so
+// digests and cache writes give way to stages when the CPUs are short. The
+// threads are kept by idle workers and never end: the runtime ends a locked
+// thread with its goroutine, and a thread that ends takes down every plugin
+// launched from it (Pdeathsig is per thread), so a one-off locked goroutine
+// could kill a running plugin.
+func goYielding(f func()) {
+	lowPrio.mu.Lock()
+	if n := len(lowPrio.idle); n > 0 {
+		w := lowPrio.idle[n-1]
+		lowPrio.idle = lowPrio.idle[:n-1]
+		lowPrio.mu.Unlock()
+		w <- f
+		return
+	}
+	lowPrio.mu.Unlock()
+	w := make(chan func(), 1)
+	go func() {
+		runtime.LockOSThread()
+		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 10)
+		for job := range w {
+			job()
+			lowPrio.mu.Lock()
+			lowPrio.idle = append(lowPrio.idle, w)
+			lowPrio.mu.Unlock()
+		}
+	}()
+	w <- f
+}
+
+// runYielding runs f like goYielding and waits for it.
+func runYielding(f func()) {
+	done := make(chan struct{})
+	goYielding(func() { defer close(done); f() })
+	<-done
+}
+
+// lowPrio holds the idle low-priority workers (their number is the most
+// background jobs ever run at once).
+var lowPrio struct {
+	mu   sync.Mutex
+	idle []chan func()
 }
 
 // store writes the stage's outputs to the cache in the background, once
@@ -136,21 +170,25 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 		for _, seg := range segs {
 			bytes += seg.Size()
 		}
-		if bytes >= inlineDigest {
-			yieldToStages()
-		}
-		m.Created = time.Now().UTC()
-		if err := e.opts.Cache.Store(m, segs); err != nil {
-			warn(err)
-		}
-		if e.opts.Remote != nil {
-			// Still on the store's goroutine: the host's claims (released
-			// when it returns) keep the segments alive for the upload, and
-			// the run waits for it like for the local write.
-			open := func(port string) (io.ReaderAt, error) { return remote.SegmentReader(segs[port]), nil }
-			if err := e.opts.Remote.Store(ctx, r.Key, m.Outputs, open); err != nil {
-				e.opts.Observer.StageEvent(n, logEvent("could not upload to the remote cache: "+err.Error()))
+		write := func() {
+			m.Created = time.Now().UTC()
+			if err := e.opts.Cache.Store(m, segs); err != nil {
+				warn(err)
 			}
+			if e.opts.Remote != nil {
+				// Still within the store: the host's claims (released when it
+				// returns) keep the segments alive for the upload, and the
+				// run waits for it like for the local write.
+				open := func(port string) (io.ReaderAt, error) { return remote.SegmentReader(segs[port]), nil }
+				if err := e.opts.Remote.Store(ctx, r.Key, m.Outputs, open); err != nil {
+					e.opts.Observer.StageEvent(n, logEvent("could not upload to the remote cache: "+err.Error()))
+				}
+			}
+		}
+		if bytes >= inlineDigest {
+			runYielding(write)
+		} else {
+			write()
 		}
 	}()
 }
