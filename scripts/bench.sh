@@ -8,6 +8,7 @@ scripts/bench-stages.sh
 scripts/bench-engine.sh
 scripts/bench-cog.sh
 scripts/bench-remote.sh
+scripts/bench-remote-hit.sh
 scripts/bench-markers.sh
 scripts/bench-setup.sh
 scripts/bench-python.sh

@@ -86,6 +86,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	gpus := fs.Int("gpus", -1, "GPUs stages may use at once (default: detected)")
 	fs.Var(&resources, "resource", "capacity of a named resource: name=N (repeatable)")
 	noCache := fs.Bool("no-cache", false, "neither read nor write the stage cache")
+	remoteCache := fs.String("remote-cache", "", "shared REAPI cache behind the local one, grpc://HOST:PORT (also remote.cache in the config); a server that cannot be reached costs one warning")
 	updateLock := fs.Bool("update-lock", false, "accept the installed plugin binaries and rewrite pipehost.lock beside the config, instead of refusing ones that differ from it")
 	traceMarkers := fs.Bool("trace-markers", false, "write every stage and subtask to tracefs trace_marker for perf, trace-cmd and Perfetto (also output.trace_markers)")
 	fs.Var(&refresh, "refresh", "recompute this stage even if cached (repeatable)")
@@ -99,6 +100,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	opts.Engine = engine.Options{Jobs: *jobs, KeepGoing: *keepGoing, Timeout: *timeout, NoPrefault: *noPrefault}
 	opts.MemBudget = int64(budget)
 	opts.CacheDir, opts.CacheMax = common.cacheDir, int64(cacheMax)
+	opts.RemoteCache = *remoteCache
 	if *noCache {
 		opts.CacheDir = ""
 	}

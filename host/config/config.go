@@ -28,6 +28,15 @@ type Pipeline struct {
 	// PluginEnv names the host environment variables passed on to plugins,
 	// beyond the few every plugin gets (plugins.env).
 	PluginEnv []string
+	// Remote configures the shared REAPI cache (docs/scale-out.md).
+	Remote Remote
+}
+
+// Remote is the config's [remote] table.
+type Remote struct {
+	// Cache is the remote cache's endpoint, grpc://HOST:PORT ("": none);
+	// the command line's --remote-cache takes precedence.
+	Cache string
 }
 
 // Grid is the run's grid: topology, native size and pyramid depth.
@@ -216,7 +225,7 @@ func decode(file string, root *Node) (*Pipeline, error) {
 	d := &decoder{}
 	p := &Pipeline{File: file, Grid: Grid{Topology: "plane", Width: 64, Height: 64, Levels: 1}}
 	p.RunID = strings.TrimSuffix(filepath.Base(file), filepath.Ext(file))
-	if d.fields(root, "", "run", "grid", "stages", "output", "resources", "plugins") == nil {
+	if d.fields(root, "", "run", "grid", "stages", "output", "resources", "plugins", "remote") == nil {
 		return nil, d.errs.Err()
 	}
 	if f := root.Get("run"); f != nil {
@@ -279,6 +288,13 @@ func decode(file string, root *Node) (*Pipeline, error) {
 			}
 			if g := n.Get("trace_markers"); g != nil {
 				p.Output.TraceMarkers, _ = d.boolean(g, "output.trace_markers")
+			}
+		}
+	}
+	if f := root.Get("remote"); f != nil {
+		if n := d.fields(f.Value, "remote", "cache"); n != nil {
+			if g := n.Get("cache"); g != nil {
+				p.Remote.Cache, _ = d.str(g, "remote.cache")
 			}
 		}
 	}

@@ -191,6 +191,24 @@ func TestOutputTraceMarkers(t *testing.T) {
 	}
 }
 
+func TestRemoteCache(t *testing.T) {
+	p, err := Parse("f.toml", []byte("[remote]\ncache = \"grpc://cache.example:9092\"\n[stages.a]\nkind = \"k\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Remote.Cache != "grpc://cache.example:9092" {
+		t.Errorf("remote.cache %q", p.Remote.Cache)
+	}
+	_, err = Parse("f.toml", []byte("[remote]\ncash = \"grpc://x:1\"\n[stages.a]\nkind = \"k\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "f.toml:2:1: remote.cash: unknown key") {
+		t.Errorf("misspelt key: %v", err)
+	}
+	_, err = Parse("f.toml", []byte("[remote]\ncache = 3\n[stages.a]\nkind = \"k\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "remote.cache") {
+		t.Errorf("non-string cache: %v", err)
+	}
+}
+
 func TestGridOverrides(t *testing.T) {
 	p, err := Parse("f.toml", []byte("[grid]\ntopology = \"sphere\"\nwidth = 64\nheight = 32\n[stages.a]\nkind = \"k\"\n"))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/host/remote"
 	"github.com/pipehost/pipehost/internal/clock"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
@@ -67,51 +69,56 @@ func (e *Engine) digestOutputs(r *StageResult) {
 			continue
 		}
 		e.digests.Add(1)
-		go func() {
+		goYielding(func() {
 			defer e.digests.Done()
-			restore := yieldToStages()
-			d, err := cache.SegmentDigest(seg)
-			restore()
-			o.setDigest(d, err)
-		}()
+			o.setDigest(cache.SegmentDigest(seg))
+		})
 	}
 }
 
-// yieldToStages lowers the priority of the calling goroutine's OS thread
-// while it digests or stores, so that work gives way to stages when the CPUs
-// are short, and returns the function that restores it. The thread must go
-// back to the runtime's pool alive: plugins are started with Pdeathsig,
-// which the kernel ties to the thread that forked them, so a thread that
-// ends (as a locked one does when its goroutine exits) would kill every
-// plugin it started. Where the priority could not be raised back, nothing
-// is lowered.
-func yieldToStages() (restore func()) {
-	if !canRenice {
-		return func() {}
+// goYielding runs f on an OS thread of lowered priority (nice 10), so
+// digests and cache writes give way to stages when the CPUs are short. The
+// threads are kept by idle workers and never end: the runtime ends a locked
+// thread with its goroutine, and a thread that ends takes down every plugin
+// launched from it (Pdeathsig is per thread), so a one-off locked goroutine
+// could kill a running plugin.
+func goYielding(f func()) {
+	lowPrio.mu.Lock()
+	if n := len(lowPrio.idle); n > 0 {
+		w := lowPrio.idle[n-1]
+		lowPrio.idle = lowPrio.idle[:n-1]
+		lowPrio.mu.Unlock()
+		w <- f
+		return
 	}
-	runtime.LockOSThread()
-	tid := unix.Gettid()
-	if unix.Setpriority(unix.PRIO_PROCESS, tid, backgroundNice) != nil {
-		runtime.UnlockOSThread()
-		return func() {}
-	}
-	return func() {
-		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 0)
-		runtime.UnlockOSThread()
-	}
+	lowPrio.mu.Unlock()
+	w := make(chan func(), 1)
+	go func() {
+		runtime.LockOSThread()
+		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 10)
+		for job := range w {
+			job()
+			lowPrio.mu.Lock()
+			lowPrio.idle = append(lowPrio.idle, w)
+			lowPrio.mu.Unlock()
+		}
+	}()
+	w <- f
 }
 
-const backgroundNice = 10
+// runYielding runs f like goYielding and waits for it.
+func runYielding(f func()) {
+	done := make(chan struct{})
+	goYielding(func() { defer close(done); f() })
+	<-done
+}
 
-// canRenice says whether a thread's priority, once lowered, can be raised
-// back to nice 0: as root, or with RLIMIT_NICE allowing it.
-var canRenice = func() bool {
-	if os.Geteuid() == 0 {
-		return true
-	}
-	var rl unix.Rlimit
-	return unix.Getrlimit(unix.RLIMIT_NICE, &rl) == nil && rl.Cur >= 20
-}()
+// lowPrio holds the idle low-priority workers (their number is the most
+// background jobs ever run at once).
+var lowPrio struct {
+	mu   sync.Mutex
+	idle []chan func()
+}
 
 // store writes the stage's outputs to the cache in the background, once
 // their digests are known, and releases the host's claims on them when
@@ -163,22 +170,32 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 		for _, seg := range segs {
 			bytes += seg.Size()
 		}
-		restore := func() {}
-		if bytes >= inlineDigest {
-			restore = yieldToStages()
+		write := func() {
+			m.Created = time.Now().UTC()
+			if err := e.opts.Cache.Store(m, segs); err != nil {
+				warn(err)
+			}
+			if e.opts.Remote != nil {
+				// Still within the store: the host's claims (released when it
+				// returns) keep the segments alive for the upload, and the
+				// run waits for it like for the local write.
+				open := func(port string) (io.ReaderAt, error) { return remote.SegmentReader(segs[port]), nil }
+				if err := e.opts.Remote.Store(ctx, r.Key, m.Outputs, open); err != nil {
+					e.opts.Observer.StageEvent(n, logEvent("could not upload to the remote cache: "+err.Error()))
+				}
+			}
 		}
-		m.Created = time.Now().UTC()
-		err := e.opts.Cache.Store(m, segs)
-		restore()
-		if err != nil {
-			warn(err)
+		if bytes >= inlineDigest {
+			runYielding(write)
+		} else {
+			write()
 		}
 	}()
 }
 
 // materialize makes a cached output's bytes available as an arena segment
 // that needBy (a stage about to run) will release.
-func (e *Engine) materialize(producer *plan.Node, port string, o *Output, needBy string) error {
+func (e *Engine) materialize(ctx context.Context, producer *plan.Node, port string, o *Output, needBy string) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.Entry != nil && !o.Entry.Freed() {
@@ -187,7 +204,7 @@ func (e *Engine) materialize(producer *plan.Node, port string, o *Output, needBy
 	if !o.Cached {
 		return fmt.Errorf("output %q of %s is gone", port, producer.Name)
 	}
-	seg, err := e.opts.Cache.Materialize(o.Digest, port)
+	seg, err := CachedSegment(ctx, e.opts.Cache, e.opts.Remote, o, port)
 	if err != nil {
 		return err
 	}
@@ -230,7 +247,7 @@ func (e *Engine) materializeInputs(ctx context.Context, n *plan.Node, results []
 	for _, in := range n.Inputs {
 		up := results[in.From.Index]
 		port := in.Output.GetName()
-		err := e.materialize(in.From, port, up.Outputs[port], n.Name)
+		err := e.materialize(ctx, in.From, port, up.Outputs[port], n.Name)
 		if isCorrupt(err) {
 			e.opts.Observer.StageEvent(in.From, logEvent(fmt.Sprintf("cached output %q is corrupt (%v): entry removed, recomputing %s", port, err, in.From.Name)))
 			e.opts.Cache.Invalidate(up.Key)
@@ -238,13 +255,31 @@ func (e *Engine) materializeInputs(ctx context.Context, n *plan.Node, results []
 			if err := e.recompute(ctx, in.From, up, results, slots, n.Name); err != nil {
 				return fmt.Errorf("recomputing %s after its cache entry turned out corrupt: %w", in.From.Name, err)
 			}
-			err = e.materialize(in.From, port, up.Outputs[port], n.Name)
+			err = e.materialize(ctx, in.From, port, up.Outputs[port], n.Name)
 		}
 		if err != nil {
 			return fmt.Errorf("input %q (cached output of %s): %w", in.Input.GetName(), in.From.Name, err)
 		}
 	}
 	return nil
+}
+
+// CachedSegment loads a cached output's bytes into a new write-sealed
+// segment, verified against its digest: from the local store if it has
+// them, else from the remote cache for a remote hit. Remote bytes that do
+// not match, have been evicted or cannot be had wrap cache.ErrCorrupt, so
+// the stage is recomputed like for a corrupt local entry.
+func CachedSegment(ctx context.Context, c *cache.Cache, rc *remote.Cache, o *Output, name string) (*shm.Segment, error) {
+	if o.Remote && rc != nil {
+		if _, err := os.Stat(c.BlobPath(o.Digest)); err != nil {
+			seg, err := rc.Fetch(ctx, o.Digest, name)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %v", cache.ErrCorrupt, err)
+			}
+			return seg, nil
+		}
+	}
+	return c.Materialize(o.Digest, name)
 }
 
 func isCorrupt(err error) bool { return err != nil && errors.Is(err, cache.ErrCorrupt) }

@@ -21,6 +21,7 @@ import (
 	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/host/pluginmgr"
+	"github.com/pipehost/pipehost/host/remote"
 	"github.com/pipehost/pipehost/internal/clock"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
@@ -41,6 +42,11 @@ type Options struct {
 	Manager *pluginmgr.Manager
 	// Cache stores and serves stage outputs by content; nil disables it.
 	Cache *cache.Cache
+	// Remote is a shared REAPI cache behind Cache (nil: none): a local
+	// miss is looked up there, a remote hit is fetched only when a stage
+	// that runs needs it, and stored outputs are uploaded in the
+	// background. It is used only with Cache.
+	Remote *remote.Cache
 	// Refresh lists stages to recompute even when cached (their fresh
 	// outputs replace the entry).
 	Refresh map[string]bool
@@ -150,6 +156,9 @@ type Output struct {
 	// Cached outputs are served from the cache; Entry stays nil until a
 	// stage that runs needs the bytes.
 	Cached bool
+	// Remote: the cached bytes are in the remote cache (fetched from there
+	// unless the local store has them by then).
+	Remote bool
 
 	digested  chan struct{}
 	digestErr error

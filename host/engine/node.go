@@ -50,7 +50,7 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 		if inputs, known := e.inputDigests(n, results); known {
 			parts = e.keyParts(n, inputs)
 			r.Key = parts.Key()
-			if !e.opts.Refresh[n.Name] && e.serveFromCache(n, r) {
+			if !e.opts.Refresh[n.Name] && e.serveFromCache(ctx, n, r, false) {
 				return
 			}
 			// Another run may be computing this very key: wait for it rather
@@ -60,7 +60,9 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 				e.abort(ctx, n, r, err)
 				return
 			}
-			if !e.opts.Refresh[n.Name] && e.serveFromCache(n, r) {
+			// The remote cache is asked only now, under the key's lock, so
+			// a miss costs one round trip, not two.
+			if !e.opts.Refresh[n.Name] && e.serveFromCache(ctx, n, r, true) {
 				u()
 				return
 			}
@@ -170,7 +172,7 @@ func (e *Engine) cutOff(ctx, runCtx context.Context, n *plan.Node, r *StageResul
 	}
 	l := <-later
 	r.Key = l.parts.Key()
-	if e.serveEntry(n, r, l.entry) {
+	if e.serveEntry(n, r, l.entry, l.remote) {
 		r.Err = nil
 		r.Note = "early cutoff: its inputs matched a cached run; stopped and served from the cache"
 		return true
@@ -187,6 +189,8 @@ type lookup struct {
 	ok    bool // false: not cacheable after all (an input has no digest)
 	parts cache.Parts
 	entry *cache.Manifest
+	// remote: entry is the remote cache's (its bytes are fetched from there).
+	remote bool
 }
 
 // lookupLater waits for the stage's input digests, looks its key up, and
@@ -206,6 +210,10 @@ func (e *Engine) lookupLater(ctx context.Context, n *plan.Node, results []*Stage
 		}
 		if m, err := e.opts.Cache.Lookup(l.parts.Key()); err == nil && m != nil && e.entryComplete(n, m) {
 			l.entry = m
+		} else if m := e.remoteLookup(ctx, n, l.parts.Key()); m != nil {
+			l.entry, l.remote = m, true
+		}
+		if l.entry != nil {
 			cancelRun(errCutoff)
 		}
 	}()
@@ -281,22 +289,56 @@ type stagedParts struct {
 	parts cache.Parts
 }
 
-// serveFromCache completes the stage from its cache entry, if there is one.
-func (e *Engine) serveFromCache(n *plan.Node, r *StageResult) bool {
+// serveFromCache completes the stage from its cache entry, if there is one:
+// the local cache's, else (with remoteToo) the remote cache's.
+func (e *Engine) serveFromCache(ctx context.Context, n *plan.Node, r *StageResult, remoteToo bool) bool {
 	m, err := e.opts.Cache.Lookup(r.Key)
 	if err != nil {
 		r.MissReason = err.Error()
-		return false
 	}
-	if m == nil {
-		return false
-	}
-	if !e.entryComplete(n, m) {
+	if m != nil && !e.entryComplete(n, m) {
 		e.opts.Cache.Invalidate(r.Key)
 		r.MissReason = "cache entry lacks an output or has an unreadable handle; removed"
+		m = nil
+	}
+	if m != nil {
+		return e.serveEntry(n, r, m, false)
+	}
+	if !remoteToo {
 		return false
 	}
-	return e.serveEntry(n, r, m)
+	if m = e.remoteLookup(ctx, n, r.Key); m == nil {
+		return false
+	}
+	if !e.serveEntry(n, r, m, true) {
+		return false
+	}
+	r.Note = "served from the remote cache " + e.opts.Remote.Target()
+	return true
+}
+
+// remoteLookup returns the remote cache's entry for key as a manifest, or
+// nil. An entry that does not hold together is a miss, said in the run log
+// (it is overwritten when the stage is stored); an unreachable server is a
+// miss the remote cache warns about once.
+func (e *Engine) remoteLookup(ctx context.Context, n *plan.Node, key string) *cache.Manifest {
+	if e.opts.Remote == nil {
+		return nil
+	}
+	recs, err := e.opts.Remote.Lookup(ctx, key)
+	if err != nil {
+		e.opts.Observer.StageEvent(n, logEvent("remote cache entry ignored: "+err.Error()))
+		return nil
+	}
+	if recs == nil {
+		return nil
+	}
+	m := &cache.Manifest{Key: key, Stage: n.Name, Kind: n.Kind, Outputs: recs}
+	if !e.entryComplete(n, m) {
+		e.opts.Observer.StageEvent(n, logEvent("remote cache entry ignored: it lacks an output of "+n.Name))
+		return nil
+	}
+	return m
 }
 
 // entryComplete checks an entry has every output the stage declares, each
@@ -319,7 +361,7 @@ func (e *Engine) entryComplete(n *plan.Node, m *cache.Manifest) bool {
 
 // serveEntry makes the stage's outputs the entry's (lazy: read only when a
 // stage that runs needs them).
-func (e *Engine) serveEntry(n *plan.Node, r *StageResult, m *cache.Manifest) bool {
+func (e *Engine) serveEntry(n *plan.Node, r *StageResult, m *cache.Manifest, remote bool) bool {
 	if m == nil {
 		return false
 	}
@@ -335,6 +377,7 @@ func (e *Engine) serveEntry(n *plan.Node, r *StageResult, m *cache.Manifest) boo
 			pending[c] = true
 		}
 		outs[rec.Port] = cachedOutput(h, rec.Digest, pending)
+		outs[rec.Port].Remote = remote
 	}
 	e.freeOutputs(r) // a hit needs none of the outputs allocated early
 	r.Outputs, r.Status, r.Cache, r.MissReason = outs, StatusOK, CacheHit, ""

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"slices"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -82,6 +83,13 @@ func (c *Client) Upload(ctx context.Context, blobs []Blob) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Blobs this client downloaded corrupt are present for the server but
+	// wrong: send them again so the good bytes replace them.
+	for _, d := range digests {
+		if _, bad := c.corrupt.Load(d); bad && !slices.Contains(missing, d) {
+			missing = append(missing, d)
+		}
+	}
 	var sent int64
 	var batch []Blob
 	var batchBytes int64
@@ -90,6 +98,11 @@ func (c *Client) Upload(ctx context.Context, blobs []Blob) (int64, error) {
 			return nil
 		}
 		err := c.batchUpload(ctx, batch)
+		if err == nil {
+			for _, b := range batch {
+				c.corrupt.Delete(b.Digest)
+			}
+		}
 		batch, batchBytes = nil, 0
 		return err
 	}
@@ -102,6 +115,7 @@ func (c *Client) Upload(ctx context.Context, blobs []Blob) (int64, error) {
 			if err := c.write(ctx, b); err != nil {
 				return sent, err
 			}
+			c.corrupt.Delete(d)
 			sent += d.Size
 			continue
 		}
@@ -302,6 +316,7 @@ func (c *Client) read(ctx context.Context, d Digest, sink func(p []byte, off int
 			}
 			p := resp.GetData()
 			if off+int64(len(p)) > d.Size {
+				c.corrupt.Store(d, true)
 				return &DigestMismatchError{Target: c.target, Want: d, Got: Digest{Hash: "(longer than announced)", Size: off + int64(len(p))}}
 			}
 			h.Write(p)
@@ -314,6 +329,7 @@ func (c *Client) read(ctx context.Context, d Digest, sink func(p []byte, off int
 	}
 	got := Digest{Hash: hex.EncodeToString(h.Sum(nil)), Size: off}
 	if got != d {
+		c.corrupt.Store(d, true)
 		return &DigestMismatchError{Target: c.target, Want: d, Got: got}
 	}
 	return nil

@@ -51,6 +51,12 @@ func (rc *Cache) degrade(err error) {
 	}
 }
 
+// Close ends the connection (after Wait, if uploads were started).
+func (rc *Cache) Close() error { return rc.c.Close() }
+
+// Target is the server's address as given.
+func (rc *Cache) Target() string { return rc.c.Target() }
+
 // Lookup returns the output records stored under key, or nil on a miss.
 // A corrupt entry is a miss too (and is returned as the error, wrapping
 // ErrCorrupt, for the run log); an unreachable server is a miss, silently
@@ -103,15 +109,29 @@ func (rc *Cache) StoreAsync(ctx context.Context, key string, recs []cache.Output
 		if release != nil {
 			defer release()
 		}
-		if err := rc.c.StoreKey(ctx, key, recs, open); err != nil {
-			rc.degrade(err)
-			if !errors.Is(err, ErrUnavailable) {
-				rc.mu.Lock()
-				rc.errs = append(rc.errs, err)
-				rc.mu.Unlock()
-			}
+		if err := rc.Store(ctx, key, recs, open); err != nil {
+			rc.mu.Lock()
+			rc.errs = append(rc.errs, err)
+			rc.mu.Unlock()
 		}
 	}()
+}
+
+// Store uploads a stage's outputs and records them under key, on the
+// caller's goroutine. An unreachable server is not an error (it switches
+// the cache off with its one warning); other failures are returned.
+func (rc *Cache) Store(ctx context.Context, key string, recs []cache.OutputRecord, open func(port string) (io.ReaderAt, error)) error {
+	if rc.off.Load() {
+		return nil
+	}
+	err := rc.c.StoreKey(ctx, key, recs, open)
+	if err != nil {
+		rc.degrade(err)
+		if errors.Is(err, ErrUnavailable) {
+			return nil
+		}
+	}
+	return err
 }
 
 // Wait blocks until every background upload has ended and returns the

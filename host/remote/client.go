@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"cloud.google.com/go/longrunning/autogen/longrunningpb"
@@ -92,6 +93,9 @@ type Client struct {
 	canUpdateAC bool
 	// canExecute: the server announced an execution service for SHA-256.
 	canExecute bool
+	// corrupt holds the digests whose download did not match (Digest →
+	// true): Upload sends them again though the server says it has them.
+	corrupt sync.Map
 }
 
 // Dial connects to target ("grpc://HOST:PORT" or "HOST:PORT") and checks its

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -137,7 +138,7 @@ func (s *Session) outputBytes(o *engine.Output) ([]byte, func(), error) {
 		seg = o.Entry.Segment
 	} else if o.Cached && s.Cache != nil {
 		var err error
-		if seg, err = s.Cache.Materialize(o.Digest, "save"); err != nil {
+		if seg, err = engine.CachedSegment(context.Background(), s.Cache, s.Remote, o, "save"); err != nil {
 			return nil, nil, err
 		}
 		owned = true

@@ -20,6 +20,7 @@ import (
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/host/pluginmgr"
+	"github.com/pipehost/pipehost/host/remote"
 	"github.com/pipehost/pipehost/host/report"
 	"github.com/pipehost/pipehost/host/runlog"
 	"github.com/pipehost/pipehost/internal/clock"
@@ -48,6 +49,11 @@ type Options struct {
 	// CacheMax is the size the cache is collected down to after a run
 	// (least recently used entries go first); 0 means no limit.
 	CacheMax int64
+	// RemoteCache is a shared REAPI cache behind the local one,
+	// grpc://HOST:PORT ("": the config's remote.cache, if any). It is used
+	// only with CacheDir; a server that cannot be reached costs one warning
+	// and the run goes on with the local cache.
+	RemoteCache string
 	// Warn receives one-line notices (e.g. the cache being unusable).
 	Warn func(string)
 	// Resources override the config's resource capacities; "gpu" defaults
@@ -92,6 +98,8 @@ type Session struct {
 	Plan     *plan.Plan
 	Arena    *arena.Arena
 	Cache    *cache.Cache
+	// Remote is the shared cache behind Cache (nil: none).
+	Remote *remote.Cache
 	// Setup says what setting the session up did and cost.
 	Setup SetupStats
 	// Reports are the files the last Run wrote.
@@ -236,7 +244,34 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 			sess.Cache = c
 		}
 	}
+	target := opts.RemoteCache
+	if target == "" {
+		target = cfg.Remote.Cache
+	}
+	switch {
+	case target != "" && sess.Cache != nil:
+		sess.Remote = openRemote(ctx, target, sess.warn)
+	case target != "" && opts.RemoteCache != "":
+		// The config may name a team cache a --no-cache run ignores; a
+		// flag given with the cache off is a mistake worth saying.
+		sess.warn(fmt.Sprintf("the remote cache %s is not used: the local cache is off", target))
+	}
 	return sess, nil
+}
+
+// openRemote connects to the remote cache. A server that is down, slow or
+// unfit costs speed, not correctness: one warning, and the run uses the
+// local cache only.
+func openRemote(ctx context.Context, target string, warn func(string)) *remote.Cache {
+	c, err := remote.Dial(ctx, target, remote.Options{})
+	if err != nil {
+		warn(fmt.Sprintf("running with the local cache only: %v", err))
+		return nil
+	}
+	if !c.CanUpdateActionCache() {
+		warn(fmt.Sprintf("remote cache %s does not accept action results from clients: it is only read", target))
+	}
+	return remote.NewCache(c, warn)
 }
 
 func (s *Session) warn(msg string) {
@@ -254,6 +289,7 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 	opts := s.opts.Engine
 	opts.Manager = s.mgr
 	opts.Cache = s.Cache
+	opts.Remote = s.Remote
 	if opts.Observer != nil {
 		opts.Observer = engine.Observers(col, opts.Observer)
 	} else {
@@ -308,5 +344,8 @@ func (s *Session) SetObserver(o engine.Observer) { s.opts.Engine.Observer = o }
 func (s *Session) Close() error {
 	err := s.mgr.Close()
 	s.Arena.Close()
+	if s.Remote != nil {
+		s.Remote.Close()
+	}
 	return err
 }

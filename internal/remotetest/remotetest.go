@@ -129,18 +129,28 @@ func Servers(t testing.TB) *Env {
 	return env
 }
 
+// FreePort is a TCP port on 127.0.0.1 nothing listens on just now.
+func FreePort(t testing.TB) string { return freePort(t) }
+
 // BazelRemote starts a private bazel-remote for one test (so the test may
 // stop or freeze it) and returns its endpoint and process. It is killed at
 // the end of the test.
 func BazelRemote(t testing.TB) (string, *os.Process) {
+	t.Helper()
+	return BazelRemoteAt(t, t.TempDir(), freePort(t))
+}
+
+// BazelRemoteAt is BazelRemote on a given storage directory and gRPC port,
+// so a test can restart a server on the blobs a killed one left.
+func BazelRemoteAt(t testing.TB, dir, grpcPort string) (string, *os.Process) {
 	t.Helper()
 	Servers(t) // skips (or fails) like the shared servers when they cannot be built
 	bin := filepath.Join(testbin.ModuleRoot(), ".tools/remote/bin/bazel-remote")
 	if b := os.Getenv("PIPEHOST_REMOTE_BIN"); b != "" {
 		bin = filepath.Join(b, "bazel-remote")
 	}
-	grpcPort, httpPort := freePort(t), freePort(t)
-	cmd := exec.Command(bin, "--dir", t.TempDir(), "--max_size", "1",
+	httpPort := freePort(t)
+	cmd := exec.Command(bin, "--dir", dir, "--max_size", "1",
 		"--grpc_address", "127.0.0.1:"+grpcPort, "--http_address", "127.0.0.1:"+httpPort)
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
