@@ -38,8 +38,8 @@ plain_pkgs=$(go list ./... | grep -e '/host/dataset' -e '/topology' -e '/sdk/see
 go test -race -count=1 -timeout 15m $race_pkgs
 step "go test"
 go test -count=1 -timeout 15m $plain_pkgs
-# Peak RSS is measured on plugins built without -race (see the test).
-go test -count=1 -timeout 5m -run '^TestPeakRSSOfAShortSpike$' ./host/runner
+# Peak RSS is measured on plugins built without -race (see the tests).
+go test -count=1 -timeout 5m -run '^(TestPeakRSSOfAShortSpike|TestMixedPipelineIsZeroCopy|TestMixedPipelineWithPythonIsZeroCopy)$' ./host/runner
 
 # Six targets, about a minute in all. An input that fails is written to the
 # package's testdata/fuzz/<Target>/: commit it, it then runs with every go test.
