@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -101,6 +104,7 @@ func TestCacheServerHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer proc.Signal(syscall.SIGCONT)
+	waitStopped(t, proc.Pid)
 	start := time.Now()
 	got, err := rc.Lookup(context.Background(), cache.DigestOf([]byte("k")).Hash)
 	if err != nil || got != nil {
@@ -150,5 +154,34 @@ func TestCacheCorruptEntryIsAMiss(t *testing.T) {
 	}
 	if !rc.Enabled() {
 		t.Error("a corrupt entry switched the cache off")
+	}
+}
+
+// waitStopped waits until every thread of pid is stopped: kill(SIGSTOP)
+// returns before a thread running on another CPU has stopped, and such a
+// thread could still answer one more call.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		stopped := len(tasks) > 0
+		for _, task := range tasks {
+			b, err := os.ReadFile(task)
+			if err != nil {
+				continue // the thread ended
+			}
+			// pid (comm) state ...: the state follows the last ')'.
+			if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				stopped = false
+			}
+		}
+		if stopped {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d did not stop", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
