@@ -133,9 +133,20 @@ func TestMixedPipelineIsZeroCopy(t *testing.T) {
 	if got := strings.Join([]string{langs["noise"], langs["rust"], langs["cpp"], langs["final"]}, ","); got != "go,rust,cpp,go" {
 		t.Fatalf("mixed pipeline languages %s", got)
 	}
-	// The ledger: in a chain at most the input and output of the running
-	// stage are live at once, plus the next stage's output, allocated and
-	// prefaulted while this one runs.
+	// The ledger, with the cache off (with it on, an output also stays live
+	// until its cache copy is written, off the critical path): in a chain
+	// at most the input and output of the running stage are live at once,
+	// plus the next stage's output, allocated and prefaulted while this one
+	// runs.
+	opts := runner.Options{ConfigPath: writeConfig(t, "nocache.toml", cfg), PluginDirs: []string{plugins}, Engine: engine.Options{Jobs: 1}}
+	sess, err = runner.Open(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := sess.Run(context.Background()); res.Err() != nil {
+		t.Fatal(res.Err())
+	}
+	sess.Close()
 	if peak := sess.Arena.Peak(); peak > 3*grid {
 		t.Errorf("arena peak %d MiB for a chain of %d MiB grids: a segment outlived its consumer", peak>>20, grid>>20)
 	}
