@@ -51,7 +51,12 @@ func (c *Cache) Lock(ctx context.Context, key string) (func(), error) {
 		return nil, fmt.Errorf("locking cache key %q: not a key", key)
 	}
 	l := &c.locks
+	l.mu.Lock()
 	f := l.file
+	l.mu.Unlock()
+	if f == nil {
+		return nil, fmt.Errorf("locking cache key %s: the cache is closed", key[:12])
+	}
 	off := offset(key)
 	// Within this process first.
 	mine := make(chan struct{})
@@ -106,4 +111,18 @@ func (c *Cache) Lock(ctx context.Context, key string) (func(), error) {
 			releaseHere()
 		})
 	}, nil
+}
+
+// Close releases the cache's lock file. Locks still held are released with
+// it; the Cache must not be used afterwards.
+func (c *Cache) Close() error {
+	l := &c.locks
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.file == nil {
+		return nil
+	}
+	err := l.file.Close()
+	l.file = nil
+	return err
 }

@@ -37,6 +37,10 @@ type Options struct {
 	Timeout time.Duration
 	// Observer sees stage starts, events and ends (run log, progress).
 	Observer Observer
+	// Prepare, if set, is told of each stage that is going to run (not
+	// served from the cache), before it waits for memory, resources and a
+	// worker slot: the runner starts the plugins it and its dependants need.
+	Prepare func(n *plan.Node)
 	// Manager relaunches a plugin that crashed, so later stages of the
 	// same binary (with KeepGoing) still run. Nil: no relaunch.
 	Manager *pluginmgr.Manager

@@ -80,6 +80,9 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 			unlock()
 		}
 	}()
+	if e.opts.Prepare != nil {
+		e.opts.Prepare(n)
+	}
 
 	// Cached inputs nobody has needed yet are loaded now, before this
 	// stage holds memory or a worker slot (a corrupt one reruns its stage).
