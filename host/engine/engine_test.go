@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -703,4 +704,67 @@ func TestDynamicBlobOutput(t *testing.T) {
 			checkReleased(t, s, a, before)
 		})
 	}
+}
+
+// Early cutoff: a refreshed producer makes the same bytes again. Its large
+// output is digested in the background while its consumer may already run;
+// once the digest shows the consumer's result is cached, the consumer is
+// stopped (or, if the digest came first, never started) and served from
+// the cache.
+func TestEarlyCutoffServesTheConsumer(t *testing.T) {
+	before := memfds(t)
+	c, err := cache.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newFakeSys(t)
+	var second atomic.Bool
+	s.kind("src", "/bin/a", nil, []string{"out"}, concurrent(), source(3))
+	s.kind("inc", "/bin/b", []string{"in"}, []string{"out"}, concurrent(), func(ctx context.Context, run *fakeRun) error {
+		if second.Load() {
+			<-ctx.Done() // only the cutoff ends it
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		return plusOne(ctx, run)
+	})
+	s.kind("sink", "/bin/b", []string{"in"}, nil, concurrent(), sink)
+	// 8 MiB outputs: over the size digested before consumers start.
+	p := s.pipelineOn(2048, 1024, `
+[stages.a]
+kind = "src"
+[stages.b]
+kind = "inc"
+inputs.in = "a.out"
+[stages.c]
+kind = "sink"
+inputs.in = "b.out"
+cache = false
+`)
+	a1 := arena.New(0)
+	if err := s.run(context.Background(), p, a1, Options{Jobs: 2, Cache: c}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	a1.Close()
+	second.Store(true)
+	s.seen = map[string][]byte{}
+	a2 := arena.New(0)
+	res := s.run(context.Background(), p, a2, Options{Jobs: 2, Cache: c, Refresh: map[string]bool{"a": true}})
+	if err := res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if r := result(t, res, "a"); r.Cache != CacheMiss || r.MissReason != "refresh requested" || s.runs("a") != 2 {
+		t.Errorf("stage a: %s (%q), ran %d time(s); want refreshed", r.Cache, r.MissReason, s.runs("a"))
+	}
+	rb := result(t, res, "b")
+	if rb.Status != StatusOK || rb.Cache != CacheHit {
+		t.Fatalf("stage b: %s, cache %s (%v); want served from the cache", rb.Status, rb.Cache, rb.Err)
+	}
+	if s.runs("b") == 2 && !strings.Contains(rb.Note, "early cutoff") {
+		t.Errorf("stage b started again but its note is %q", rb.Note)
+	}
+	t.Logf("stage b ran %d time(s) in all; note %q", s.runs("b"), rb.Note)
+	if got := s.seen["c"]; len(got) != 2048*1024*4 || got[0] != 4 || got[len(got)-1] != 4 {
+		t.Errorf("stage c did not read b's cached bytes")
+	}
+	checkReleased(t, s, a2, before)
 }

@@ -493,7 +493,13 @@ func blockUntilStopped(started chan<- string) stageFunc {
 // [grid] headers) on a 16×8 grid: every grid output is 512 bytes.
 func (s *fakeSys) pipeline(stages string) *plan.Plan {
 	s.t.Helper()
-	src := "[run]\nid = \"fake\"\nseed = 7\n\n[grid]\ntopology = \"sphere\"\nwidth = 16\nheight = 8\nlevels = 1\n\n" + stages
+	return s.pipelineOn(16, 8, stages)
+}
+
+// pipelineOn is pipeline on a width×height grid.
+func (s *fakeSys) pipelineOn(width, height int, stages string) *plan.Plan {
+	s.t.Helper()
+	src := fmt.Sprintf("[run]\nid = \"fake\"\nseed = 7\n\n[grid]\ntopology = \"sphere\"\nwidth = %d\nheight = %d\nlevels = 1\n\n", width, height) + stages
 	cfg, err := config.Parse("pipeline.toml", []byte(src))
 	if err != nil {
 		s.t.Fatalf("config: %v", err)
