@@ -6,7 +6,6 @@ import (
 	"sync"
 
 	"github.com/pipehost/pipehost/host/plan"
-	"github.com/pipehost/pipehost/host/pluginmgr"
 )
 
 // maxPool bounds the processes of one binary serving one kind that does
@@ -16,28 +15,27 @@ const maxPool = 4
 // plugin returns a live process for kind's plugin binary. A plugin that
 // crashed is relaunched once per crash, so with KeepGoing the stages it
 // still has to serve run in a fresh process.
-func (e *Engine) plugin(kind string) (*pluginmgr.Plugin, error) {
-	entry, ok := e.reg.Entry(kind)
+func (e *Engine) plugin(kind string) (Process, error) {
+	p, ok := e.procs.Process(kind)
 	if !ok {
 		return nil, fmt.Errorf("no plugin offers kind %q", kind)
 	}
 	e.pluginMu.Lock()
 	defer e.pluginMu.Unlock()
-	p := entry.Plugin
-	if r, ok := e.respawn[p.Path]; ok {
+	if r, ok := e.respawn[p.Path()]; ok {
 		p = r
 	}
 	if !p.Exited() {
 		return p, nil
 	}
-	if e.opts.Manager == nil {
-		return nil, fmt.Errorf("plugin %s is no longer running (%s)", p.Path, p.ExitStatus())
+	if e.launcher == nil {
+		return nil, fmt.Errorf("plugin %s is no longer running (%s)", p.Path(), p.ExitStatus())
 	}
-	np, err := e.opts.Manager.Launch(context.Background(), p.Path)
+	np, err := e.launcher.Launch(context.Background(), p.Path())
 	if err != nil {
 		return nil, fmt.Errorf("relaunching plugin after it ended (%s): %w", p.ExitStatus(), err)
 	}
-	e.respawn[p.Path] = np
+	e.respawn[p.Path()] = np
 	return np, nil
 }
 
@@ -46,8 +44,8 @@ func (e *Engine) plugin(kind string) (*pluginmgr.Plugin, error) {
 // demand, so such stages still run side by side.
 type pool struct {
 	mu    sync.Mutex
-	procs []*pluginmgr.Plugin
-	busy  map[*pluginmgr.Plugin]bool
+	procs []Process
+	busy  map[Process]bool
 	wake  chan struct{}
 	// launching counts processes being started, so the bound holds.
 	launching int
@@ -55,13 +53,17 @@ type pool struct {
 
 // lease returns a process to run stage n on and the function that gives
 // it back.
-func (e *Engine) lease(ctx context.Context, n *plan.Node) (*pluginmgr.Plugin, func(), error) {
+func (e *Engine) lease(ctx context.Context, n *plan.Node) (Process, func(), error) {
 	if n.Desc.GetCapabilities().GetConcurrentRuns() {
 		p, err := e.plugin(n.Kind)
 		return p, func() {}, err
 	}
-	entry, _ := e.reg.Entry(n.Kind)
-	v, _ := e.pools.LoadOrStore(entry.Plugin.Path+"\x00"+n.Kind, &pool{busy: map[*pluginmgr.Plugin]bool{}, wake: make(chan struct{})})
+	mainProc, ok := e.procs.Process(n.Kind)
+	if !ok {
+		return nil, nil, fmt.Errorf("no plugin offers kind %q", n.Kind)
+	}
+	path := mainProc.Path()
+	v, _ := e.pools.LoadOrStore(path+"\x00"+n.Kind, &pool{busy: map[Process]bool{}, wake: make(chan struct{})})
 	pl := v.(*pool)
 	limit := min(maxPool, e.opts.Jobs)
 	for {
@@ -91,15 +93,15 @@ func (e *Engine) lease(ctx context.Context, n *plan.Node) (*pluginmgr.Plugin, fu
 				return p, func() { pl.put(p) }, nil
 			}
 		}
-		if len(pl.procs)+pl.launching < limit && e.opts.Manager != nil {
+		if len(pl.procs)+pl.launching < limit && e.launcher != nil {
 			pl.launching++
 			pl.mu.Unlock()
-			p, err := e.opts.Manager.Launch(ctx, entry.Plugin.Path)
+			p, err := e.launcher.Launch(ctx, path)
 			pl.mu.Lock()
 			pl.launching--
 			if err != nil {
 				pl.mu.Unlock()
-				return nil, nil, fmt.Errorf("starting another process of %s: %w", entry.Plugin.Path, err)
+				return nil, nil, fmt.Errorf("starting another process of %s: %w", path, err)
 			}
 			pl.procs = append(pl.procs, p)
 			pl.busy[p] = true
@@ -119,7 +121,7 @@ func (e *Engine) lease(ctx context.Context, n *plan.Node) (*pluginmgr.Plugin, fu
 	}
 }
 
-func (pl *pool) put(p *pluginmgr.Plugin) {
+func (pl *pool) put(p Process) {
 	pl.mu.Lock()
 	delete(pl.busy, p)
 	close(pl.wake)
