@@ -261,8 +261,9 @@ type Engine struct {
 	inFlight int
 	wake     chan struct{}
 
-	pluginMu sync.Mutex
-	respawn  map[string]Process // crashed process's path → replacement
+	pluginMu  sync.Mutex         // guards respawn
+	launching sync.Map           // plugin path → *sync.Mutex held while it is (re)started
+	respawn   map[string]Process // crashed process's path → replacement
 
 	digests sync.WaitGroup // background output digests
 	stores  sync.WaitGroup // background cache writes

@@ -20,22 +20,38 @@ func (e *Engine) plugin(kind string) (Process, error) {
 	if !ok {
 		return nil, fmt.Errorf("no plugin offers kind %q", kind)
 	}
+	// One launch at a time per binary; a slow start of one plugin does not
+	// hold up stages of the others.
+	m, _ := e.launching.LoadOrStore(p.Path(), &sync.Mutex{})
+	m.(*sync.Mutex).Lock()
+	defer m.(*sync.Mutex).Unlock()
 	e.pluginMu.Lock()
-	defer e.pluginMu.Unlock()
 	if r, ok := e.respawn[p.Path()]; ok {
 		p = r
 	}
+	e.pluginMu.Unlock()
 	if !p.Exited() {
 		return p, nil
 	}
+	// A plugin with no exit status was never started: with the cache on,
+	// plugins start when a stage of theirs is going to run.
+	status := p.ExitStatus()
 	if e.launcher == nil {
-		return nil, fmt.Errorf("plugin %s is no longer running (%s)", p.Path(), p.ExitStatus())
+		if status == "" {
+			return nil, fmt.Errorf("plugin %s is not running", p.Path())
+		}
+		return nil, fmt.Errorf("plugin %s is no longer running (%s)", p.Path(), status)
 	}
 	np, err := e.launcher.Launch(context.Background(), p.Path())
 	if err != nil {
-		return nil, fmt.Errorf("relaunching plugin after it ended (%s): %w", p.ExitStatus(), err)
+		if status == "" {
+			return nil, fmt.Errorf("starting plugin: %w", err)
+		}
+		return nil, fmt.Errorf("relaunching plugin after it ended (%s): %w", status, err)
 	}
+	e.pluginMu.Lock()
 	e.respawn[p.Path()] = np
+	e.pluginMu.Unlock()
 	return np, nil
 }
 
