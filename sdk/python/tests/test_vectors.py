@@ -216,11 +216,13 @@ def test_handshake_vectors(tmp_path):
         assert os.path.dirname(address) == str(sock_dir)
         assert len(os.path.basename(address).encode()) <= v["socket_name_max_bytes"]
         with grpc.insecure_channel("unix:" + address) as ch:
-            check = ch.unary_unary(v["health_check_path"], request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            check = ch.unary_unary(v["health_check_path"],
+                                   request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
                                    response_deserializer=health_pb2.HealthCheckResponse.FromString)
             resp = check(health_pb2.HealthCheckRequest(service=v["health_service_name"]), timeout=30)
             assert health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status) == v["health_status"]
-            describe = ch.unary_unary(f"/{v['stage_service']}/Describe", request_serializer=pb.DescribeRequest.SerializeToString,
+            describe = ch.unary_unary(f"/{v['stage_service']}/Describe",
+                                      request_serializer=pb.DescribeRequest.SerializeToString,
                                       response_deserializer=pb.DescribeResponse.FromString)
             d = describe(pb.DescribeRequest(), timeout=30)
             assert d.protocol_revision == v["protocol_revision"] and d.stages[0].kind == "vectors.noop"

@@ -143,7 +143,8 @@ class Channel:
                 raise ShmError(f"{_VIOLATION}unexpected control message level {odd[0]} type {odd[1]}")
             # The checks in the order of docs/protocol.md, as every SDK makes them.
             if flags & socket.MSG_CTRUNC:
-                raise ShmError(f"{_VIOLATION}control data truncated (more than {MAX_FDS} fds, or the fd limit is reached)")
+                raise ShmError(f"{_VIOLATION}control data truncated "
+                               f"(more than {MAX_FDS} fds, or the fd limit is reached)")
             if flags & socket.MSG_TRUNC or len(data) > MSG_SIZE:
                 raise ShmError(f"{_VIOLATION}message longer than {MSG_SIZE} bytes")
             msg = Message.decode(data)
