@@ -175,11 +175,7 @@ func (rd *runData) finish() ([]*pb.Binding, error) {
 		if d.format == pb.Format_FORMAT_ARROW_IPC {
 			kind = pb.PortKind_PORT_KIND_TABLE
 		}
-		h := &pb.Handle{SegmentSize: size, Nbytes: size, Format: d.format, Kind: kind}
-		if d.format == pb.Format_FORMAT_RAW {
-			h.Dtype, h.Shape, h.Strides = pb.DType_DTYPE_U8, []uint64{size}, []uint64{1}
-		}
-		out = append(out, &pb.Binding{Port: d.port, Handle: h, FdToken: tok})
+		out = append(out, &pb.Binding{Port: d.port, Handle: shm.AdoptedHandle(kind, size), FdToken: tok})
 	}
 	return out, nil
 }

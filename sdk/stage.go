@@ -26,12 +26,11 @@ package sdk
 
 import (
 	"fmt"
-	"math"
 	"reflect"
-	"strconv"
 	"strings"
 
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+	"github.com/pipehost/pipehost/sdk/internal/paramconv"
 )
 
 // DType is an element type of a grid.
@@ -172,7 +171,7 @@ func Define[P any](spec Spec, run func(c *Context, p P) error) Stage {
 					}
 					val = f.spec.Default
 				}
-				if err := setField(v.Field(f.index), val); err != nil {
+				if err := paramconv.Set(v.Field(f.index), val); err != nil {
 					return v, fmt.Errorf("param %q: %w", f.name, err)
 				}
 			}
@@ -218,12 +217,12 @@ func paramFields(t reflect.Type) ([]paramField, []*pb.ParamSpec, error) {
 			return nil, nil, fmt.Errorf("param %q: unsupported field type %s", name, sf.Type)
 		}
 		if def, ok := sf.Tag.Lookup("default"); ok {
-			v, err := parseDefault(spec.Type, def)
+			v, err := paramconv.ParseDefault(spec.Type, def)
 			if err != nil {
 				return nil, nil, fmt.Errorf("param %q: default %q: %w", name, def, err)
 			}
 			// Reject defaults the field cannot hold, at definition time.
-			if err := setField(reflect.New(sf.Type).Elem(), v); err != nil {
+			if err := paramconv.Set(reflect.New(sf.Type).Elem(), v); err != nil {
 				return nil, nil, fmt.Errorf("param %q: default %q: %w", name, def, err)
 			}
 			spec.Default = v
@@ -232,84 +231,6 @@ func paramFields(t reflect.Type) ([]paramField, []*pb.ParamSpec, error) {
 		specs = append(specs, spec)
 	}
 	return fields, specs, nil
-}
-
-func parseDefault(t pb.ParamType, s string) (*pb.Value, error) {
-	switch t {
-	case pb.ParamType_PARAM_TYPE_BOOL:
-		b, err := strconv.ParseBool(s)
-		return &pb.Value{Kind: &pb.Value_BoolValue{BoolValue: b}}, err
-	case pb.ParamType_PARAM_TYPE_INT:
-		i, err := strconv.ParseInt(s, 0, 64)
-		return &pb.Value{Kind: &pb.Value_IntValue{IntValue: i}}, err
-	case pb.ParamType_PARAM_TYPE_FLOAT:
-		f, err := strconv.ParseFloat(s, 64)
-		return &pb.Value{Kind: &pb.Value_FloatValue{FloatValue: f}}, err
-	default:
-		return &pb.Value{Kind: &pb.Value_StringValue{StringValue: s}}, nil
-	}
-}
-
-func setField(f reflect.Value, v *pb.Value) error {
-	switch f.Kind() {
-	case reflect.Bool:
-		b, ok := v.GetKind().(*pb.Value_BoolValue)
-		if !ok {
-			return fmt.Errorf("expected a boolean, got %s", valueString(v))
-		}
-		f.SetBool(b.BoolValue)
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		i, ok := v.GetKind().(*pb.Value_IntValue)
-		if !ok {
-			return fmt.Errorf("expected an integer, got %s", valueString(v))
-		}
-		if f.OverflowInt(i.IntValue) {
-			return fmt.Errorf("%d does not fit in %s", i.IntValue, f.Type())
-		}
-		f.SetInt(i.IntValue)
-	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		i, ok := v.GetKind().(*pb.Value_IntValue)
-		if !ok {
-			return fmt.Errorf("expected an integer, got %s", valueString(v))
-		}
-		if i.IntValue < 0 || f.OverflowUint(uint64(i.IntValue)) {
-			return fmt.Errorf("%d does not fit in %s", i.IntValue, f.Type())
-		}
-		f.SetUint(uint64(i.IntValue))
-	case reflect.Float32, reflect.Float64:
-		switch x := v.GetKind().(type) {
-		case *pb.Value_FloatValue:
-			if f.Kind() == reflect.Float32 && !math.IsInf(x.FloatValue, 0) && math.Abs(x.FloatValue) > math.MaxFloat32 {
-				return fmt.Errorf("%g does not fit in float32", x.FloatValue)
-			}
-			f.SetFloat(x.FloatValue)
-		case *pb.Value_IntValue:
-			f.SetFloat(float64(x.IntValue))
-		default:
-			return fmt.Errorf("expected a number, got %s", valueString(v))
-		}
-	case reflect.String:
-		s, ok := v.GetKind().(*pb.Value_StringValue)
-		if !ok {
-			return fmt.Errorf("expected a string, got %s", valueString(v))
-		}
-		f.SetString(s.StringValue)
-	}
-	return nil
-}
-
-func valueString(v *pb.Value) string {
-	switch x := v.GetKind().(type) {
-	case *pb.Value_BoolValue:
-		return fmt.Sprintf("boolean %v", x.BoolValue)
-	case *pb.Value_IntValue:
-		return fmt.Sprintf("integer %d", x.IntValue)
-	case *pb.Value_FloatValue:
-		return fmt.Sprintf("float %g", x.FloatValue)
-	case *pb.Value_StringValue:
-		return fmt.Sprintf("string %q", x.StringValue)
-	}
-	return "nothing"
 }
 
 // kindList is used in error messages.
