@@ -279,11 +279,16 @@ func (c *Catalog) Record(digest string, resp *pb.DescribeResponse) error {
 		return err
 	}
 	// protojson's spacing is deliberately unstable; the checksum covers the
-	// compact form, which is what the file holds.
+	// compact form, which is what the file holds. HTML-escaped too, because
+	// json.Marshal escapes <, > and & inside a RawMessage: a doc string
+	// holding one would otherwise never match its checksum.
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, raw); err != nil {
 		return err
 	}
+	var escaped bytes.Buffer
+	json.HTMLEscape(&escaped, compact.Bytes())
+	compact = escaped
 	sum := sha256.Sum256(compact.Bytes())
 	b, err := json.Marshal(descFile{
 		Format: descFormat, BinarySHA256: digest, ProtocolRevision: wire.ProtocolRevision,
