@@ -33,27 +33,10 @@ import (
 	"github.com/pipehost/pipehost/sdk/internal/paramconv"
 )
 
-// DType is an element type of a grid.
-type DType = pb.DType
-
-// Element types.
-const (
-	F32 = pb.DType_DTYPE_F32
-	F64 = pb.DType_DTYPE_F64
-	I8  = pb.DType_DTYPE_I8
-	I16 = pb.DType_DTYPE_I16
-	I32 = pb.DType_DTYPE_I32
-	I64 = pb.DType_DTYPE_I64
-	U8  = pb.DType_DTYPE_U8
-	U16 = pb.DType_DTYPE_U16
-	U32 = pb.DType_DTYPE_U32
-	U64 = pb.DType_DTYPE_U64
-)
-
 // Port declares one input or output of a stage.
 type Port struct {
 	Name string
-	Kind pb.PortKind
+	Kind PortKind
 	// DType and Level apply to grids.
 	DType DType
 	Level int
@@ -64,30 +47,31 @@ type Port struct {
 
 // GridPort declares a grid port at the native resolution.
 func GridPort(name string, dt DType) Port {
-	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_GRID, DType: dt}
+	return Port{Name: name, Kind: GridKind, DType: dt}
 }
 
 // GridPortAt declares a grid port at a pyramid level (1 = half resolution).
 func GridPortAt(name string, dt DType, level int) Port {
-	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_GRID, DType: dt, Level: level}
+	return Port{Name: name, Kind: GridKind, DType: dt, Level: level}
 }
 
 // TablePort declares an Arrow table port.
 func TablePort(name string) Port {
-	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_TABLE}
+	return Port{Name: name, Kind: TableKind}
 }
 
 // BlobPort declares an opaque byte port.
 func BlobPort(name string) Port {
-	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_BLOB}
+	return Port{Name: name, Kind: BlobKind}
 }
 
 // Spec describes a stage kind.
 type Spec struct {
 	// Kind is the dotted, globally unique stage kind, e.g. "terrain.fbm".
 	Kind string
-	// Version of the stage's behaviour; bump it when outputs change for the
-	// same inputs, so cached results are not reused.
+	// Version of the stage's behaviour (required); bump it when outputs
+	// change for the same inputs: it is part of the cache key, so results
+	// of the old code are not reused.
 	Version string
 	Doc     string
 	Inputs  []Port
@@ -107,8 +91,8 @@ type Stage struct {
 	run    func(*Context, reflect.Value) error
 }
 
-// Descriptor returns the stage's protocol descriptor.
-func (s Stage) Descriptor() *pb.StageDescriptor { return s.desc }
+// Kind is the stage kind, as given in its Spec.
+func (s Stage) Kind() string { return s.desc.GetKind() }
 
 // Define registers a stage kind whose params are the exported fields of P
 // tagged `param:"name"`, with optional `default:"..."` (no default: the
@@ -119,8 +103,9 @@ func Define[P any](spec Spec, run func(c *Context, p P) error) Stage {
 	if spec.Kind == "" {
 		panic("sdk.Define: Spec.Kind is empty")
 	}
-	if spec.Version == "" {
-		spec.Version = "0.0.0"
+	if strings.TrimSpace(spec.Version) == "" {
+		panic(fmt.Sprintf("sdk.Define(%s): Spec.Version is empty: give the stage a version, e.g. Version: \"1.0.0\", "+
+			"and bump it whenever its outputs change for the same inputs (it is part of the cache key)", spec.Kind))
 	}
 	var zero P
 	pt := reflect.TypeOf(zero)
@@ -151,11 +136,16 @@ func Define[P any](spec Spec, run func(c *Context, p P) error) Stage {
 				panic(fmt.Sprintf("sdk.Define(%s): port name %q is empty or used twice", spec.Kind, p.Name))
 			}
 			seen[p.Name] = true
-			if p.Kind == pb.PortKind_PORT_KIND_GRID && p.DType == pb.DType_DTYPE_UNSPECIFIED {
+			switch p.Kind {
+			case GridKind, TableKind, BlobKind:
+			default:
+				panic(fmt.Sprintf("sdk.Define(%s): port %q has no kind: declare it with GridPort, TablePort or BlobPort", spec.Kind, p.Name))
+			}
+			if p.Kind == GridKind && dtypeNames[p.DType] == "" {
 				panic(fmt.Sprintf("sdk.Define(%s): grid port %q has no dtype", spec.Kind, p.Name))
 			}
 			*ports.dst = append(*ports.dst, &pb.Port{
-				Name: p.Name, Kind: p.Kind, Dtype: p.DType, Level: uint32(p.Level), Optional: p.Optional, Doc: p.Doc,
+				Name: p.Name, Kind: pb.PortKind(p.Kind), Dtype: p.DType.wire(), Level: uint32(p.Level), Optional: p.Optional, Doc: p.Doc,
 			})
 		}
 	}
