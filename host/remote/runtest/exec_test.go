@@ -166,9 +166,10 @@ func TestPlanetErodeOnBuildbarn(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A fully local run, with its own cache (a saved output's digest is
+	// written into its COG only when the cache computes it).
 	a := newHost(t)
 	a.plugins = plugins
-	a.cacheDir = "" // fully local, nothing cached
 	resA := byName(run(t, a.mustSession(t, local, smallPlanet)))
 	if resA["erode"].Remote != nil {
 		t.Fatal("the local run sent erode to the executor")
@@ -210,12 +211,27 @@ func TestPlanetErodeOnBuildbarn(t *testing.T) {
 	if !strings.Contains(string(sum), "ran remotely on "+env.Executor+", action `"+er.Remote.Action[:12]+"`") {
 		t.Errorf("summary.md does not mark erode as remote:\n%s", sum)
 	}
-	trace, err := os.ReadFile(sess.Reports.Trace)
+	traceBytes, err := os.ReadFile(sess.Reports.Trace)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(trace), `"action_digest":"`+er.Remote.Action+`"`) {
-		t.Error("trace.json does not carry erode's action digest")
+	var trace struct {
+		TraceEvents []struct {
+			Name, Cat string
+			Args      map[string]any
+		}
+	}
+	if err := json.Unmarshal(traceBytes, &trace); err != nil {
+		t.Fatal(err)
+	}
+	marked := false
+	for _, ev := range trace.TraceEvents {
+		if ev.Name == "erode" && ev.Cat == "stage" {
+			marked = ev.Args["where"] == "remote" && ev.Args["action_digest"] == er.Remote.Action
+		}
+	}
+	if !marked {
+		t.Error("trace.json's erode slice does not carry where = remote and the action digest")
 	}
 
 	// A local run on the same cache: every stage is a hit, erode included.
