@@ -52,14 +52,12 @@ type RemoteExec struct {
 
 	down     atomic.Bool
 	warnOnce sync.Once
-	digestMu sync.Mutex
-	digests  map[string]cache.Digest // file path → digest, hashed once a run
 }
 
 // NewRemoteExec prepares remote execution on c (nil: the executor at target
 // could not be reached).
 func NewRemoteExec(target string, c *remote.Client, runner, fallback string, warn func(string)) *RemoteExec {
-	x := &RemoteExec{Target: target, Client: c, Runner: runner, Fallback: fallback, Warn: warn, digests: map[string]cache.Digest{}}
+	x := &RemoteExec{Target: target, Client: c, Runner: runner, Fallback: fallback, Warn: warn}
 	if c == nil {
 		x.down.Store(true)
 	}
@@ -113,7 +111,7 @@ func (e *Engine) runRemote(ctx context.Context, n *plan.Node, r *StageResult, re
 		}
 	}
 	e.opts.Observer.StageStart(n, r)
-	ar, err := e.execRemote(ctx, x, n, r, results, entry.Plugin.Path)
+	ar, err := e.execRemote(ctx, x, n, r, results, entry.Plugin.Path, entry.Plugin.Digest())
 	var res *stagerun.Result
 	if err == nil {
 		// Past this point the outputs are being written: a failure fails
@@ -157,7 +155,7 @@ func (e *Engine) runRemote(ctx context.Context, n *plan.Node, r *StageResult, re
 }
 
 // execRemote uploads the stage's action and executes it.
-func (e *Engine) execRemote(ctx context.Context, x *RemoteExec, n *plan.Node, r *StageResult, results []*StageResult, pluginPath string) (*repb.ActionResult, error) {
+func (e *Engine) execRemote(ctx context.Context, x *RemoteExec, n *plan.Node, r *StageResult, results []*StageResult, pluginPath, pluginDigest string) (*repb.ActionResult, error) {
 	t0 := clock.Now()
 	var files []remote.File
 	var open []io.Closer
@@ -166,8 +164,8 @@ func (e *Engine) execRemote(ctx context.Context, x *RemoteExec, n *plan.Node, r 
 			c.Close()
 		}
 	}()
-	addFile := func(rel, path string) error {
-		f, d, err := x.fileBlob(path)
+	addFile := func(rel, path, known string) error {
+		f, d, err := fileBlob(path, known)
 		if err != nil {
 			return err
 		}
@@ -175,11 +173,12 @@ func (e *Engine) execRemote(ctx context.Context, x *RemoteExec, n *plan.Node, r 
 		files = append(files, remote.File{Path: rel, Blob: remote.Blob{Digest: d, Src: f}, Executable: true})
 		return nil
 	}
-	if err := addFile("pipehost-stage", x.Runner); err != nil {
+	if err := addFile("pipehost-stage", x.Runner, ""); err != nil {
 		return nil, fmt.Errorf("the stage runner: %w", err)
 	}
 	pluginRel := "plugins/" + filepath.Base(pluginPath)
-	if err := addFile(pluginRel, pluginPath); err != nil {
+	// The plugin's digest is the one the plugin catalog remembers.
+	if err := addFile(pluginRel, pluginPath, pluginDigest); err != nil {
 		return nil, fmt.Errorf("plugin binary: %w", err)
 	}
 	var inputs []stagerun.Input
@@ -397,25 +396,44 @@ func (e *Engine) stageTimeout(n *plan.Node) time.Duration {
 	return e.opts.Timeout
 }
 
-// fileBlob opens a file for upload with its digest, hashed once a run.
-func (x *RemoteExec) fileBlob(path string) (*os.File, cache.Digest, error) {
+// fileDigests remembers the digests of the files remote actions ship, by
+// path, size and modification time, so each is hashed once a process.
+var fileDigests sync.Map // fileStamp → cache.Digest
+
+type fileStamp struct {
+	path  string
+	size  int64
+	mtime time.Time
+}
+
+// fileBlob opens a file for upload with its digest: known (a SHA-256 in
+// hex computed elsewhere) or hashed here, once a process. A file changed
+// under a stale digest is refused by the server, which checks every blob.
+func fileBlob(path, known string) (*os.File, cache.Digest, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, cache.Digest{}, err
 	}
-	x.digestMu.Lock()
-	defer x.digestMu.Unlock()
-	if d, ok := x.digests[path]; ok {
-		return f, d, nil
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, cache.Digest{}, err
+	}
+	if known != "" {
+		return f, cache.Digest{Hash: known, Size: st.Size()}, nil
+	}
+	stamp := fileStamp{path, st.Size(), st.ModTime()}
+	if d, ok := fileDigests.Load(stamp); ok {
+		return f, d.(cache.Digest), nil
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	n, err := io.Copy(h, io.NewSectionReader(f, 0, st.Size()))
 	if err != nil {
 		f.Close()
 		return nil, cache.Digest{}, fmt.Errorf("%s: %w", path, err)
 	}
 	d := cache.Digest{Hash: hex.EncodeToString(h.Sum(nil)), Size: n}
-	x.digests[path] = d
+	fileDigests.Store(stamp, d)
 	return f, d, nil
 }
 
