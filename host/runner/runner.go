@@ -155,7 +155,9 @@ func (s *Session) prepare(n *plan.Node) {
 			continue
 		}
 		s.prepared[m] = true
-		if e, ok := s.Registry.Entry(m.Kind); ok {
+		// A stage for the remote executor needs no local process (one is
+		// started on demand if it falls back to running here).
+		if e, ok := s.Registry.Entry(m.Kind); ok && !(m.Remote && s.Executor != nil) {
 			s.mgr.Prestart(e.Plugin, s.catalog)
 		}
 		for _, out := range m.Consumers {
