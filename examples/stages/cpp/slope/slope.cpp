@@ -17,8 +17,8 @@ void run(pipehost::Context& ctx) {
   if (!(k > 0) || !std::isfinite(k)) {
     throw pipehost::Error("param exaggeration = " + std::to_string(k) + ": want a finite number > 0");
   }
-  const auto z = ctx.input_grid<float>("elevation");
-  auto out = ctx.output_grid<float>("slope");
+  const auto z = ctx.input_grid<float>("elevation");  // GridView<const float>: read-only, zero-copy
+  auto out = ctx.output_grid<float>("slope");         // GridView<float>: writable, zero-copy
   const pipehost::Topology& topo = ctx.topology();
   const pipehost::Grid& grid = topo.grid();
   const double kDegrees = 180.0 / std::acos(-1.0);
@@ -56,7 +56,7 @@ pipehost::Stage stage() {
       .input(pipehost::grid_port("elevation", pipehost::DType::F32).with_doc("metres"))
       .output(pipehost::grid_port("slope", pipehost::DType::F32).with_doc("degrees, 0..90"))
       .param(kExaggeration)
-      .concurrent()
+      .concurrent()  // several runs may share this process
       .run(run);
 }
 
