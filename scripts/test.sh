@@ -61,4 +61,7 @@ for extra in scripts/test-*.sh; do
   "$extra"
 done
 
+step "first stage in C++ (docs/first-stage.md)"
+scripts/test-first-stage.sh cpp
+
 step "all tests passed"
