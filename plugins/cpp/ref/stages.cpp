@@ -18,7 +18,7 @@ auto every_rows(pipehost::Context& ctx, size_t height, const char* what) {
   };
 }
 
-void noise(pipehost::Context& ctx) {
+void run_noise(pipehost::Context& ctx) {
   auto out = ctx.output_grid<float>("out");
   const int64_t octaves = ctx[kOctaves], cell = ctx[kCell];
   ref::check_noise_params(octaves, cell, out.width(), out.height());
@@ -26,7 +26,7 @@ void noise(pipehost::Context& ctx) {
   ref::noise(out, ctx.seed(), static_cast<int>(octaves), cell, every_rows(ctx, out.height(), "noise"));
 }
 
-void blur(pipehost::Context& ctx) {
+void run_blur(pipehost::Context& ctx) {
   const int64_t radius = ctx[kRadius];
   if (radius < 0 || radius > 16) {
     throw pipehost::Error("param radius = " + std::to_string(radius) + ": want 0..16");
@@ -54,14 +54,14 @@ std::vector<pipehost::Stage> stages() {
           .param(kOctaves)
           .param(kCell)
           .concurrent()
-          .run(noise),
+          .run(run_noise),
       pipehost::Stage{"ref.blur-cpp", "1.0.0"}
           .doc("Box blur that respects the topology's wrap rules.")
           .input(pipehost::grid_port("in", pipehost::DType::F32))
           .output(pipehost::grid_port("out", pipehost::DType::F32))
           .param(kRadius)
           .concurrent()
-          .run(blur),
+          .run(run_blur),
   };
 }
 
