@@ -66,5 +66,7 @@ done
 # tested and run in a pipeline.
 step "first stage: go"
 scripts/test-first-stage.sh go
+step "first stage: cpp"
+scripts/test-first-stage.sh cpp
 
 step "all tests passed"

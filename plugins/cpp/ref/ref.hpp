@@ -5,10 +5,14 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <pipehost/pipehost.hpp>
 
 namespace ref {
+
+// stages declares ref.noise-cpp and ref.blur-cpp.
+std::vector<pipehost::Stage> stages();
 
 // check_noise_params throws pipehost::Error naming the bad param.
 void check_noise_params(int64_t octaves, int64_t cell, size_t width, size_t height);

@@ -233,19 +233,48 @@ const Port& dynamic_port(ContextImpl& c, const std::string& name) {
 }
 }  // namespace
 
-View<uint8_t> Context::new_blob(const std::string& name, size_t size) {
+View<uint8_t> Context::dynamic_output(const std::string& name, size_t size) {
   detail::RunData& d = *impl_->data;
   std::lock_guard<std::mutex> lock(d.mu);
   const Port& port = dynamic_port(*impl_, name);
-  if (port.kind != PortKind::Blob) throw Error("output \"" + name + "\" is a table: use output_stream");
   detail::DynOutput out;
   out.port = name;
-  out.kind = PortKind::Blob;
+  out.kind = port.kind;
   out.seg.emplace(detail::Segment::create(impl_->stage + "." + name, size));
-  out.map = detail::Mapping::map_rw(*out.seg);
-  uint8_t* p = out.map.data();
+  uint8_t* p = nullptr;
+  if (size > 0) {
+    out.map = detail::Mapping::map_rw(*out.seg);
+    p = out.map.data();
+  }
   d.dynamic.push_back(std::move(out));
   return View<uint8_t>(p, size);
+}
+
+View<uint8_t> Context::new_blob(const std::string& name, size_t size) {
+  for (const Port& p : impl_->def->outputs) {
+    if (p.name == name && p.kind == PortKind::Table) {
+      throw Error("output \"" + name + "\" is a table: use dynamic_output or output_stream");
+    }
+  }
+  return dynamic_output(name, size);
+}
+
+void Context::adopt_output(const std::string& name, int fd) {
+  detail::UniqueFd owned(fd);
+  detail::RunData& d = *impl_->data;
+  std::lock_guard<std::mutex> lock(d.mu);
+  const Port& port = dynamic_port(*impl_, name);
+  detail::DynOutput out;
+  out.port = name;
+  out.kind = port.kind;
+  try {
+    out.seg.emplace(detail::Segment::open(std::move(owned)));
+  } catch (const Error& e) {
+    throw Error("adopt_output(\"" + name + "\"): " + e.what() +
+                "; create it with memfd_create(name, MFD_ALLOW_SEALING) and seal its size "
+                "(F_SEAL_SHRINK|F_SEAL_GROW) before handing it over");
+  }
+  d.dynamic.push_back(std::move(out));
 }
 
 OutputStream& Context::output_stream(const std::string& name) {

@@ -25,6 +25,7 @@
 
 #include "context_impl.hpp"
 #include "data.hpp"
+#include "run.hpp"
 #include "goplugin/controller.grpc.pb.h"
 #include "goplugin/stdio.grpc.pb.h"
 #include "pipehost/log.hpp"
@@ -82,49 +83,6 @@ std::string g_socket_path;
   if (!g_socket_path.empty()) ::unlink(g_socket_path.c_str());
   std::fflush(stderr);
   ::_exit(code);
-}
-
-// --- Peak memory -------------------------------------------------------------------------
-
-void reset_peak_rss() {
-  const int fd = ::open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return;
-  const ssize_t n = ::write(fd, "5", 1);
-  (void)n;
-  ::close(fd);
-}
-
-// status_bytes reads a "Vm...: N kB" line of /proc/self/status; 0 if absent.
-uint64_t status_bytes(const char* key) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  const size_t n = std::strlen(key);
-  while (std::getline(f, line)) {
-    if (line.compare(0, n, key) == 0) {
-      std::istringstream in(line.substr(n));
-      uint64_t kb = 0;
-      in >> kb;
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
-
-uint64_t peak_rss() { return status_bytes("VmHWM:"); }
-
-// release_memory hands freed heap back to the system after a stage that
-// grew the process a lot, so the next stage's peak is its own.
-void release_memory(uint64_t before, uint64_t peak) {
-  if (peak > before + (uint64_t{64} << 20)) ::malloc_trim(0);
-}
-
-uint64_t cpu_ns() {
-  struct rusage ru;
-  if (::getrusage(RUSAGE_SELF, &ru) != 0) return 0;
-  auto ns = [](const struct timeval& tv) {
-    return static_cast<uint64_t>(tv.tv_sec) * 1000000000ULL + static_cast<uint64_t>(tv.tv_usec) * 1000ULL;
-  };
-  return ns(ru.ru_utime) + ns(ru.ru_stime);
 }
 
 // --- Describe ------------------------------------------------------------------------------
@@ -201,118 +159,25 @@ class StageService final : public pb::Stage::Service {
     if (it == by_kind_.end()) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND, "this plugin has no stage kind \"" + req->kind() + "\"");
     }
-    const StageDef& def = *it->second;
-    const std::string who = "stage " + req->stage() + " (" + req->kind() + "): ";
-
-    detail::ContextImpl impl;
-    impl.req = req;
-    impl.def = &def;
-    impl.run_id = req->run_id();
-    impl.stage = req->stage();
-    impl.kind = req->kind();
-    for (const auto& l : req->levels()) {
-      impl.levels.push_back(Level{static_cast<int>(l.level()), static_cast<int64_t>(l.width()),
-                                  static_cast<int64_t>(l.height())});
-    }
-    try {
-      impl.params = detail::decode_params(def, req->params());
-    } catch (const Error& e) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, who + e.what());
-    }
     std::mutex send_mu;
-    impl.send = [&](const pb::RunEvent& ev) {
+    const auto send = [&](const pb::RunEvent& ev) {
       std::lock_guard<std::mutex> lock(send_mu);
       // A synchronous write: with a buffer hint it would wait for a flush
       // that never comes.
       writer->Write(ev);
     };
-    impl.cancelled = [sctx] { return sctx->IsCancelled(); };
-
-    // Declared after impl's users so it is destroyed first: every mapping
-    // and fd of the Run is released before the call completes.
-    detail::RunData data(ch_, mb_);
-    impl.data = &data;
-    try {
-      data.bind(*req);
-    } catch (const Error& e) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, who + e.what());
-    }
-
-    Context ctx(&impl);
-    bool shared = enter();
-    const uint64_t rss_before = status_bytes("VmRSS:");
-    // The stage's slice, on the thread that runs it, around its subtasks.
-    if (!req->trace_marker().empty() && detail::trace::open(req->trace_marker())) {
-      impl.markers = true;
-      impl.marker_base = detail::trace::next_base();
-      detail::trace::begin(impl.stage);
-    }
-    const int64_t start = now_ns();
-    const uint64_t cpu0 = cpu_ns();
-    std::string run_err;
-    try {
-      def.run(ctx);
-    } catch (const std::exception& e) {
-      run_err = e.what();
-      if (run_err.empty()) run_err = "the stage threw an exception without a message";
-    } catch (...) {
-      run_err = "the stage threw a non-standard exception";
-    }
-    const int64_t end = now_ns();
-    if (impl.markers) detail::trace::end();
-    const uint64_t cpu1 = cpu_ns();
-    const uint64_t peak = peak_rss();
-    release_memory(rss_before, peak);
-    shared = leave() || shared;
-    if (!run_err.empty()) return grpc::Status(grpc::StatusCode::ABORTED, run_err);
-
-    std::vector<pb::Binding> dyn;
-    try {
-      dyn = data.finish();
-    } catch (const Error& e) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, who + e.what());
-    }
-    pb::RunEvent ev;
-    auto* res = ev.mutable_result();
-    for (auto& b : dyn) *res->add_dynamic_outputs() = std::move(b);
-    {
-      std::lock_guard<std::mutex> lock(impl.metrics_mu);
-      for (const auto& [k, v] : impl.metrics) (*res->mutable_metrics())[k] = v;
-    }
-    auto* st = res->mutable_stats();
-    st->set_peak_rss_bytes(peak);
-    st->set_peak_shared(shared);
-    st->set_start_ns(start);
-    st->set_end_ns(end);
-    st->set_cpu_ns(cpu1 - cpu0);
-    impl.send(ev);
-    return grpc::Status::OK;
+    const detail::RunStatus st =
+        detail::run_stage(*it->second, *req, ch_, mb_, send, [sctx] { return sctx->IsCancelled(); });
+    if (st.ok()) return grpc::Status::OK;
+    return grpc::Status(static_cast<grpc::StatusCode>(st.code), st.message);
   }
 
  private:
-  // enter marks a Run active; the first resets the peak RSS so VmHWM
-  // afterwards is this stage's peak. It reports whether another Run was
-  // already active.
-  bool enter() {
-    std::lock_guard<std::mutex> lock(active_mu_);
-    if (++active_ == 1) {
-      reset_peak_rss();
-      return false;
-    }
-    return true;
-  }
-  bool leave() {
-    std::lock_guard<std::mutex> lock(active_mu_);
-    return --active_ > 0;
-  }
-
   std::vector<Stage> stages_;
   std::map<std::string, const StageDef*> by_kind_;
   std::vector<pb::StageDescriptor> descriptors_;
   detail::FdChannel* ch_;
   detail::Mailbox* mb_;
-  std::mutex active_mu_;
-  int active_ = 0;
 };
 
 class ControllerService final : public plugin::GRPCController::Service {

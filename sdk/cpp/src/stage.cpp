@@ -24,8 +24,13 @@ std::string describe_value(const ParamValue& v) {
 
 Stage::Stage(std::string kind, std::string version) {
   if (kind.empty()) throw std::invalid_argument("pipehost::Stage: the kind is empty");
+  if (version.empty()) {
+    throw std::invalid_argument("pipehost::Stage(" + kind +
+                                "): the version is empty; give one, e.g. Stage{\"" + kind +
+                                "\", \"1.0.0\"}, and bump it whenever the output changes (it is part of the cache key)");
+  }
   def_.kind = std::move(kind);
-  if (!version.empty()) def_.version = std::move(version);
+  def_.version = std::move(version);
 }
 
 Stage& Stage::doc(std::string text) {

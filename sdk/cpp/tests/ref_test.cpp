@@ -1,9 +1,12 @@
-// The reference kernels (plugins/cpp/ref) on their own; their bit-identity
-// with the Go stages is checked through the host (host/runner).
+// The reference kernels (plugins/cpp/ref) on their own, and the stages
+// around them through the stage test harness; their bit-identity with the Go
+// stages is checked through the host (host/runner).
+#include <algorithm>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "pipehost/testing.hpp"
 #include "ref.hpp"
 
 using pipehost::GridView;
@@ -74,4 +77,43 @@ TEST(RefKernels, BlurWrapsOnATorus) {
   ref::blur(GridView<const float>(in.data(), 8, 8), GridView<float>(out.data(), 8, 8), plane.grid(), 1);
   EXPECT_EQ(out[7 * 8 + 7], 0.0f);
   EXPECT_EQ(out[0], 4.0f) << "clamped: the corner cell counts four times";
+}
+
+namespace {
+pipehost::Stage ref_stage(const std::string& kind) {
+  for (const auto& s : ref::stages()) {
+    if (s.def().kind == kind) return s;
+  }
+  throw std::runtime_error("no stage " + kind);
+}
+}  // namespace
+
+TEST(RefStages, NoiseStageIsTheKernelWithTheHostsSeed) {
+  const auto r = pipehost::TestRun(ref_stage("ref.noise-cpp"))
+                     .seed(7)
+                     .stage_name("terrain")
+                     .grid("torus", 64, 32)
+                     .param("octaves", 3)
+                     .run();
+  ASSERT_TRUE(r.ok()) << r.error;
+  std::vector<float> want(64 * 32);
+  ref::noise(GridView<float>(want.data(), 64, 32), pipehost::seed::stage_seed(7, "terrain"), 3, 16);
+  const auto out = r.grid<float>("out");
+  ASSERT_EQ(out.size(), want.size());
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), want.begin()));
+  ASSERT_NE(r.span("noise"), nullptr);
+  EXPECT_FALSE(r.progress.empty());
+}
+
+TEST(RefStages, BlurStageRefusesABadRadiusAndBlursOtherwise) {
+  std::vector<float> in(16 * 8, 0.0f);
+  in[0] = 9.0f;
+  pipehost::TestRun t(ref_stage("ref.blur-cpp"));
+  t.grid("torus", 16, 8).input("in", in);
+  auto bad = t.param("radius", 17).run();
+  EXPECT_EQ(bad.status, "ABORTED");
+  EXPECT_NE(bad.error.find("param radius = 17"), std::string::npos) << bad.error;
+  const auto r = t.param("radius", 1).run();
+  ASSERT_TRUE(r.ok()) << r.error;
+  EXPECT_EQ(r.grid<float>("out")(15, 7), 1.0f) << "the spike wraps to the far corner on a torus";
 }

@@ -11,13 +11,20 @@ using namespace pipehost;
 namespace pb = pipehost::v1;
 
 TEST(Stage, DeclarationMistakesThrowAtOnce) {
-  EXPECT_THROW(Stage(""), std::invalid_argument);
-  EXPECT_THROW(Stage("k").output(grid_port("out", DType::F32)).input(grid_port("out", DType::F32)),
+  EXPECT_THROW(Stage("", "1"), std::invalid_argument);
+  // The version is part of the cache key: required, and said so.
+  try {
+    Stage("k", "");
+    FAIL() << "a stage without a version was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("the version is empty"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Stage("k", "1").output(grid_port("out", DType::F32)).input(grid_port("out", DType::F32)),
                std::invalid_argument);
-  EXPECT_THROW(Stage("k").output(grid_port("out", DType::Unspecified)), std::invalid_argument);
-  EXPECT_THROW(Stage("k").output(grid_port("", DType::F32)), std::invalid_argument);
-  EXPECT_THROW(Stage("k").output(grid_port("out", DType::F32).make_optional()), std::invalid_argument);
-  EXPECT_THROW(Stage("k").param(Param<uint8_t>{"p", 0}).param(Param<int>{"p", 1}), std::invalid_argument);
+  EXPECT_THROW(Stage("k", "1").output(grid_port("out", DType::Unspecified)), std::invalid_argument);
+  EXPECT_THROW(Stage("k", "1").output(grid_port("", DType::F32)), std::invalid_argument);
+  EXPECT_THROW(Stage("k", "1").output(grid_port("out", DType::F32).make_optional()), std::invalid_argument);
+  EXPECT_THROW(Stage("k", "1").param(Param<uint8_t>{"p", 0}).param(Param<int>{"p", 1}), std::invalid_argument);
   // A default the C++ type cannot hold is caught by check at declaration.
   ParamSpec bad = Param<int>{"x", 1}.spec();
   bad.default_value = int64_t{1} << 40;
@@ -90,7 +97,7 @@ struct Harness {
 };
 
 StageDef params_stage() {
-  return Stage("t.params")
+  return Stage("t.params", "1")
       .param(Param<bool>{"flag", false})
       .param(Param<uint8_t>{"small", 7})
       .param(Param<float>{"gain", 0.5})
@@ -137,7 +144,7 @@ TEST(Params, DecodeRejectsWrongTypesAndRanges) {
     }
   }
   {
-    Harness h(Stage("t.req").param(Param<int>::required("n")).def());
+    Harness h(Stage("t.req", "1").param(Param<int>::required("n")).def());
     EXPECT_THROW(h.make(), Error);
   }
 }

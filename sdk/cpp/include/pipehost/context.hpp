@@ -133,12 +133,28 @@ class Context {
   View<const uint8_t> input_bytes(const std::string& name);
   // input_handle describes an input's buffer.
   const HandleDesc& input_handle(const std::string& name) const;
-  // new_blob allocates a blob output of size bytes and returns it writable,
-  // valid until the run function returns.
+  // Outputs go back to the host in one of three ways, as in every SDK: a
+  // grid is pre-allocated by the host and written through output_grid; a
+  // table or blob is created here (dynamic_output, new_blob,
+  // output_stream, adopt_output) and handed to the host with ADOPT when the
+  // run function returns. Every writable view is unmapped then; keep none.
+  //
+  // dynamic_output allocates a table or blob output of size bytes,
+  // zero-filled, and returns it writable until the run function returns.
+  // For a table, write a whole Arrow IPC file (with footer).
+  View<uint8_t> dynamic_output(const std::string& name, size_t size);
+  // new_blob is dynamic_output for a blob port (Go's NewBlob).
   View<uint8_t> new_blob(const std::string& name, size_t size);
   // output_stream returns a writer for a table (an Arrow IPC file) or blob
   // output of unknown size, valid until the run function returns.
   OutputStream& output_stream(const std::string& name);
+  // adopt_output hands fd, a memfd the stage created and filled itself
+  // (memfd_create with MFD_ALLOW_SEALING), to the host as the table or blob
+  // output name; the SDK owns fd from then on, also when this throws. Its
+  // size must be sealed (F_SEAL_SHRINK|F_SEAL_GROW); it may be write-sealed
+  // already. No writable mapping of it may be left, here or in any other
+  // process, when the run function returns, or the host fails the stage.
+  void adopt_output(const std::string& name, int fd);
 
   // progress reports the fraction (0..1) done; at most one update per 50 ms
   // reaches the host, plus the final one (fraction >= 1).

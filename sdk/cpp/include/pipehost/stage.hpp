@@ -214,7 +214,7 @@ class Param {
 // StageDef is everything a stage declares; Stage builds one.
 struct StageDef {
   std::string kind;
-  std::string version = "0.0.0";
+  std::string version;
   std::string doc;
   std::vector<Port> inputs;
   std::vector<Port> outputs;
@@ -233,12 +233,19 @@ struct StageDef {
 //       .param(kOctaves)
 //       .run([](pipehost::Context& ctx) { ... });
 //
-// Mistakes in a declaration (empty kind, a port name used twice, a grid port
-// without dtype, a default that does not fit its type) throw
-// std::invalid_argument at once.
+// The version is required: it is part of the cache key, so bump it whenever
+// the stage's output changes for the same inputs. Mistakes in a declaration
+// (empty kind or version, a port name used twice, a grid port without dtype,
+// a default that does not fit its type) throw std::invalid_argument at once.
 class Stage {
  public:
-  explicit Stage(std::string kind, std::string version = "0.0.0");
+  Stage(std::string kind, std::string version);
+  // Stage{kind} alone does not compile: a stage needs a version.
+  template <class K, class = std::enable_if_t<std::is_convertible_v<K, std::string>>>
+  explicit Stage(K&&) {
+    static_assert(sizeof(K) == 0,
+                  "pipehost::Stage needs a version: Stage{\"team.kind\", \"1.0.0\"} (it is part of the cache key)");
+  }
 
   Stage& doc(std::string text);
   Stage& input(Port port);

@@ -1,0 +1,170 @@
+#include "run.hpp"
+
+#include <fcntl.h>
+#include <malloc.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "context_impl.hpp"
+#include "data.hpp"
+#include "trace_marker.hpp"
+
+namespace pipehost::detail {
+
+namespace pb = pipehost::v1;
+
+namespace {
+
+// --- Peak memory -------------------------------------------------------------------------
+
+void reset_peak_rss() {
+  const int fd = ::open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  const ssize_t n = ::write(fd, "5", 1);
+  (void)n;
+  ::close(fd);
+}
+
+// status_bytes reads a "Vm...: N kB" line of /proc/self/status; 0 if absent.
+uint64_t status_bytes(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(key);
+  while (std::getline(f, line)) {
+    if (line.compare(0, n, key) == 0) {
+      std::istringstream in(line.substr(n));
+      uint64_t kb = 0;
+      in >> kb;
+      return kb * 1024;
+    }
+  }
+  return 0;
+}
+
+uint64_t peak_rss() { return status_bytes("VmHWM:"); }
+
+// release_memory hands freed heap back to the system after a stage that
+// grew the process a lot, so the next stage's peak is its own.
+void release_memory(uint64_t before, uint64_t peak) {
+  if (peak > before + (uint64_t{64} << 20)) ::malloc_trim(0);
+}
+
+uint64_t cpu_ns() {
+  struct rusage ru;
+  if (::getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  auto ns = [](const struct timeval& tv) {
+    return static_cast<uint64_t>(tv.tv_sec) * 1000000000ULL + static_cast<uint64_t>(tv.tv_usec) * 1000ULL;
+  };
+  return ns(ru.ru_utime) + ns(ru.ru_stime);
+}
+
+// Runs active in this process: the first resets the peak RSS so VmHWM
+// afterwards is that stage's peak; overlapping runs share it.
+std::mutex g_active_mu;
+int g_active = 0;
+
+// enter marks a Run active and reports whether another was already active.
+bool enter() {
+  std::lock_guard<std::mutex> lock(g_active_mu);
+  if (++g_active == 1) {
+    reset_peak_rss();
+    return false;
+  }
+  return true;
+}
+bool leave() {
+  std::lock_guard<std::mutex> lock(g_active_mu);
+  return --g_active > 0;
+}
+
+}  // namespace
+
+RunStatus run_stage(const StageDef& def, const pb::RunRequest& req, FdChannel* ch, Mailbox* mb,
+                    const std::function<void(const pb::RunEvent&)>& send, std::function<bool()> cancelled) {
+  const std::string who = "stage " + req.stage() + " (" + req.kind() + "): ";
+
+  ContextImpl impl;
+  impl.req = &req;
+  impl.def = &def;
+  impl.run_id = req.run_id();
+  impl.stage = req.stage();
+  impl.kind = req.kind();
+  for (const auto& l : req.levels()) {
+    impl.levels.push_back(
+        Level{static_cast<int>(l.level()), static_cast<int64_t>(l.width()), static_cast<int64_t>(l.height())});
+  }
+  try {
+    impl.params = decode_params(def, req.params());
+  } catch (const Error& e) {
+    return {RunStatus::InvalidArgument, who + e.what()};
+  }
+  impl.send = send;
+  impl.cancelled = std::move(cancelled);
+
+  // Declared after impl's users so it is destroyed first: every mapping
+  // and fd of the Run is released before the call completes.
+  RunData data(ch, mb);
+  impl.data = &data;
+  try {
+    data.bind(req);
+  } catch (const Error& e) {
+    return {RunStatus::InvalidArgument, who + e.what()};
+  }
+
+  Context ctx(&impl);
+  bool shared = enter();
+  const uint64_t rss_before = status_bytes("VmRSS:");
+  // The stage's slice, on the thread that runs it, around its subtasks.
+  if (!req.trace_marker().empty() && trace::open(req.trace_marker())) {
+    impl.markers = true;
+    impl.marker_base = trace::next_base();
+    trace::begin(impl.stage);
+  }
+  const int64_t start = now_ns();
+  const uint64_t cpu0 = cpu_ns();
+  std::string run_err;
+  try {
+    def.run(ctx);
+  } catch (const std::exception& e) {
+    run_err = e.what();
+    if (run_err.empty()) run_err = "the stage threw an exception without a message";
+  } catch (...) {
+    run_err = "the stage threw a non-standard exception";
+  }
+  const int64_t end = now_ns();
+  if (impl.markers) trace::end();
+  const uint64_t cpu1 = cpu_ns();
+  const uint64_t peak = peak_rss();
+  release_memory(rss_before, peak);
+  shared = leave() || shared;
+  if (!run_err.empty()) return {RunStatus::Aborted, run_err};
+
+  std::vector<pb::Binding> dyn;
+  try {
+    dyn = data.finish();
+  } catch (const Error& e) {
+    return {RunStatus::FailedPrecondition, who + e.what()};
+  }
+  pb::RunEvent ev;
+  auto* res = ev.mutable_result();
+  for (auto& b : dyn) *res->add_dynamic_outputs() = std::move(b);
+  {
+    std::lock_guard<std::mutex> lock(impl.metrics_mu);
+    for (const auto& [k, v] : impl.metrics) (*res->mutable_metrics())[k] = v;
+  }
+  auto* st = res->mutable_stats();
+  st->set_peak_rss_bytes(peak);
+  st->set_peak_shared(shared);
+  st->set_start_ns(start);
+  st->set_end_ns(end);
+  st->set_cpu_ns(cpu1 - cpu0);
+  impl.send(ev);
+  return {};
+}
+
+}  // namespace pipehost::detail
