@@ -5,6 +5,9 @@ probes of dynamic outputs:
   SDK fails the stage, naming the output);
 - ``bad-py.keepmap`` maps its output segment itself and keeps the mapping
   (the host's hand-off check fails the stage);
+- ``bad-py.forkmap`` forks a child that inherits the writable mapping of the
+  output, and writes into it after the stage returned (the host's seal sees
+  the child's mapping and fails the stage);
 - ``bad-py.writeinput`` writes to its read-only input: numpy refuses, then a
   raw write through ctypes faults (SIGSEGV);
 - ``bad-py.crash`` aborts the process; ``bad-py.hang`` sleeps forever and
@@ -16,6 +19,7 @@ import ctypes
 import fcntl
 import mmap
 import os
+import select
 import time
 
 import numpy as np
@@ -52,6 +56,76 @@ def keepmap(ctx):
         log.warn("bad-py.keepmap: keeping a writable mapping of the output on purpose")
         return
     raise pipehost.StageError("bad-py.keepmap: found no writable segment to map")
+
+
+# The write ends of the forked children's lifelines: open as long as the
+# plugin lives, so a child reads EOF (and exits) when the plugin is gone.
+_lifelines = []
+_CHILD_LIFE_MS = 10000  # bounds a child's life
+
+
+def _note(path, line):
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _wait_byte(fd, ms):
+    """A byte from fd within ms, or None on EOF, an error or the timeout."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    if not p.poll(ms):
+        return None
+    try:
+        return os.read(fd, 1) or None
+    except OSError:
+        return None
+
+
+def _forkmap_child(note, out, ready, go):
+    # Only system calls from here: other threads of the plugin may have held
+    # Python-level locks (stderr's, logging's) at the fork.
+    try:
+        _note(note, f"child {os.getpid()} mapped {out.nbytes} bytes writable (fork)\n")
+        os.write(ready, b"r")
+        if _wait_byte(go, _CHILD_LIFE_MS) is None:
+            os._exit(0)
+        time.sleep(0.02)
+        out[0, 0] = -7.0  # through the mapping the child inherited
+        _note(note, f"child {os.getpid()} wrote after the stage returned\n")
+        while _wait_byte(go, _CHILD_LIFE_MS) is not None:
+            pass
+    finally:
+        os._exit(0)
+
+
+@pipehost.stage("bad-py.forkmap", version="1.0.0", outputs=[grid("out", "f32")],
+                params=[param("note", str, default="", doc="file the child notes its pid and late write in")],
+                doc="Forks a child that keeps the writable mapping of the output and writes after the Result.")
+def forkmap(ctx, note):
+    out = ctx.output("out")
+    out[...] = 1.0
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        os.close(go_w)
+        _forkmap_child(note, out, ready_w, go_r)
+    os.close(ready_w)
+    os.close(go_r)
+    ok = _wait_byte(ready_r, 5000) == b"r"
+    os.close(ready_r)
+    if not ok:
+        os.close(go_w)
+        raise pipehost.StageError("bad-py.forkmap: the forked child did not get ready")
+    _lifelines.append(go_w)
+    os.write(go_w, b"g")
+    log.warn("bad-py.forkmap: returning while a forked child maps my output writable")
 
 
 @pipehost.stage("bad-py.writeinput", version="1.0.0", inputs=[grid("in", "f32")],
