@@ -12,9 +12,12 @@ import time
 import traceback
 from concurrent import futures
 
-import grpc
+from ._lazy import defer_grpc_aio
 
-from . import log, shm, trace_marker
+defer_grpc_aio()
+import grpc  # noqa: E402
+
+from . import log, shm, trace_marker  # noqa: E402
 from ._proto.goplugin import controller_pb2, controller_pb2_grpc, stdio_pb2_grpc
 from ._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from ._proto.pipehost.v1 import stage_pb2 as pb
@@ -67,21 +70,29 @@ def _cpu_ns() -> int:
     return time.process_time_ns()
 
 
+# Both run once per stage: plain system calls, no Python file objects.
 def _reset_peak_rss():
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        fd = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"5")
+        finally:
+            os.close(fd)
     except OSError:
         pass
 
 
 def _peak_rss() -> int:
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 16384)
+        finally:
+            os.close(fd)
+        i = data.find(b"\nVmHWM:")
+        if i >= 0:
+            return int(data[i + 7:data.index(b"kB", i)]) * 1024
+    except (OSError, ValueError):
         pass
     return 0
 
