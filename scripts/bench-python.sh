@@ -2,10 +2,11 @@
 # The Python SDK's numbers (docs/BENCHMARKS.md, "Python SDK"): launch to the
 # first Describe reply, the per-stage overhead of a no-op Python stage next to
 # Go and C++ ones, and a numpy kernel over a 1 GiB input inside a stage
-# against the same kernel on an in-process copy. Medians of 5.
+# against the same kernel on in-process copies. Medians of 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIPEHOST_REQUIRE_NATIVE=1
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 
 # median: "name value" lines on stdin → the median value per name.
 median() {
@@ -30,7 +31,7 @@ echo "== per-stage overhead: a chain of 20 stages, host µs per stage, 5 × 5 ru
 go test -run '^$' -bench 'NativeStageOverhead/(noop|blur-chain)/(go|cpp|py)$' -benchtime 5x -count 5 ./host/runner/ \
   | grep 'µs/stage' | tee /tmp/bench-python-overhead.txt | awk '{for (i=1;i<=NF;i++) if ($i=="µs/stage") print $1, $(i-1)}' | median
 
-echo "== numpy kernel over a 1 GiB input view vs an in-process copy (one run, 5 alternating passes each)"
+echo "== numpy kernel over a 1 GiB input view vs in-process copies (one run, 5 alternating passes each)"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 cat > "$tmp/kernel.toml" <<TOML
 [grid]
@@ -51,10 +52,12 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 ms = lambda ns: ns / 1e6
 print(f"input {r['bytes'] / 2**30:.2f} GiB, view read-only {r['view_is_readonly']}, view owns its data {r['view_owns_data']}")
-print(f"first pass over the view (maps its pages): {ms(r['first_pass_ns']):.1f} ms")
-for name, what in (("shared", "view of the sealed segment"), ("private", "in-process numpy array"),
-                   ("private_4k", "in-process array, 4 KiB pages")):
+print(f"first pass over the view (maps its pages): {ms(r['first_pass_ns']):.1f} ms; shmem THP: {r['shmem_enabled']}")
+for name, what in (("shared", "view of the sealed segment"), ("memfd", "in-process memfd mapping"),
+                   ("private", "in-process numpy array"), ("private_4k", "in-process array, 4 KiB pages")):
     v = r[name + "_ns"]
     print(f"{what:32s} passes (ms): {' '.join(f'{ms(x):.1f}' for x in v)}  median {ms(r[name + '_median_ns']):.1f}")
-print(f"view / in-process array: {r['ratio']:.3f}; view / in-process array with 4 KiB pages: {r['ratio_4k']:.3f}")
+print(f"view / in-process memfd mapping (like with like): {r['ratio_memfd']:.3f}; "
+      f"view / numpy array: {r['ratio']:.3f}; view / array with 4 KiB pages: {r['ratio_4k']:.3f}")
 PY
+echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -61,4 +61,7 @@ for extra in scripts/test-*.sh; do
   "$extra"
 done
 
+step "first stage in Python (docs/first-stage.md)"
+scripts/test-first-stage.sh python
+
 step "all tests passed"

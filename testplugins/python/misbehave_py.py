@@ -219,13 +219,25 @@ def kernel(x):
 @pipehost.stage("probe-py.kernel", version="1.0.0", inputs=[grid("in", "f32")],
                 params=[param("repeats", int, default=5, doc="timed passes of each kind"),
                         param("report", str, default="", doc="file to write the timings to (JSON)")],
-                doc="Times a numpy kernel over its input view against the same kernel over a private copy.")
+                doc="Times a numpy kernel over its input view against the same kernel over in-process copies.")
 def probe_kernel(ctx, in_, repeats, report):
     import json
     with ctx.timed("copy"):
-        # An ordinary in-process array (numpy asks for transparent huge pages
-        # for it), and one in anonymous memory with 4 KiB pages, like the
-        # host's segments when the system does not give shared memory huge pages.
+        # Like with like first: a memfd of this process, mapped shared and
+        # advised as the SDK advises an output (the same kind of memory as
+        # the input's segment). Then numpy's own allocation (anonymous
+        # memory numpy advises into transparent huge pages), and anonymous
+        # memory held to 4 KiB pages.
+        mfd = shm.create_memfd("probe-py.kernel", in_.nbytes)
+        shared = mmap.mmap(mfd, in_.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        os.close(mfd)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                shared.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
+        same = np.frombuffer(shared, dtype=in_.dtype).reshape(in_.shape)
+        same[...] = in_
         private = np.array(in_)
         anon = mmap.mmap(-1, in_.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hasattr(mmap, "MADV_NOHUGEPAGE"):
@@ -235,23 +247,31 @@ def probe_kernel(ctx, in_, repeats, report):
     first = time.monotonic_ns()
     want = kernel(in_)  # the first pass also maps the pages of the view
     first = time.monotonic_ns() - first
-    times = {"shared": [], "private": [], "private_4k": []}
+    arrays = (("shared", in_), ("memfd", same), ("private", private), ("private_4k", small))
+    times = {name: [] for name, _ in arrays}
     for _ in range(repeats):  # alternate, so all see the same machine
-        for name, arr in (("shared", in_), ("private", private), ("private_4k", small)):
+        for name, arr in arrays:
             t0 = time.monotonic_ns()
             got = kernel(arr)
             times[name].append(time.monotonic_ns() - t0)
             if got != want:
                 raise pipehost.StageError(f"the kernel gave another result on the {name} array")
-    del small, arr  # the views of the anonymous mapping, before it is closed
+    del small, same, arr, arrays  # the views of the in-process mappings, before those are closed
     anon.close()
+    shared.close()
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            shmem_thp = f.read().strip()
+    except OSError:
+        shmem_thp = "unknown"
     res = {"bytes": int(in_.nbytes), "first_pass_ns": first, "view_is_readonly": not in_.flags.writeable,
-           "view_owns_data": bool(in_.flags.owndata)}
+           "view_owns_data": bool(in_.flags.owndata), "shmem_enabled": shmem_thp}
     for name, v in times.items():
         res[name + "_ns"] = v
         res[name + "_median_ns"] = med(v)
         ctx.metric(name + "_median_ns", med(v))
+    res["ratio_memfd"] = res["shared_median_ns"] / res["memfd_median_ns"]
     res["ratio"] = res["shared_median_ns"] / res["private_median_ns"]
     res["ratio_4k"] = res["shared_median_ns"] / res["private_4k_median_ns"]
     if report:
