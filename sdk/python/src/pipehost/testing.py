@@ -256,8 +256,9 @@ def run(stage, inputs=None, params=None, *, topology: str = "torus", width: int 
     """Runs ``stage`` (a function decorated with ``@pipehost.stage``, or its
     kind) once, in this process, and returns its :class:`Result`.
 
-    ``inputs``: port name → numpy array (grid; cast to the port's dtype when
-    that loses no kind, e.g. float64 → f32), pyarrow Table (table) or
+    ``inputs``: port name → numpy array (grid; cast to the port's dtype
+    within a kind or losslessly: float64 → f32 and u8 → f32 are, int64 → f32
+    is refused), pyarrow Table (table) or
     bytes-like (blob). ``params``: name → value, typed as a pipeline config
     would type them (the stage checks them as under the host). The grid is
     ``topology`` ("sphere", "cylinder", "torus", "plane") of ``width`` ×
@@ -267,7 +268,7 @@ def run(stage, inputs=None, params=None, *, topology: str = "torus", width: int 
     stage instance name: ``ctx.seed()`` is derived from both, as the host
     derives it. ``cancel_after`` cancels the run after that many seconds
     (as a host timeout does). ``markers`` records the stage's trace markers
-    (``Result.markers``) in a temporary file instead of the kernel's.
+    (``Result.markers``) in memory instead of the kernel's trace_marker file.
 
     A stage that fails does not raise here: the failure is ``Result.error``
     (``Result.check()`` raises it). A call the host would refuse before
@@ -334,7 +335,8 @@ def run(stage, inputs=None, params=None, *, topology: str = "torus", width: int 
                 if a.shape != (lv.height, lv.width):
                     raise ValueError(f"pipehost.testing: input {k!r} has shape {a.shape}; level {p.level} of the "
                                      f"{width}×{height} grid is (height, width) = ({lv.height}, {lv.width})")
-                if not np.can_cast(a.dtype, want, casting="same_kind"):
+                # Within a kind (float64 → f32) or losslessly (u8 → f32); never int64 → f32.
+                if a.dtype.kind != want.kind and not np.can_cast(a.dtype, want, casting="safe"):
                     raise ValueError(f"pipehost.testing: input {k!r} is {a.dtype}, port is {p.dtype}")
                 a = np.ascontiguousarray(a, dtype=want)
                 h = hd.grid_handle(host.next_id(), a.nbytes, 0, hd.DTYPE_BY_NAME[p.dtype], lv.height, lv.width,
