@@ -71,29 +71,21 @@ def _cpu_ns() -> int:
     return time.process_time_ns()
 
 
-# Both run once per stage: plain system calls, no Python file objects.
 def _reset_peak_rss():
     try:
-        fd = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, b"5")
-        finally:
-            os.close(fd)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
     except OSError:
         pass
 
 
 def _peak_rss() -> int:
     try:
-        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, 16384)
-        finally:
-            os.close(fd)
-        i = data.find(b"\nVmHWM:")
-        if i >= 0:
-            return int(data[i + 7:data.index(b"kB", i)]) * 1024
-    except (OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
     return 0
 
