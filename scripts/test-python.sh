@@ -15,7 +15,8 @@ py="$PWD/.tools/venv/bin/python"
 pytest_run() {
   local what=$1; shift
   set +e
-  PYTHONDONTWRITEBYTECODE=1 "$py" -m pytest -q -p no:cacheprovider "$@"
+  # This checkout's SDK, whichever checkout the venv's editable install names.
+  PYTHONPATH="$PWD/sdk/python/src" PYTHONDONTWRITEBYTECODE=1 "$py" -m pytest -q -p no:cacheprovider "$@"
   local rc=$?
   set -e
   case $rc in
