@@ -23,7 +23,25 @@ for n in sorted(v):
 '
 }
 
-echo "== launch → first Describe reply (ms), 5 × 10 launches"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# The baseline of the launch comparison: ref-py with the SDK and launcher as
+# they were before the start-up work (grpc.aio loaded eagerly, the plugin's
+# module compiled at every start by runpy), side by side in the same run.
+base_rev=${PY_BASELINE_REV:-026641d}
+mkdir -p "$tmp/base"
+git archive "$base_rev" sdk/python/src plugins/python | tar -x -C "$tmp/base"
+paths=$(.tools/venv/bin/python -c 'import sys; print(repr([p for p in sys.path if p and not p.endswith("sdk/python/src")]))')
+cat > "$tmp/base/ref-py" <<PY
+#!$PWD/.tools/venv/bin/python -IS
+import sys
+sys.path[:] = ["$tmp/base/sdk/python/src"] + $paths
+import runpy
+runpy.run_path("$tmp/base/plugins/python/ref_py.py", run_name="__main__")
+PY
+chmod 755 "$tmp/base/ref-py"
+export PIPEHOST_BENCH_PY_BASELINE="$tmp/base/ref-py"
+
+echo "== launch → first Describe reply (ms), 5 × 10 launches; baseline: the SDK at $base_rev"
 go test -run '^$' -bench 'Launch(Python|Rust)$' -benchtime 10x -count 5 ./host/pluginmgr/ \
   | grep ms-to-describe | tee /tmp/bench-python-launch.txt | awk '{print $1, $5}' | median
 
@@ -32,7 +50,6 @@ go test -run '^$' -bench 'NativeStageOverhead/(noop|blur-chain)/(go|cpp|py)$' -b
   | grep 'µs/stage' | tee /tmp/bench-python-overhead.txt | awk '{for (i=1;i<=NF;i++) if ($i=="µs/stage") print $1, $(i-1)}' | median
 
 echo "== numpy kernel over a 1 GiB input view vs in-process copies (one run, 5 alternating passes each)"
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 cat > "$tmp/kernel.toml" <<TOML
 [grid]
 topology = "plane"
