@@ -1,4 +1,4 @@
-"""Plugin start-up: grpc's asyncio API is not loaded unless used."""
+"""Plugin start-up: asyncio and grpc's asyncio API are not loaded unless used."""
 
 import os
 import subprocess
@@ -7,11 +7,14 @@ import sys
 SRC = os.path.join(os.path.dirname(__file__), "..", "src")
 
 
-def test_grpc_aio_loads_only_when_used():
+def test_asyncio_and_grpc_aio_load_only_when_used():
     code = """
 import sys
 import pipehost
 assert "grpc" in sys.modules and "grpc.aio._server" not in sys.modules, sorted(m for m in sys.modules if "aio" in m)
+assert "asyncio.base_events" not in sys.modules
+import asyncio
+assert asyncio.run(asyncio.sleep(0, result=5)) == 5 and "asyncio.base_events" in sys.modules
 import grpc
 from grpc import aio
 assert aio is grpc.aio is sys.modules["grpc.aio"]

@@ -12,9 +12,9 @@ import time
 import traceback
 from concurrent import futures
 
-from ._lazy import defer_grpc_aio
+from ._lazy import defer_asyncio_and_grpc_aio
 
-defer_grpc_aio()
+defer_asyncio_and_grpc_aio()
 import grpc  # noqa: E402
 
 from . import log, shm, trace_marker  # noqa: E402
