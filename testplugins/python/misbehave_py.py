@@ -249,8 +249,8 @@ def probe_kernel(ctx, in_, repeats, report):
     first = time.monotonic_ns() - first
     arrays = (("shared", in_), ("memfd", same), ("private", private), ("private_4k", small))
     times = {name: [] for name, _ in arrays}
-    for _ in range(repeats):  # alternate, so all see the same machine
-        for name, arr in arrays:
+    for r in range(repeats):  # alternate, starting each round with the next array: all see the same machine
+        for name, arr in arrays[r % len(arrays):] + arrays[:r % len(arrays)]:
             t0 = time.monotonic_ns()
             got = kernel(arr)
             times[name].append(time.monotonic_ns() - t0)
