@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Python SDK into the project's venv (.tools/venv, editable, so
 # the venv always sees this checkout's sdk/python) and writes the Python
-# plugins' launchers into bin/plugins, bin/testplugins (and bin/badplugins): small executable
+# plugins' launchers into bin/plugins, bin/testplugins, bin/examples (and bin/badplugins): small executable
 # scripts whose shebang is the venv's python and which run one module of
 # plugins/python or testplugins/python. Quick when nothing changed.
 set -euo pipefail
@@ -26,7 +26,7 @@ if [ "$have" != "$want" ] || [ "$(cat "$root/.tools/venv/.pipehost-sdk.sha256" 2
   echo "$stamp:$want" > "$root/.tools/venv/.pipehost-sdk.sha256"
 fi
 
-mkdir -p bin/plugins bin/testplugins bin/badplugins
+mkdir -p bin/plugins bin/testplugins bin/badplugins bin/examples
 # The launchers start the interpreter with -I -S (isolated, no site module)
 # and set sys.path themselves: the site module's .pth processing costs more
 # than the rest of a start-up on a busy machine, and a plugin needs none of it.
@@ -41,8 +41,13 @@ launcher() {
 # (written by scripts/build-python.sh; the SDK is this checkout's sdk/python).
 import sys
 sys.path[:] = ["$root/sdk/python/src"] + $paths
-import runpy
-runpy.run_path("$root/$module", run_name="__main__")
+# Run the module as __main__ through its file loader, which uses the
+# bytecode compiled below (runpy.run_path would compile the source anew).
+import importlib.util
+spec = importlib.util.spec_from_file_location("__main__", "$root/$module")
+main = importlib.util.module_from_spec(spec)
+sys.modules["__main__"] = main
+spec.loader.exec_module(main)
 PY
   chmod 755 "$tmp"
   if cmp -s "$tmp" "bin/$dest/$name"; then rm -f "$tmp"; else mv -f "$tmp" "bin/$dest/$name"; fi
@@ -50,7 +55,13 @@ PY
 launcher ref-py plugins/python/ref_py.py plugins
 launcher planet-py plugins/python/planet_py.py plugins
 launcher misbehave-py testplugins/python/misbehave_py.py testplugins
+# The example stages (examples/stages/python), outside the directories runs
+# search by default.
+launcher terrace-py examples/stages/python/terrace/terrace.py examples
 # Not a working plugin (it prints over its handshake): kept out of the
 # plugin directories runs use, for the host's tests only.
 launcher garbage-py testplugins/python/garbage_py.py badplugins
-echo "build-python: bin/plugins/ref-py bin/plugins/planet-py bin/testplugins/misbehave-py bin/badplugins/garbage-py"
+# Bytecode for the SDK and the plugins' modules now, so no plugin start
+# compiles a source file (unchanged files are skipped).
+"$py" -m compileall -q sdk/python/src plugins/python testplugins/python examples/stages/python >/dev/null
+echo "build-python: bin/plugins/ref-py bin/plugins/planet-py bin/testplugins/misbehave-py bin/examples/terrace-py bin/badplugins/garbage-py"

@@ -68,5 +68,7 @@ step "first stage: go"
 scripts/test-first-stage.sh go
 step "first stage: cpp"
 scripts/test-first-stage.sh cpp
+step "first stage: python"
+scripts/test-first-stage.sh python
 
 step "all tests passed"

@@ -81,7 +81,7 @@ func BenchmarkLaunchRust(b *testing.B) {
 // benchmark, unless PIPEHOST_REQUIRE_NATIVE=1 (make test) makes it a failure.
 func nativeBinary(b testing.TB, lang, rel string) string {
 	b.Helper()
-	title := map[string]string{"cpp": "C++", "rust": "Rust"}[lang]
+	title := map[string]string{"cpp": "C++", "rust": "Rust", "py": "Python"}[lang]
 	path := filepath.Join(testbin.ModuleRoot(), "bin", rel)
 	if _, err := os.Stat(path); err != nil {
 		if os.Getenv("PIPEHOST_REQUIRE_NATIVE") == "1" {

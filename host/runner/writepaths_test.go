@@ -347,18 +347,15 @@ params = { trace = "%TRACE%" }
 	}
 }
 
-// The same write paths from the native SDKs' stages: a kept second mapping
-// (C++, Rust, Python), and, from C++ and Rust, a forked child holding the writable mapping it inherited and writing into
-// it after the Result.
+// The same write paths from the native SDKs' stages (C++, Rust, Python): a
+// kept second mapping, and a forked child holding the writable mapping it
+// inherited and writing into it after the Result.
 func TestNativeWritePaths(t *testing.T) {
 	for _, lang := range nativeLangs {
 		t.Run(lang+"/keepmap", func(t *testing.T) {
 			r := runWritePath(t, "bad-"+lang+".keepmap", "", nativeDirs(t, lang), 0)
 			r.checkRefused()
 		})
-		if lang != "cpp" && lang != "rust" {
-			continue // forkmap is written for the C++ and Rust SDKs (the Go one has bad-go.helper)
-		}
 		t.Run(lang+"/forkmap", func(t *testing.T) {
 			r := runWritePath(t, "bad-"+lang+".forkmap", `note = "%NOTE%"`, nativeDirs(t, lang), 1)
 			wantAll(t, r.noteText(), "mapped 2097152 bytes writable (fork)")

@@ -5,6 +5,9 @@ probes of dynamic outputs:
   SDK fails the stage, naming the output);
 - ``bad-py.keepmap`` maps its output segment itself and keeps the mapping
   (the host's hand-off check fails the stage);
+- ``bad-py.forkmap`` forks a child that inherits the writable mapping of the
+  output, and writes into it after the stage returned (the host's seal sees
+  the child's mapping and fails the stage);
 - ``bad-py.writeinput`` writes to its read-only input: numpy refuses, then a
   raw write through ctypes faults (SIGSEGV);
 - ``bad-py.crash`` aborts the process; ``bad-py.hang`` sleeps forever and
@@ -16,6 +19,7 @@ import ctypes
 import fcntl
 import mmap
 import os
+import select
 import time
 
 import numpy as np
@@ -52,6 +56,76 @@ def keepmap(ctx):
         log.warn("bad-py.keepmap: keeping a writable mapping of the output on purpose")
         return
     raise pipehost.StageError("bad-py.keepmap: found no writable segment to map")
+
+
+# The write ends of the forked children's lifelines: open as long as the
+# plugin lives, so a child reads EOF (and exits) when the plugin is gone.
+_lifelines = []
+_CHILD_LIFE_MS = 10000  # bounds a child's life
+
+
+def _note(path, line):
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _wait_byte(fd, ms):
+    """A byte from fd within ms, or None on EOF, an error or the timeout."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    if not p.poll(ms):
+        return None
+    try:
+        return os.read(fd, 1) or None
+    except OSError:
+        return None
+
+
+def _forkmap_child(note, out, ready, go):
+    # Only system calls from here: other threads of the plugin may have held
+    # Python-level locks (stderr's, logging's) at the fork.
+    try:
+        _note(note, f"child {os.getpid()} mapped {out.nbytes} bytes writable (fork)\n")
+        os.write(ready, b"r")
+        if _wait_byte(go, _CHILD_LIFE_MS) is None:
+            os._exit(0)
+        time.sleep(0.02)
+        out[0, 0] = -7.0  # through the mapping the child inherited
+        _note(note, f"child {os.getpid()} wrote after the stage returned\n")
+        while _wait_byte(go, _CHILD_LIFE_MS) is not None:
+            pass
+    finally:
+        os._exit(0)
+
+
+@pipehost.stage("bad-py.forkmap", version="1.0.0", outputs=[grid("out", "f32")],
+                params=[param("note", str, default="", doc="file the child notes its pid and late write in")],
+                doc="Forks a child that keeps the writable mapping of the output and writes after the Result.")
+def forkmap(ctx, note):
+    out = ctx.output("out")
+    out[...] = 1.0
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        os.close(go_w)
+        _forkmap_child(note, out, ready_w, go_r)
+    os.close(ready_w)
+    os.close(go_r)
+    ok = _wait_byte(ready_r, 5000) == b"r"
+    os.close(ready_r)
+    if not ok:
+        os.close(go_w)
+        raise pipehost.StageError("bad-py.forkmap: the forked child did not get ready")
+    _lifelines.append(go_w)
+    os.write(go_w, b"g")
+    log.warn("bad-py.forkmap: returning while a forked child maps my output writable")
 
 
 @pipehost.stage("bad-py.writeinput", version="1.0.0", inputs=[grid("in", "f32")],
@@ -145,13 +219,25 @@ def kernel(x):
 @pipehost.stage("probe-py.kernel", version="1.0.0", inputs=[grid("in", "f32")],
                 params=[param("repeats", int, default=5, doc="timed passes of each kind"),
                         param("report", str, default="", doc="file to write the timings to (JSON)")],
-                doc="Times a numpy kernel over its input view against the same kernel over a private copy.")
+                doc="Times a numpy kernel over its input view against the same kernel over in-process copies.")
 def probe_kernel(ctx, in_, repeats, report):
     import json
     with ctx.timed("copy"):
-        # An ordinary in-process array (numpy asks for transparent huge pages
-        # for it), and one in anonymous memory with 4 KiB pages, like the
-        # host's segments when the system does not give shared memory huge pages.
+        # Like with like first: a memfd of this process, mapped shared and
+        # advised as the SDK advises an output (the same kind of memory as
+        # the input's segment). Then numpy's own allocation (anonymous
+        # memory numpy advises into transparent huge pages), and anonymous
+        # memory held to 4 KiB pages.
+        mfd = shm.create_memfd("probe-py.kernel", in_.nbytes)
+        shared = mmap.mmap(mfd, in_.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        os.close(mfd)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                shared.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
+        same = np.frombuffer(shared, dtype=in_.dtype).reshape(in_.shape)
+        same[...] = in_
         private = np.array(in_)
         anon = mmap.mmap(-1, in_.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hasattr(mmap, "MADV_NOHUGEPAGE"):
@@ -161,23 +247,31 @@ def probe_kernel(ctx, in_, repeats, report):
     first = time.monotonic_ns()
     want = kernel(in_)  # the first pass also maps the pages of the view
     first = time.monotonic_ns() - first
-    times = {"shared": [], "private": [], "private_4k": []}
-    for _ in range(repeats):  # alternate, so all see the same machine
-        for name, arr in (("shared", in_), ("private", private), ("private_4k", small)):
+    arrays = (("shared", in_), ("memfd", same), ("private", private), ("private_4k", small))
+    times = {name: [] for name, _ in arrays}
+    for r in range(repeats):  # alternate, starting each round with the next array: all see the same machine
+        for name, arr in arrays[r % len(arrays):] + arrays[:r % len(arrays)]:
             t0 = time.monotonic_ns()
             got = kernel(arr)
             times[name].append(time.monotonic_ns() - t0)
             if got != want:
                 raise pipehost.StageError(f"the kernel gave another result on the {name} array")
-    del small, arr  # the views of the anonymous mapping, before it is closed
+    del small, same, arr, arrays  # the views of the in-process mappings, before those are closed
     anon.close()
+    shared.close()
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            shmem_thp = f.read().strip()
+    except OSError:
+        shmem_thp = "unknown"
     res = {"bytes": int(in_.nbytes), "first_pass_ns": first, "view_is_readonly": not in_.flags.writeable,
-           "view_owns_data": bool(in_.flags.owndata)}
+           "view_owns_data": bool(in_.flags.owndata), "shmem_enabled": shmem_thp}
     for name, v in times.items():
         res[name + "_ns"] = v
         res[name + "_median_ns"] = med(v)
         ctx.metric(name + "_median_ns", med(v))
+    res["ratio_memfd"] = res["shared_median_ns"] / res["memfd_median_ns"]
     res["ratio"] = res["shared_median_ns"] / res["private_median_ns"]
     res["ratio_4k"] = res["shared_median_ns"] / res["private_4k_median_ns"]
     if report:

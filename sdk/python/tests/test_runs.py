@@ -18,7 +18,7 @@ from pipehost import blob, grid, param, shm, table
 from pipehost._proto.pipehost.v1 import stage_pb2 as pb
 from pipehost.handle import grid_handle
 from pipehost.serve import Plugin
-from pipehost.stage import Stage
+from pipehost.stage import REGISTRY, Stage
 
 W, H = 64, 32
 
@@ -288,6 +288,11 @@ def test_params_are_typed_and_checked():
 def test_declarations_are_checked():
     with pytest.raises(ValueError, match="version is required"):
         make(lambda ctx: None, version="")
+    # Left out of the decorator, it is named with what to write, not a TypeError.
+    with pytest.raises(ValueError, match=r'stage t.noversion: a version is required, e.g. '
+                       r'@pipehost.stage\("t.noversion", version="1.0.0", ...\): it is part of the cache key'):
+        pipehost.stage("t.noversion", outputs=[grid("out", "f32")])(lambda ctx: None)
+    assert not any(s.kind == "t.noversion" for s in REGISTRY)
     with pytest.raises(ValueError, match="used twice"):
         make(lambda ctx, a: None, inputs=[grid("a", "f32")], params=[param("a", int, default=1)])
     with pytest.raises(ValueError, match="unknown dtype"):

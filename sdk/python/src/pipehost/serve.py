@@ -12,9 +12,12 @@ import time
 import traceback
 from concurrent import futures
 
-import grpc
+from ._lazy import defer_asyncio_and_grpc_aio
 
-from . import log, shm, trace_marker
+defer_asyncio_and_grpc_aio()
+import grpc  # noqa: E402
+
+from . import log, shm, trace_marker  # noqa: E402
 from ._proto.goplugin import controller_pb2, controller_pb2_grpc, stdio_pb2_grpc
 from ._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from ._proto.pipehost.v1 import stage_pb2 as pb
@@ -29,6 +32,7 @@ CORE_PROTOCOL_VERSION = 1
 APP_PROTOCOL_VERSION = 1
 PROTOCOL_REVISION = 1
 MAX_RECV = 64 << 20
+_WORKERS = 64  # gRPC handlers, and threads that run stages
 SDK_VERSION = "0.1.0"
 
 _socket_path = None
@@ -183,6 +187,9 @@ _DONE = object()
 class StageService(stage_pb2_grpc.StageServicer):
     def __init__(self, plugin: Plugin):
         self.plugin = plugin
+        # Stages run on pooled threads: starting a thread per run costs more
+        # than a no-op stage. As many as the gRPC server has handlers.
+        self.pool = futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="stage")
 
     def Describe(self, request, context):
         return pb.DescribeResponse(stages=[s.descriptor() for s in self.plugin.order], sdk="python",
@@ -202,6 +209,7 @@ class StageService(stage_pb2_grpc.StageServicer):
         outcome = []
 
         def work():
+            threading.current_thread().name = f"stage {request.stage}"
             try:
                 outcome.append(plugin.execute(stage, request, events.put, cancelled))
             except BaseException as e:  # noqa: BLE001 - report, never kill the serving thread silently
@@ -210,7 +218,7 @@ class StageService(stage_pb2_grpc.StageServicer):
             finally:
                 events.put(_DONE)
 
-        threading.Thread(target=work, name=f"stage {request.stage}", daemon=True).start()
+        self.pool.submit(work)
         while True:
             ev = events.get()
             if ev is _DONE:
@@ -315,7 +323,7 @@ def serve(stages=None):
     mailbox = shm.Mailbox(channel, on_end)
     plugin = Plugin(stages, mailbox)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="grpc"),
         options=[("grpc.max_receive_message_length", MAX_RECV), ("grpc.max_send_message_length", -1)])
     stage_pb2_grpc.add_StageServicer_to_server(StageService(plugin), server)
     health_pb2_grpc.add_HealthServicer_to_server(Health(), server)

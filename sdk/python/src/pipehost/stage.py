@@ -192,8 +192,12 @@ class Stage:
     def __init__(self, fn, kind, version, inputs, outputs, params, doc, concurrent, threads, resources):
         if not isinstance(kind, str) or not _KIND_RE.match(kind):
             raise ValueError(f"pipehost: stage kind {kind!r} must be dotted, like 'climate.biome'")
-        if not isinstance(version, str) or not version:
-            raise ValueError(f"pipehost: stage {kind}: a version is required (it is part of the cache key)")
+        if not isinstance(version, str) or not version.strip():
+            # Checked here rather than left to Python's "missing argument":
+            # the message says what to write and why.
+            raise ValueError(f"pipehost: stage {kind}: a version is required, e.g. "
+                             f'@pipehost.stage("{kind}", version="1.0.0", ...): it is part of the cache key, '
+                             "so bump it whenever the stage's outputs change for the same inputs")
         args, outs = set(), set()
         for what, items in (("input", inputs), ("output", outputs), ("param", params)):
             for it in items:
@@ -253,7 +257,7 @@ class Stage:
 REGISTRY: list = []
 
 
-def stage(kind: str, *, version: str, inputs=(), outputs=(), params=(), doc=None,
+def stage(kind: str, *, version: str = None, inputs=(), outputs=(), params=(), doc=None,
           concurrent: bool = True, threads: int = 1, resources=None):
     """Registers a function as a stage kind.
 
