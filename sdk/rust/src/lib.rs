@@ -62,8 +62,8 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pipehost.v1.rs"));
 }
 
-/// go-plugin's own services (`proto/goplugin/*.proto`).
-#[allow(clippy::all, missing_docs)]
+/// go-plugin's own services (`proto/goplugin/*.proto`), served by `serve`.
+#[allow(clippy::all, missing_docs, dead_code, unreachable_pub)]
 pub(crate) mod goplugin {
     include!(concat!(env!("OUT_DIR"), "/plugin.rs"));
 }

@@ -2,7 +2,7 @@
 //! descriptors, write seals and shared mappings.
 
 use std::ffi::CString;
-use std::io::{self, Write as _};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 

@@ -80,10 +80,10 @@ pub const OFFSETS8: [(i64, i64); 8] = [
 /// The lattice of a topology: size and per-axis wrap rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grid {
-    w: usize,
-    h: usize,
-    wrap_x: Wrap,
-    wrap_y: Wrap,
+    pub(super) w: usize,
+    pub(super) h: usize,
+    pub(super) wrap_x: Wrap,
+    pub(super) wrap_y: Wrap,
 }
 
 fn modulo(a: i64, n: i64) -> i64 {
