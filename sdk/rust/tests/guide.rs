@@ -26,3 +26,15 @@ fn the_guide_shows_the_compiled_example() {
         "docs/sdk-rust.md's complete stage differs from sdk/rust/examples/scale.rs: copy the example into the guide"
     );
 }
+
+/// A project made by `pipehost new stage --lang rust` starts from the
+/// workspace's lock file, so it builds the SDK with the dependency versions
+/// tested here (cargo drops the workspace's other packages on first build).
+#[test]
+fn the_rust_template_pins_the_tested_dependencies() {
+    assert!(
+        read("Cargo.lock") == read("host/scaffold/templates/rust/Cargo.lock"),
+        "host/scaffold/templates/rust/Cargo.lock differs from the workspace's Cargo.lock: \
+         cp Cargo.lock host/scaffold/templates/rust/Cargo.lock"
+    );
+}
