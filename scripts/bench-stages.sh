@@ -76,3 +76,37 @@ for shape in chain wide; do
       'BEGIN { printf "| %s | %s | %.3f | %.3f | %.0f |\n", s, l, c / 1000 / n, e / 1000 / n, c / 1000 }'
   done
 done
+
+# Where one no-op stage's time goes, from the run log of one more chain run
+# with --no-cache (medians over the stages; the host and the plugin share
+# CLOCK_MONOTONIC): host stage start → the plugin's stage function starts
+# (the Run call crossing to the plugin, binding, its accounting), the
+# function itself, its end → the host has the Result and has sealed, and
+# the host's gap until the next stage starts.
+rm -rf "$work/out"
+"$work/pipehost" run "$work/chain.toml" --plugin-dir "$work/plugins" --out "$work/out" --quiet --no-cache
+echo
+echo "One chain stage, --no-cache (µs, medians of $STAGES stages):"
+echo
+cat "$work"/out/logs/run_*.jsonl | awk '
+  /"type":"stage_end"/ {
+    match($0, /"stage":"s[0-9]+"/); i = substr($0, RSTART + 10, RLENGTH - 11) + 0
+    split("start_ns plugin_start_ns plugin_end_ns end_ns", k, " ")
+    for (j = 1; j <= 4; j++) { match($0, "\"" k[j] "\":[0-9]+"); v[i, j] = substr($0, RSTART + length(k[j]) + 3, RLENGTH - length(k[j]) - 3) }
+    n = i > n ? i : n
+  }
+  END {
+    for (i = 0; i <= n; i++) {
+      print "dispatch", (v[i, 2] - v[i, 1]) / 1000
+      print "run", (v[i, 3] - v[i, 2]) / 1000
+      print "return", (v[i, 4] - v[i, 3]) / 1000
+      if (i > 0) print "gap", (v[i, 1] - v[i - 1, 4]) / 1000
+    }
+  }' >"$work/parts"
+echo "| host start → stage function | stage function | its end → host sealed | host gap to the next stage |"
+echo "| ---: | ---: | ---: | ---: |"
+row=""
+for part in dispatch run return gap; do
+  row="$row | $(awk -v p="$part" '$1 == p { print $2 }' "$work/parts" | med)"
+done
+echo "${row# } |"

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"reflect"
@@ -162,7 +163,7 @@ func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
 	shared = s.leave() || shared
 
 	if runErr != nil {
-		return status.Errorf(codes.Aborted, "%v", runErr)
+		return stageStatus(runErr)
 	}
 	dyn, err := data.finish()
 	if err != nil {
@@ -198,6 +199,26 @@ func (s *server) leave() bool {
 	s.overlapMu.Lock()
 	defer s.overlapMu.Unlock()
 	return s.active.Add(-1) > 0
+}
+
+// stageStatus is the status a failed stage ends its Run with. A status
+// the stage chose itself (status.Error, e.g. InvalidArgument for params
+// that do not go together) is kept; a stage stopped by its context says
+// Canceled or DeadlineExceeded; any other failure is Aborted: the stage's
+// own failure, a code gRPC's transport never produces, so the host can tell
+// it from a broken connection (Unavailable) or an SDK fault (Internal).
+func stageStatus(err error) error {
+	s, ok := status.FromError(err)
+	if ok && s.Code() != codes.Unknown {
+		return s.Err()
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, s.Message())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, s.Message())
+	}
+	return status.Error(codes.Aborted, s.Message())
 }
 
 // safeRun turns a panic in the stage's own goroutine into a stage error; the

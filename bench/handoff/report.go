@@ -186,7 +186,7 @@ func (r *Results) Markdown(w io.Writer) error {
 	t.Write(bw)
 
 	fmt.Fprintln(bw, "\nWhere the end to end time of (a) goes: the producer's tail (fill done → its Result at the host,")
-	fmt.Fprintln(bw, "mostly making its output view read-only), the host's hand-off and the seal within it, the consumer's first")
+	fmt.Fprintln(bw, "mostly unmapping its output view), the host's hand-off and the seal within it, the consumer's first")
 	fmt.Fprintln(bw, "byte (fd, checks, mapping) and its read of every byte (page faults of the shared pages):")
 	fmt.Fprintln(bw)
 	t = NewTable("size", "way", "producer tail ms", "hand-off ms", "of which seal ms", "first byte ms", "read ms", "end to end ms")

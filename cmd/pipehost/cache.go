@@ -27,6 +27,7 @@ func cmdCache(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return report(stderr, err)
 	}
+	defer c.Close()
 	switch pos[0] {
 	case "ls":
 		entries, err := c.List()

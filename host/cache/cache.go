@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -9,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -23,8 +23,8 @@ import (
 //
 //	v1/entries/ab/<key>.json   manifest of one stage run (written last, atomically)
 //	v1/cas/cd/<sha256>         output bytes, content-addressed
-//	v1/locks/ab/<key>.lock     flock'ed while a run computes that key
-//	v1/stages/<id>.json        the last key parts of a stage (miss reasons)
+//	v1/locks/keys              one byte per key range-locked while a run computes that key
+//	v1/stages/<run>.jsonl      the key parts of each stage's last run (miss reasons), appended
 //	v1/plugins/                the plugin catalog: binary digests and descriptors (host/pluginmgr)
 const layout = "v1"
 
@@ -45,12 +45,17 @@ func DefaultDir() string {
 type Cache struct {
 	root string
 	dir  string
+
+	locks keyLocks
+	parts partsLog
 }
 
 // Open prepares the cache at root. An error means the cache cannot be used
 // (e.g. the directory is not writable); callers run without it.
 func Open(root string) (*Cache, error) {
 	c := &Cache{root: root, dir: filepath.Join(root, layout)}
+	c.locks.path = filepath.Join(c.dir, "locks", "keys")
+	c.parts.dir = filepath.Join(c.dir, "stages")
 	for _, d := range []string{"entries", "cas", "locks", "stages", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("cache directory %s: %w", root, err)
@@ -63,6 +68,14 @@ func Open(root string) (*Cache, error) {
 	}
 	probe.Close()
 	os.Remove(probe.Name())
+	f, err := os.OpenFile(c.locks.path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cache lock file %s: %w", c.locks.path, err)
+	}
+	c.locks.file = f
+	// One descriptor per Cache, closed when the Cache is collected (or the
+	// process ends).
+	runtime.AddCleanup(c, func(f *os.File) { f.Close() }, f)
 	return c, nil
 }
 
@@ -174,22 +187,27 @@ func (c *Cache) putBlob(d Digest, seg *shm.Segment) error {
 	if st, err := os.Stat(dst); err == nil && st.Size() == d.Size {
 		return nil // content-addressed: already there
 	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
 	tmp, err := os.CreateTemp(filepath.Join(c.dir, "tmp"), "blob-")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
 	err = seg.Use(func(fd int) error { return kernelCopy(int(tmp.Fd()), fd, d.Size) })
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return err
+	if err == nil {
+		err = os.Rename(tmp.Name(), dst)
+		if errors.Is(err, os.ErrNotExist) {
+			// The shard directory is made on first use only.
+			if err = os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
+				err = os.Rename(tmp.Name(), dst)
+			}
+		}
 	}
-	return os.Rename(tmp.Name(), dst)
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
 
 // Materialize loads cached bytes into a new write-sealed segment through an
@@ -225,7 +243,9 @@ func (c *Cache) Materialize(d Digest, name string) (*shm.Segment, error) {
 
 // digestWindow is how much of a segment SegmentDigest maps at a time: the
 // host then never holds more than this of a grid's pages, however large.
-const digestWindow = 64 << 20
+// 8 MiB keeps the host's resident set near its base (about 28 MiB) while the
+// map and unmap per window stay well under 1% of hashing it.
+const digestWindow = 8 << 20
 
 // SegmentDigest hashes a sealed segment through read-only mappings of one
 // window at a time (no copy, and the host's resident set stays bounded).
@@ -253,59 +273,6 @@ func SegmentDigest(seg *shm.Segment) (Digest, error) {
 		return Digest{}, err
 	}
 	return Digest{Hash: hex.EncodeToString(h.Sum(nil)), Size: size}, nil
-}
-
-// Lock takes the per-key lock, waiting while another process (or run) holds
-// it. The returned function releases it.
-func (c *Cache) Lock(ctx context.Context, key string) (func(), error) {
-	p := shard(filepath.Join(c.dir, "locks"), key, ".lock")
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("locking cache key %s: %w", key[:12], err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, context.Cause(ctx)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
-func stageID(run, stage string) string {
-	sum := sha256.Sum256([]byte(run + "\x00" + stage))
-	return hex.EncodeToString(sum[:12])
-}
-
-// LastParts returns the key parts of the last run of a stage, if any.
-func (c *Cache) LastParts(run, stage string) *Parts {
-	b, err := os.ReadFile(filepath.Join(c.dir, "stages", stageID(run, stage)+".json"))
-	if err != nil {
-		return nil
-	}
-	var p Parts
-	if json.Unmarshal(b, &p) != nil {
-		return nil
-	}
-	return &p
-}
-
-// SaveParts records the key parts of a stage's run.
-func (c *Cache) SaveParts(run, stage string, p Parts) error {
-	b, _ := json.Marshal(p)
-	return atomicfile.Write(filepath.Join(c.dir, "stages", stageID(run, stage)+".json"), b)
 }
 
 // kernelCopy copies n bytes from src to dst (both at offset 0, dst at its

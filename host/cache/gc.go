@@ -151,12 +151,22 @@ func (c *Cache) referencedBytes(ms []*Manifest) int64 {
 
 // Clear removes every entry and blob.
 func (c *Cache) Clear() error {
-	for _, d := range []string{"entries", "cas", "stages", "locks"} {
+	for _, d := range []string{"entries", "cas", "stages"} {
 		if err := os.RemoveAll(filepath.Join(c.dir, d)); err != nil {
 			return err
 		}
 		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
 			return err
+		}
+	}
+	// The key lock file stays: other runs may hold locks in it. Anything
+	// else under locks/ is from an older layout (a file per key).
+	ents, _ := os.ReadDir(filepath.Join(c.dir, "locks"))
+	for _, e := range ents {
+		if filepath.Join(c.dir, "locks", e.Name()) != c.locks.path {
+			if err := os.RemoveAll(filepath.Join(c.dir, "locks", e.Name())); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

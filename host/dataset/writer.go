@@ -30,6 +30,9 @@ type Artifact struct {
 	SHA256 string `json:"sha256"`
 	// Size is the file size in bytes.
 	Size int64 `json:"size"`
+	// Key, when set, digests everything the file's bytes were made from;
+	// an artifact with the same key need not be written again.
+	Key string `json:"key,omitempty"`
 }
 
 // Writer writes artifacts into one output directory. Artifact names are paths relative to it;
@@ -171,6 +174,28 @@ func (p *pending) commit(format string) (Artifact, error) {
 		SHA256: hex.EncodeToString(h.Sum(nil)),
 		Size:   size,
 	}, nil
+}
+
+// Holds reports whether the directory still has a as it was written: a
+// regular file at a.Path, inside the directory, of a.Size bytes that hash to
+// a.SHA256.
+func (w *Writer) Holds(a Artifact) bool {
+	if w.checkName(a.Path) != nil {
+		return false
+	}
+	f, err := w.root.Open(filepath.FromSlash(a.Path))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() || st.Size() != a.Size {
+		return false
+	}
+	h := sha256.New()
+	if n, err := io.Copy(h, f); err != nil || n != a.Size {
+		return false
+	}
+	return hex.EncodeToString(h.Sum(nil)) == a.SHA256
 }
 
 func (w *Writer) display(name string) string {

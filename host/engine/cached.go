@@ -225,8 +225,7 @@ func (e *Engine) materialize(ctx context.Context, producer *plan.Node, port stri
 	}
 	ent, err := e.arena.Adopt(fd, producer.Name, consumers, e.keep(producer, port))
 	if err != nil {
-		unix.Close(fd)
-		return err
+		return err // Adopt closed fd
 	}
 	if err := e.arena.Seal(ent.ID); err != nil {
 		e.arena.Free(ent.ID)

@@ -8,14 +8,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/pipehost/pipehost/host/arena"
 	"github.com/pipehost/pipehost/host/cache"
@@ -37,9 +39,18 @@ type Options struct {
 	Timeout time.Duration
 	// Observer sees stage starts, events and ends (run log, progress).
 	Observer Observer
+	// Prepare, if set, is told of each stage that is going to run (not
+	// served from the cache), before it waits for memory, resources and a
+	// worker slot: the runner starts the plugins it and its dependants need.
+	Prepare func(n *plan.Node)
 	// Manager relaunches a plugin that crashed, so later stages of the
-	// same binary (with KeepGoing) still run. Nil: no relaunch.
+	// same binary (with KeepGoing) still run, and starts the extra
+	// processes of a pool. Nil: no relaunch, no pool beyond the main
+	// process. Launcher, when set, is used instead.
 	Manager *pluginmgr.Manager
+	// Launcher starts processes like Manager, for any Process
+	// implementation.
+	Launcher Launcher
 	// Cache stores and serves stage outputs by content; nil disables it.
 	Cache *cache.Cache
 	// Remote is a shared REAPI cache behind Cache (nil: none): a local
@@ -235,10 +246,11 @@ func (r *Result) Err() error {
 
 // Engine runs one plan.
 type Engine struct {
-	plan  *plan.Plan
-	reg   *pluginmgr.Registry
-	arena *arena.Arena
-	opts  Options
+	plan     *plan.Plan
+	procs    Processes
+	launcher Launcher // nil: none
+	arena    *arena.Arena
+	opts     Options
 
 	tokens *shm.Tokens
 	pools  sync.Map // plugin path + kind → *pool, for kinds without concurrent runs
@@ -249,8 +261,9 @@ type Engine struct {
 	inFlight int
 	wake     chan struct{}
 
-	pluginMu sync.Mutex
-	respawn  map[string]*pluginmgr.Plugin // crashed plugin path → replacement
+	pluginMu  sync.Mutex         // guards respawn
+	launching sync.Map           // plugin path → *sync.Mutex held while it is (re)started
+	respawn   map[string]Process // crashed process's path → replacement
 
 	digests sync.WaitGroup // background output digests
 	stores  sync.WaitGroup // background cache writes
@@ -266,14 +279,23 @@ type Engine struct {
 
 // New prepares a run of p using the registry's plugins and the arena.
 func New(p *plan.Plan, reg *pluginmgr.Registry, a *arena.Arena, opts Options) *Engine {
+	if opts.Launcher == nil && opts.Manager != nil {
+		opts.Launcher = ManagerLauncher(opts.Manager)
+	}
+	return NewWith(p, RegistryProcesses(reg), a, opts)
+}
+
+// NewWith prepares a run of p on any processes: procs serves each kind,
+// opts.Launcher starts more (opts.Manager is ignored).
+func NewWith(p *plan.Plan, procs Processes, a *arena.Arena, opts Options) *Engine {
 	if opts.Jobs <= 0 {
 		opts.Jobs = runtime.NumCPU()
 	}
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}
 	}
-	return &Engine{plan: p, reg: reg, arena: a, opts: opts, tokens: shm.HostTokens(),
-		wake: make(chan struct{}), respawn: map[string]*pluginmgr.Plugin{}, res: newResources(opts.Resources)}
+	return &Engine{plan: p, procs: procs, launcher: opts.Launcher, arena: a, opts: opts, tokens: shm.HostTokens(),
+		wake: make(chan struct{}), respawn: map[string]Process{}, res: newResources(opts.Resources)}
 }
 
 type nopObserver struct{}
@@ -380,31 +402,53 @@ func (e *Engine) releaseInputs(n *plan.Node, results []*StageResult) {
 	}
 }
 
+// ErrProcessDied is the cause of a stage whose process ended during it.
+var ErrProcessDied = errors.New("the plugin process died during the stage")
+
 // stageError builds a failure report naming the stage, its plugin and how
-// the plugin ended, with the plugin's last stderr lines.
-func stageError(n *plan.Node, p *pluginmgr.Plugin, err error) error {
-	s, ok := status.FromError(err)
-	broken := (ok && s.Code() == codes.Unavailable) || strings.Contains(err.Error(), "EOF") || strings.Contains(err.Error(), "connection")
-	if broken {
-		// The connection broke: the process is probably dying.
-		p.WaitExited(2 * time.Second)
-	}
-	if p.Exited() {
-		p.Stderr.Settle(20*time.Millisecond, 500*time.Millisecond)
-		if broken {
-			err = errors.New("the plugin process died during the stage")
-		}
+// the plugin ended, with the plugin's last stderr lines. A call the plugin
+// answered keeps its gRPC status (status.Code sees it through the report);
+// a call whose transport failed is a crash if the process has ended.
+func stageError(n *plan.Node, p Process, err error) error {
+	if wait := exitWait(err); wait > 0 && p.WaitExited(wait) {
+		err = ErrProcessDied
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "stage %s (%s, plugin %s): %v", n.Name, n.Kind, p.Path, err)
+	fmt.Fprintf(&b, "stage %s (%s, plugin %s): %v", n.Name, n.Kind, p.Path(), err)
 	if p.Exited() {
 		fmt.Fprintf(&b, "\n    plugin process ended: %s", p.ExitStatus())
 	}
-	if lines := p.Stderr.Excerpt(10); len(lines) > 0 {
+	if lines := p.StderrTail(10); len(lines) > 0 {
 		b.WriteString("\n    last stderr lines:\n      ")
 		b.WriteString(strings.Join(lines, "\n      "))
 	}
 	return &reportError{msg: b.String(), err: err}
+}
+
+// exitWait is how long to wait for the process to be seen gone after err,
+// by what err says about the connection (0: the process answered, so it
+// is alive). gRPC's own transport failures have no code of the plugin's.
+func exitWait(err error) time.Duration {
+	var se *StatusError
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case codes.Unavailable:
+			// The connection broke: the process is most likely dying.
+			return 2 * time.Second
+		case codes.Unknown, codes.Internal:
+			// Set by gRPC itself for a stream cut short, as well as by an
+			// SDK for its own bug: only the exit state can tell.
+			return 250 * time.Millisecond
+		}
+		return 0
+	}
+	// The fd channel or the stream failed below gRPC.
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, shm.ErrPeerGone) || errors.Is(err, shm.ErrPeerClosed) {
+		return 2 * time.Second
+	}
+	return 0
 }
 
 // reportError is a failure report for the user that keeps its cause for

@@ -80,6 +80,9 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 			unlock()
 		}
 	}()
+	if e.opts.Prepare != nil {
+		e.opts.Prepare(n)
+	}
 
 	// Cached inputs nobody has needed yet are loaded now, before this
 	// stage holds memory or a worker slot (a corrupt one reruns its stage).
@@ -432,7 +435,10 @@ func (e *Engine) waitInputDigests(ctx context.Context, n *plan.Node, results []*
 
 // keyParts builds the stage's cache key parts from its input digests.
 func (e *Engine) keyParts(n *plan.Node, inputs []cache.Input) cache.Parts {
-	entry, _ := e.reg.Entry(n.Kind)
-	// Remembered per process (and across runs by the plugin catalog).
-	return cache.NewParts(n.Desc, entry.Plugin.Digest(), n.Params, n.Seed, e.plan.Topology, e.plan.Levels, inputs)
+	var digest string
+	if p, ok := e.procs.Process(n.Kind); ok {
+		// Remembered per process (and across runs by the plugin catalog).
+		digest = p.Digest()
+	}
+	return cache.NewParts(n.Desc, digest, n.Params, n.Seed, e.plan.Topology, e.plan.Levels, inputs)
 }

@@ -6,7 +6,6 @@ import (
 	"sync"
 
 	"github.com/pipehost/pipehost/host/plan"
-	"github.com/pipehost/pipehost/host/pluginmgr"
 )
 
 // maxPool bounds the processes of one binary serving one kind that does
@@ -16,28 +15,43 @@ const maxPool = 4
 // plugin returns a live process for kind's plugin binary. A plugin that
 // crashed is relaunched once per crash, so with KeepGoing the stages it
 // still has to serve run in a fresh process.
-func (e *Engine) plugin(kind string) (*pluginmgr.Plugin, error) {
-	entry, ok := e.reg.Entry(kind)
+func (e *Engine) plugin(kind string) (Process, error) {
+	p, ok := e.procs.Process(kind)
 	if !ok {
 		return nil, fmt.Errorf("no plugin offers kind %q", kind)
 	}
+	// One launch at a time per binary; a slow start of one plugin does not
+	// hold up stages of the others.
+	m, _ := e.launching.LoadOrStore(p.Path(), &sync.Mutex{})
+	m.(*sync.Mutex).Lock()
+	defer m.(*sync.Mutex).Unlock()
 	e.pluginMu.Lock()
-	defer e.pluginMu.Unlock()
-	p := entry.Plugin
-	if r, ok := e.respawn[p.Path]; ok {
+	if r, ok := e.respawn[p.Path()]; ok {
 		p = r
 	}
+	e.pluginMu.Unlock()
 	if !p.Exited() {
 		return p, nil
 	}
-	if e.opts.Manager == nil {
-		return nil, fmt.Errorf("plugin %s is no longer running (%s)", p.Path, p.ExitStatus())
+	// A plugin with no exit status was never started: with the cache on,
+	// plugins start when a stage of theirs is going to run.
+	status := p.ExitStatus()
+	if e.launcher == nil {
+		if status == "" {
+			return nil, fmt.Errorf("plugin %s is not running", p.Path())
+		}
+		return nil, fmt.Errorf("plugin %s is no longer running (%s)", p.Path(), status)
 	}
-	np, err := e.opts.Manager.Launch(context.Background(), p.Path)
+	np, err := e.launcher.Launch(context.Background(), p.Path())
 	if err != nil {
-		return nil, fmt.Errorf("relaunching plugin after it ended (%s): %w", p.ExitStatus(), err)
+		if status == "" {
+			return nil, fmt.Errorf("starting plugin: %w", err)
+		}
+		return nil, fmt.Errorf("relaunching plugin after it ended (%s): %w", status, err)
 	}
-	e.respawn[p.Path] = np
+	e.pluginMu.Lock()
+	e.respawn[p.Path()] = np
+	e.pluginMu.Unlock()
 	return np, nil
 }
 
@@ -46,8 +60,8 @@ func (e *Engine) plugin(kind string) (*pluginmgr.Plugin, error) {
 // demand, so such stages still run side by side.
 type pool struct {
 	mu    sync.Mutex
-	procs []*pluginmgr.Plugin
-	busy  map[*pluginmgr.Plugin]bool
+	procs []Process
+	busy  map[Process]bool
 	wake  chan struct{}
 	// launching counts processes being started, so the bound holds.
 	launching int
@@ -55,13 +69,17 @@ type pool struct {
 
 // lease returns a process to run stage n on and the function that gives
 // it back.
-func (e *Engine) lease(ctx context.Context, n *plan.Node) (*pluginmgr.Plugin, func(), error) {
+func (e *Engine) lease(ctx context.Context, n *plan.Node) (Process, func(), error) {
 	if n.Desc.GetCapabilities().GetConcurrentRuns() {
 		p, err := e.plugin(n.Kind)
 		return p, func() {}, err
 	}
-	entry, _ := e.reg.Entry(n.Kind)
-	v, _ := e.pools.LoadOrStore(entry.Plugin.Path+"\x00"+n.Kind, &pool{busy: map[*pluginmgr.Plugin]bool{}, wake: make(chan struct{})})
+	mainProc, ok := e.procs.Process(n.Kind)
+	if !ok {
+		return nil, nil, fmt.Errorf("no plugin offers kind %q", n.Kind)
+	}
+	path := mainProc.Path()
+	v, _ := e.pools.LoadOrStore(path+"\x00"+n.Kind, &pool{busy: map[Process]bool{}, wake: make(chan struct{})})
 	pl := v.(*pool)
 	limit := min(maxPool, e.opts.Jobs)
 	for {
@@ -91,15 +109,15 @@ func (e *Engine) lease(ctx context.Context, n *plan.Node) (*pluginmgr.Plugin, fu
 				return p, func() { pl.put(p) }, nil
 			}
 		}
-		if len(pl.procs)+pl.launching < limit && e.opts.Manager != nil {
+		if len(pl.procs)+pl.launching < limit && e.launcher != nil {
 			pl.launching++
 			pl.mu.Unlock()
-			p, err := e.opts.Manager.Launch(ctx, entry.Plugin.Path)
+			p, err := e.launcher.Launch(ctx, path)
 			pl.mu.Lock()
 			pl.launching--
 			if err != nil {
 				pl.mu.Unlock()
-				return nil, nil, fmt.Errorf("starting another process of %s: %w", entry.Plugin.Path, err)
+				return nil, nil, fmt.Errorf("starting another process of %s: %w", path, err)
 			}
 			pl.procs = append(pl.procs, p)
 			pl.busy[p] = true
@@ -119,7 +137,7 @@ func (e *Engine) lease(ctx context.Context, n *plan.Node) (*pluginmgr.Plugin, fu
 	}
 }
 
-func (pl *pool) put(p *pluginmgr.Plugin) {
+func (pl *pool) put(p Process) {
 	pl.mu.Lock()
 	delete(pl.busy, p)
 	close(pl.wake)

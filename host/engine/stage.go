@@ -8,12 +8,11 @@ import (
 	"slices"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/pipehost/pipehost/host/arena"
 	"github.com/pipehost/pipehost/host/plan"
-	"github.com/pipehost/pipehost/host/pluginmgr"
 	"github.com/pipehost/pipehost/internal/clock"
 	"github.com/pipehost/pipehost/internal/tracemark"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
@@ -41,7 +40,7 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		return
 	}
 	defer release()
-	r.Plugin, r.Pid = p.Path, p.Pid
+	r.Plugin, r.Pid = p.Path(), p.Pid()
 	for _, in := range n.Inputs {
 		if o := results[in.From.Index].Outputs[in.Output.GetName()]; o != nil && o.Entry != nil {
 			r.BytesIn += o.Entry.Size
@@ -108,7 +107,7 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		if cause := context.Cause(runCtx); cause != nil && ctx.Err() == nil {
 			err = cause
 			// A stage that ignores cancellation must not keep the plugin busy.
-			p.Stop()
+			p.Kill()
 		} else if ctx.Err() != nil {
 			err = fmt.Errorf("stopped: %v", context.Cause(ctx))
 		}
@@ -138,18 +137,18 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 }
 
 // sendFD announces a segment to the plugin under a fresh token.
-func (e *Engine) sendFD(p *pluginmgr.Plugin, ent *arena.Entry, h *pb.Handle, port string) (*pb.Binding, error) {
+func (e *Engine) sendFD(p Process, ent *arena.Entry, h *pb.Handle, port string) (*pb.Binding, error) {
 	tok := e.tokens.Next()
 	msg := shm.Message{Type: shm.MsgSegment, Token: tok, SegmentID: ent.ID, Size: uint64(ent.Size)}
-	if err := p.Channel.Send(msg, ent.Segment.FD()); err != nil {
+	if err := p.SendSegment(msg, ent.Segment.FD()); err != nil {
 		return nil, fmt.Errorf("sending %q to the plugin: %w", port, err)
 	}
 	return &pb.Binding{Port: port, Handle: h, FdToken: tok}, nil
 }
 
 // call runs the RPC and forwards events until the Result.
-func (e *Engine) call(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, req *pb.RunRequest) (*pb.Result, error) {
-	stream, err := p.Client.Run(ctx, req)
+func (e *Engine) call(ctx context.Context, n *plan.Node, p Process, req *pb.RunRequest) (*pb.Result, error) {
+	stream, err := p.Run(ctx, req)
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -177,15 +176,29 @@ func (e *Engine) call(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, re
 	return result, nil
 }
 
+// rpcError keeps a failed call's gRPC status for classification
+// (status.Code, errors.As) while its text stays the plugin's own message.
 func rpcError(err error) error {
 	if s, ok := status.FromError(err); ok {
-		return errors.New(s.Message())
+		return &StatusError{st: s}
 	}
 	return err
 }
 
+// StatusError is a stage call that ended with a gRPC status: the plugin's
+// answer (InvalidArgument for params it refused, Aborted for the stage's
+// own failure, ...) or the transport's (Unavailable: the connection broke).
+// status.Code and status.FromError see its code through any wrapping.
+type StatusError struct{ st *status.Status }
+
+func (e *StatusError) Error() string              { return e.st.Message() }
+func (e *StatusError) GRPCStatus() *status.Status { return e.st }
+
+// Code is the call's gRPC status code.
+func (e *StatusError) Code() codes.Code { return e.st.Code() }
+
 // adopt takes ownership of the plugin-created segments named in the result.
-func (e *Engine) adopt(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, res *pb.Result, r *StageResult) error {
+func (e *Engine) adopt(ctx context.Context, n *plan.Node, p Process, res *pb.Result, r *StageResult) error {
 	ctx, cancel := context.WithTimeout(ctx, adoptWait)
 	defer cancel()
 	for _, b := range res.GetDynamicOutputs() {
@@ -196,13 +209,13 @@ func (e *Engine) adopt(ctx context.Context, n *plan.Node, p *pluginmgr.Plugin, r
 		if r.Outputs[b.GetPort()] != nil {
 			return fmt.Errorf("protocol violation: output %q returned twice", b.GetPort())
 		}
-		msg, fd, err := p.Mailbox.Take(ctx, b.GetFdToken())
+		msg, fd, err := p.TakeSegment(ctx, b.GetFdToken())
 		if err != nil {
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
 		}
 		ent, err := e.arena.Adopt(fd, n.Name, e.claimants(n, b.GetPort()), e.keep(n, b.GetPort()))
 		if err != nil {
-			unix.Close(fd)
+			// Adopt closed fd: closing it again could close another's.
 			return fmt.Errorf("dynamic output %q: %w", b.GetPort(), err)
 		}
 		r.Outputs[b.GetPort()] = newOutput(ent, nil)

@@ -285,14 +285,19 @@ func (c *Catalog) Record(digest string, resp *pb.DescribeResponse) error {
 		return err
 	}
 	sum := sha256.Sum256(compact.Bytes())
-	b, err := json.Marshal(descFile{
+	// Without HTML escaping the file holds the checksummed bytes as they
+	// are; escaped, a doc string with < > or & would never match again.
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	err = enc.Encode(descFile{
 		Format: descFormat, BinarySHA256: digest, ProtocolRevision: wire.ProtocolRevision,
 		DescribeSHA256: hex.EncodeToString(sum[:]), Describe: compact.Bytes(),
 	})
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(c.descPath(digest), b); err != nil {
+	if err := atomicfile.Write(c.descPath(digest), b.Bytes()); err != nil {
 		c.warnOnce("write", fmt.Sprintf("plugin catalog: plugin descriptors are not remembered: %v", err))
 		return err
 	}

@@ -106,7 +106,7 @@ func TestDescriptorFiles(t *testing.T) {
 	c := OpenCatalog(dir, func(m string) { warned = append(warned, m) })
 	d := sum([]byte("binary"))
 	resp := &pb.DescribeResponse{Sdk: "go", SdkVersion: "0.1.0", Stages: []*pb.StageDescriptor{
-		{Kind: "a.fill", Version: "1.0.0", Doc: "fills, with a \"quote\" and ünïcode"},
+		{Kind: "a.fill", Version: "1.0.0", Doc: "fills, with a \"quote\", ünïcode and <&> (which JSON may escape)"},
 		{Kind: "a.pass", Version: "2.0.0"},
 	}}
 	if got, why := c.Lookup(d); got != nil || why != "" {
@@ -116,8 +116,8 @@ func TestDescriptorFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, why := c.Lookup(d)
-	if !proto.Equal(got, resp) || why != "" {
-		t.Fatalf("round trip: %v %q", got, why)
+	if !proto.Equal(got, resp) || why != "" || len(warned) > 0 {
+		t.Fatalf("round trip: %v %q %q", got, why, warned)
 	}
 	path := c.descPath(d)
 	good, _ := os.ReadFile(path)

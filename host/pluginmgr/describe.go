@@ -139,7 +139,7 @@ func (m *Manager) Start(ctx context.Context, p *Plugin, cat *Catalog) (live *Plu
 	if p.Running() {
 		return p, false, nil
 	}
-	live, err = m.Launch(ctx, p.Path)
+	live, err = m.launch(ctx, p.Path)
 	if err != nil {
 		return nil, false, err
 	}

@@ -97,6 +97,16 @@ type Manager struct {
 	plugins  []*Plugin
 	closed   bool
 	onStderr func(p *Plugin, line string)
+	onLaunch func(p *Plugin)
+	pending  map[string]*pendingStart // Prestart by path
+}
+
+// OnLaunch calls f with every plugin process launched from now on, once it
+// has answered Describe.
+func (m *Manager) OnLaunch(f func(p *Plugin)) {
+	m.mu.Lock()
+	m.onLaunch = f
+	m.mu.Unlock()
 }
 
 // OnStderr routes every stderr line of every plugin, running or launched
@@ -297,6 +307,14 @@ func Launches() int64 { return launches.Load() }
 
 // Launch starts one plugin and asks it what it offers.
 func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
+	if p, ok, err := m.claim(ctx, path); ok {
+		return p, err
+	}
+	return m.launch(ctx, path)
+}
+
+// launch starts a new process of the plugin at path, whatever is pending.
+func (m *Manager) launch(ctx context.Context, path string) (*Plugin, error) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -377,6 +395,12 @@ func (m *Manager) Launch(ctx context.Context, path string) (*Plugin, error) {
 	}
 	p.Stages, p.SDK, p.SDKVersion = resp.GetStages(), resp.GetSdk(), resp.GetSdkVersion()
 	p.LaunchNs = clock.Now() - start
+	m.mu.Lock()
+	onLaunch := m.onLaunch
+	m.mu.Unlock()
+	if onLaunch != nil {
+		onLaunch(p)
+	}
 	return p, nil
 }
 

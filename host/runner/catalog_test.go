@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pipehost/pipehost/host/config"
 	"github.com/pipehost/pipehost/host/pluginmgr"
 	"github.com/pipehost/pipehost/host/runner"
 	"github.com/pipehost/pipehost/internal/testbin"
@@ -256,4 +257,63 @@ func TestPluginCatalogStaleEntryIsCorrected(t *testing.T) {
 		t.Errorf("catalog entry not corrected: %v", got)
 	}
 	assertNothingLeft(t, pd, tmp)
+}
+
+// With the cache on, a plugin starts only when one of its stages is going
+// to run: a fully cached rerun starts none, and a rerun after one param
+// changed starts the plugins of that stage and its dependants only (the
+// run log names each launch). Nothing is left running either way.
+func TestCachedStagesStartNoPlugin(t *testing.T) {
+	tmp := isolate(t)
+	pd := testbin.Copy(t, testbin.Build(t, "testplugins/go"), "source", "transform", "sink")
+	cfg := writeConfig(t, "p.toml", strings.ReplaceAll(threeStages, "%TRACE%", ""))
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	run := func(set ...string) (launched []string, sess *runner.Session) {
+		t.Helper()
+		opts := runner.Options{ConfigPath: cfg, PluginDirs: []string{pd}, CacheDir: cacheDir, PluginCacheDir: cacheDir}
+		for _, s := range set {
+			o, err := config.ParseOverride(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts.Overrides = append(opts.Overrides, o)
+		}
+		before := pluginmgr.Launches()
+		sess, err := runner.Open(context.Background(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := sess.Run(context.Background())
+		procs := sess.Launched()
+		sess.Close()
+		if err := res.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if n := pluginmgr.Launches() - before; n != int64(len(procs)) {
+			t.Fatalf("%d launches, session lists %d", n, len(procs))
+		}
+		for _, p := range procs {
+			launched = append(launched, filepath.Base(p.Path))
+		}
+		sort.Strings(launched)
+		assertNothingLeft(t, pd, tmp)
+		return launched, sess
+	}
+	if got, _ := run(); strings.Join(got, ",") != "sink,source,transform" {
+		t.Fatalf("cold run started %v", got)
+	}
+	got, sess := run()
+	if len(got) != 0 {
+		t.Fatalf("fully cached rerun started %v", got)
+	}
+	got, sess = run("scale.factor=4")
+	if strings.Join(got, ",") != "sink,transform" {
+		t.Fatalf("rerun after scale.factor changed started %v, want sink and transform", got)
+	}
+	logs, _ := filepath.Glob(filepath.Join(sess.Reports.Dir, "logs", "run_*.jsonl"))
+	sort.Strings(logs)
+	body, _ := os.ReadFile(logs[len(logs)-1])
+	if n := strings.Count(string(body), `"type":"plugin_launch"`); n != 2 {
+		t.Errorf("the run log has %d plugin_launch events, want 2", n)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/pipehost/pipehost/host/runner"
@@ -93,5 +94,97 @@ func TestUnwritableOutputDirFailsCleanly(t *testing.T) {
 	}
 	if len(sess.RunErrors) == 0 || !strings.Contains(sess.RunErrors[0].Error(), "not a directory") {
 		t.Errorf("dataset errors %v", sess.RunErrors)
+	}
+}
+
+// A rerun whose outputs all come from the cache keeps the datasets already
+// in place (same files, untouched), rewrites exactly those edited or removed
+// since, and writes into a new directory from the cached bytes the same
+// files as the first run did.
+func TestDatasetsReusedWhenUnchanged(t *testing.T) {
+	body, err := os.ReadFile(filepath.Join(testbin.ModuleRoot(), "examples", "dummy.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	isolate(t)
+	cfg := writeConfig(t, "dummy.toml", string(body))
+	cache := filepath.Join(t.TempDir(), "cache")
+	run := func(out string) *runner.Session {
+		t.Helper()
+		sess, err := runner.Open(context.Background(), runner.Options{ConfigPath: cfg, PluginDirs: []string{pluginsDir(t)}, CacheDir: cache, OutDir: out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := sess.Run(context.Background())
+		sess.Close()
+		if err := res.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if len(sess.RunErrors) > 0 {
+			t.Fatal(sess.RunErrors)
+		}
+		return sess
+	}
+	type fileID struct {
+		ino   uint64
+		mtime int64
+		sum   string
+	}
+	files := func(sess *runner.Session) map[string]fileID {
+		t.Helper()
+		m := map[string]fileID{}
+		for _, a := range sess.Artifacts {
+			p := filepath.Join(sess.Reports.Dir, filepath.FromSlash(a.Path))
+			st, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(p)
+			if a.Key == "" || cacheDigest(b) != a.SHA256 {
+				t.Fatalf("%s: key %q, recorded digest %s, file %s", a.Path, a.Key, a.SHA256, cacheDigest(b))
+			}
+			m[a.Path] = fileID{st.Sys().(*syscall.Stat_t).Ino, st.ModTime().UnixNano(), a.SHA256}
+		}
+		return m
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	first := files(run(out))
+	if len(first) != 5 {
+		t.Fatalf("artifacts %v", first)
+	}
+	second := files(run(out))
+	for p, id := range first {
+		if second[p] != id {
+			t.Errorf("%s: rewritten by a fully cached rerun (%v, then %v)", p, id, second[p])
+		}
+	}
+	// One file edited, one removed: those two, and only they, are written
+	// again, with the bytes of the first run.
+	edited, removed := "data/scale.out.npz", "data/points.points.parquet"
+	f, err := os.OpenFile(filepath.Join(out, edited), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte{0})
+	f.Close()
+	if err := os.Remove(filepath.Join(out, removed)); err != nil {
+		t.Fatal(err)
+	}
+	third := files(run(out))
+	for p, id := range first {
+		changed := third[p].ino != id.ino || third[p].mtime != id.mtime
+		if want := p == edited || p == removed; changed != want {
+			t.Errorf("%s: rewritten %v, want %v", p, changed, want)
+		}
+		if third[p].sum != id.sum {
+			t.Errorf("%s: bytes differ from the first run's", p)
+		}
+	}
+	// A new directory: everything written, from the cached bytes, the same.
+	fresh := files(run(filepath.Join(t.TempDir(), "out2")))
+	for p, id := range first {
+		if fresh[p].sum != id.sum {
+			t.Errorf("%s: written from the cache, bytes differ from the first run's", p)
+		}
 	}
 }

@@ -106,6 +106,7 @@ func (s *Session) saveDatasets(res *engine.Result) ([]SavedArtifact, []error) {
 		}
 	}()
 	s.previews = map[string]string{}
+	prior := priorArtifacts(s.OutDir())
 	for _, n := range s.Plan.Nodes {
 		r := res.Stages[n.Index]
 		for _, sv := range n.Config.Save {
@@ -119,7 +120,7 @@ func (s *Session) saveDatasets(res *engine.Result) ([]SavedArtifact, []error) {
 			if err := open(); err != nil {
 				return nil, []error{fmt.Errorf("output directory %s: %w", s.OutDir(), err)}
 			}
-			arts, err := s.saveOutput(w, n, sv.Port, sv.Formats, o, r.Outputs)
+			arts, err := s.saveOutput(w, prior, n, sv.Port, sv.Formats, o, r.Outputs)
 			saved = append(saved, arts...)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("saving %s.%s: %w", n.Name, sv.Port, err))
@@ -165,25 +166,59 @@ func (s *Session) outputBytes(o *engine.Output) ([]byte, func(), error) {
 	}, nil
 }
 
-func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, formats []string, o *engine.Output, siblings map[string]*engine.Output) ([]SavedArtifact, error) {
-	data, release, err := s.outputBytes(o)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
+func (s *Session) saveOutput(w *dataset.Writer, prior map[string]dataset.Artifact, n *plan.Node, port string, formats []string, o *engine.Output, siblings map[string]*engine.Output) ([]SavedArtifact, error) {
 	base := filepath.Join("data", n.Name+"."+port)
 	var out []SavedArtifact
-	add := func(a dataset.Artifact, err error) error {
-		if err != nil {
-			return err
+	// put keeps the previous run's file at name when its key matches and its
+	// bytes are intact, and otherwise writes it; parts are what the file is
+	// made of besides the output's bytes, whose digest is always part of it.
+	put := func(name, format string, parts any, write func() (dataset.Artifact, error)) error {
+		name = filepath.ToSlash(name)
+		key, keyed := artifactKey(s.opts.Version, name, format, o.Digest, handleKey(o), parts)
+		a, ok := dataset.Artifact{}, false
+		if keyed && o.Digest.Hash != "" {
+			a, ok = reuse(w, prior, name, key)
+		}
+		if !ok {
+			var err error
+			if a, err = write(); err != nil {
+				return err
+			}
+			if keyed && o.Digest.Hash != "" {
+				a.Key = key
+			}
 		}
 		out = append(out, SavedArtifact{Artifact: a, Stage: n.Name, Port: port})
 		return nil
 	}
+	// The bytes are mapped only when some file must be written.
+	var data []byte
+	mapped := false
+	var releases []func()
+	defer func() {
+		for i := len(releases) - 1; i >= 0; i-- {
+			releases[i]()
+		}
+	}()
+	bytesOf := func() ([]byte, error) {
+		if mapped {
+			return data, nil
+		}
+		b, release, err := s.outputBytes(o)
+		if err != nil {
+			return nil, err
+		}
+		data, mapped = b, true
+		releases = append(releases, release)
+		return data, nil
+	}
 	h := o.Handle
 	switch h.GetKind() {
 	case pb.PortKind_PORT_KIND_GRID:
-		g := dataset.Grid{Data: data, Height: int(h.GetShape()[0]), Width: int(h.GetShape()[1]), DType: datasetDType[h.GetDtype()]}
+		grid := func() (dataset.Grid, error) {
+			b, err := bytesOf()
+			return dataset.Grid{Data: b, Height: int(h.GetShape()[0]), Width: int(h.GetShape()[1]), DType: datasetDType[h.GetDtype()]}, err
+		}
 		geo := s.georef(int(h.GetLevel()))
 		meta := map[string]string{"PIPEHOST_RUN": s.Config.RunID, "PIPEHOST_STAGE": n.Name, "PIPEHOST_KIND": n.Kind, "PIPEHOST_PORT": port, "PIPEHOST_SHA256": o.Digest.Hash}
 		preview := dataset.PreviewOptions{Style: dataset.ShadedRamp}
@@ -191,11 +226,13 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 		// datasets: they are written, the preview falls back, the error is
 		// reported.
 		var palErr error
+		var palDigest any
 		if c := siblings[port+"_colors"]; c != nil && c.Handle.GetKind() == pb.PortKind_PORT_KIND_TABLE {
 			if pal, err := s.palette(c); err != nil {
 				palErr = fmt.Errorf("colour table %s_colors (save it too, e.g. as \"arrow\", so it outlives the run): %w", port, err)
 			} else {
 				preview = dataset.PreviewOptions{Style: dataset.Palette, Palette: pal}
+				palDigest = c.Digest
 			}
 		}
 		for _, f := range formats {
@@ -208,9 +245,21 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 				if f == "cog-zstd" {
 					opt.Compression = dataset.Zstd
 				}
-				err = add(w.WriteCOG(base+".tif", g, opt))
+				err = put(base+".tif", f, []any{geo, meta}, func() (dataset.Artifact, error) {
+					g, err := grid()
+					if err != nil {
+						return dataset.Artifact{}, err
+					}
+					return w.WriteCOG(base+".tif", g, opt)
+				})
 			case "npz", "npz-compressed":
-				err = add(w.WriteNPZ(base+".npz", []dataset.NPZMember{{Name: port, Grid: g}}, dataset.NPZOptions{Compress: f == "npz-compressed"}))
+				err = put(base+".npz", f, nil, func() (dataset.Artifact, error) {
+					g, err := grid()
+					if err != nil {
+						return dataset.Artifact{}, err
+					}
+					return w.WriteNPZ(base+".npz", []dataset.NPZMember{{Name: port, Grid: g}}, dataset.NPZOptions{Compress: f == "npz-compressed"})
+				})
 			default:
 				err = fmt.Errorf("format %q cannot hold a grid", f)
 			}
@@ -219,7 +268,14 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 			}
 		}
 		name := filepath.Join("previews", n.Name+"."+port+".png")
-		if err := add(w.WritePNG(name, g, preview)); err != nil {
+		err := put(name, "png", []any{preview.Style, palDigest, palErr != nil}, func() (dataset.Artifact, error) {
+			g, err := grid()
+			if err != nil {
+				return dataset.Artifact{}, err
+			}
+			return w.WritePNG(name, g, preview)
+		})
+		if err != nil {
 			return out, err
 		}
 		s.previews[n.Name+"."+port] = filepath.ToSlash(name)
@@ -227,25 +283,49 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 			return out, palErr
 		}
 	case pb.PortKind_PORT_KIND_TABLE:
-		r, err := ipc.NewMappedFileReader(data)
-		if err != nil {
-			return nil, fmt.Errorf("reading the table: %w", err)
-		}
-		defer r.Close()
 		var recs []arrow.RecordBatch
-		for i := 0; i < r.NumRecords(); i++ {
-			rec, err := r.RecordBatch(i)
-			if err != nil {
-				return nil, fmt.Errorf("reading the table: %w", err)
+		var schema *arrow.Schema
+		table := func() error {
+			if schema != nil {
+				return nil
 			}
-			recs = append(recs, rec)
+			b, err := bytesOf()
+			if err != nil {
+				return err
+			}
+			r, err := ipc.NewMappedFileReader(b)
+			if err != nil {
+				return fmt.Errorf("reading the table: %w", err)
+			}
+			releases = append(releases, func() { r.Close() })
+			for i := 0; i < r.NumRecords(); i++ {
+				rec, err := r.RecordBatch(i)
+				if err != nil {
+					return fmt.Errorf("reading the table: %w", err)
+				}
+				recs = append(recs, rec)
+			}
+			schema = r.Schema()
+			return nil
 		}
 		for _, f := range formats {
+			var err error
 			switch f {
 			case "geoparquet":
-				err = add(w.WriteGeoParquet(base+".parquet", recs, dataset.GeoParquetOptions{Georef: s.georef(0)}))
+				geo := s.georef(0)
+				err = put(base+".parquet", f, geo, func() (dataset.Artifact, error) {
+					if err := table(); err != nil {
+						return dataset.Artifact{}, err
+					}
+					return w.WriteGeoParquet(base+".parquet", recs, dataset.GeoParquetOptions{Georef: geo})
+				})
 			case "arrow":
-				err = add(w.WriteArrowIPC(base+".arrow", r.Schema(), recs...))
+				err = put(base+".arrow", f, nil, func() (dataset.Artifact, error) {
+					if err := table(); err != nil {
+						return dataset.Artifact{}, err
+					}
+					return w.WriteArrowIPC(base+".arrow", schema, recs...)
+				})
 			default:
 				err = fmt.Errorf("format %q cannot hold a table", f)
 			}
@@ -258,12 +338,25 @@ func (s *Session) saveOutput(w *dataset.Writer, n *plan.Node, port string, forma
 			if f != "raw" {
 				return out, fmt.Errorf("format %q cannot hold a blob", f)
 			}
-			if err := add(w.WriteRaw(base+".bin", data)); err != nil {
+			err := put(base+".bin", f, nil, func() (dataset.Artifact, error) {
+				b, err := bytesOf()
+				if err != nil {
+					return dataset.Artifact{}, err
+				}
+				return w.WriteRaw(base+".bin", b)
+			})
+			if err != nil {
 				return out, err
 			}
 		}
 	}
 	return out, nil
+}
+
+// handleKey is the part of an output's handle that shapes its datasets.
+func handleKey(o *engine.Output) any {
+	h := o.Handle
+	return []any{h.GetKind(), h.GetDtype(), h.GetShape(), h.GetLevel(), h.GetOffset(), h.GetNbytes()}
 }
 
 // palette reads a colour table output: a stage that writes a grid port P and

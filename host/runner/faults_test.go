@@ -329,9 +329,11 @@ save = { out = ["npz", "cog"] }
 // room again, the next run stores everything.
 func TestFaultCacheDiskFull(t *testing.T) {
 	cacheDir := mountTmpfs(t, 128<<10)
-	if _, err := cache.Open(cacheDir); err != nil {
+	c, err := cache.Open(cacheDir)
+	if err != nil {
 		t.Fatal(err)
 	}
+	c.Close()
 	filler := filepath.Join(cacheDir, "filler")
 	fill(t, filler)
 	body := `

@@ -82,7 +82,7 @@ func (s *Session) startRecording() *runlog.Writer {
 		"ignored": st.Ignored, "hashed": st.Hashed, "started": nonNil(st.Started),
 		"describe_ns": st.DescribeNs, "plan_ns": st.PlanNs, "launch_ns": st.LaunchNs,
 	}})
-	for _, p := range s.Plugins {
+	logLaunch := func(p *pluginmgr.Plugin) {
 		var kinds []string
 		for _, d := range p.Stages {
 			kinds = append(kinds, d.GetKind())
@@ -92,6 +92,11 @@ func (s *Session) startRecording() *runlog.Writer {
 			"launch_ns": p.LaunchNs, "kinds": kinds,
 		}})
 	}
+	for _, p := range s.Plugins {
+		logLaunch(p)
+	}
+	// Plugins started during the run (when a stage of theirs is to run).
+	s.mgr.OnLaunch(logLaunch)
 	s.mgr.OnStderr(func(p *pluginmgr.Plugin, line string) {
 		level, msg := parseHCLog(line)
 		w.Log(runlog.Event{Type: "plugin_log", Name: filepath.Base(p.Path), Level: level, Msg: msg, ID: uint64(p.Pid)})
@@ -144,6 +149,7 @@ func (s *Session) finishRecording(w *runlog.Writer, col *report.Collector, res *
 	out := s.OutDir()
 	rep := Reports{Dir: out, Summary: filepath.Join(out, "summary.md"), Trace: filepath.Join(out, "trace.json")}
 	s.mgr.OnStderr(nil)
+	s.mgr.OnLaunch(nil)
 	hostPeak := procstat.Peak()
 	if err := col.WriteTrace(rep.Trace, s.Plan, res, startNs); err != nil {
 		s.warn(fmt.Sprintf("writing %s: %v", rep.Trace, err))

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -92,7 +93,10 @@ func (e *SetupError) Unwrap() error { return e.Err }
 
 // Session is a loaded config with its plugins running and its plan built.
 type Session struct {
-	Config   *config.Pipeline
+	Config *config.Pipeline
+	// Plugins are the plugin processes running when Open returned. With
+	// the cache on, a plugin is started only when one of its stages is
+	// going to run; Launched lists every process the session started.
 	Plugins  []*pluginmgr.Plugin
 	Registry *pluginmgr.Registry
 	Plan     *plan.Plan
@@ -110,9 +114,43 @@ type Session struct {
 	Artifacts []SavedArtifact
 	RunErrors []error
 	mgr       *pluginmgr.Manager
+	catalog   *pluginmgr.Catalog
 	opts      Options
 	openNs    int64
 	previews  map[string]string
+
+	prepMu   sync.Mutex
+	prepared map[*plan.Node]bool
+}
+
+// Launched lists every plugin process the session started, running or not.
+func (s *Session) Launched() []*pluginmgr.Plugin { return s.mgr.Plugins() }
+
+// prepare starts, in the background, the plugins of stage n and of every
+// stage that depends on it: n is about to run, so they will very likely
+// run too, and their launch then overlaps n's work. A stage seen once is
+// not walked again (its dependants were seen with it).
+func (s *Session) prepare(n *plan.Node) {
+	s.prepMu.Lock()
+	defer s.prepMu.Unlock()
+	if s.prepared == nil {
+		s.prepared = map[*plan.Node]bool{}
+	}
+	stack := []*plan.Node{n}
+	for len(stack) > 0 {
+		m := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if s.prepared[m] {
+			continue
+		}
+		s.prepared[m] = true
+		if e, ok := s.Registry.Entry(m.Kind); ok {
+			s.mgr.Prestart(e.Plugin, s.catalog)
+		}
+		for _, out := range m.Consumers {
+			stack = append(stack, out.To)
+		}
+	}
 }
 
 // LoadConfig reads the config and applies overrides.
@@ -193,7 +231,9 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 	setup.DescribeNs = clock.Now() - t0
 	setup.Installed, setup.FromCatalog, setup.Described, setup.Ignored = len(described), ds.FromCatalog, ds.Launched, ds.Ignored
 	setup.Unlocked = unlocked
-	p, reg, err := planAndStart(ctx, cfg, mgr, described, cat, &setup)
+	// With the cache on, a stage may need no process at all: plugins are
+	// then started when a stage is going to run (Session.prepare).
+	p, reg, err := planAndStart(ctx, cfg, mgr, described, cat, &setup, opts.CacheDir != "")
 	if cat != nil {
 		setup.Hashed = cat.Hashed()
 	}
@@ -233,7 +273,7 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 			}
 		}
 	}
-	sess := &Session{Config: cfg, Plugins: mgr.Plugins(), Registry: reg, Plan: p, mgr: mgr, opts: opts,
+	sess := &Session{Config: cfg, Plugins: mgr.Plugins(), Registry: reg, Plan: p, mgr: mgr, catalog: cat, opts: opts,
 		Arena: arena.New(opts.MemBudget), openNs: openNs, Setup: setup}
 	if opts.CacheDir != "" {
 		c, err := cache.Open(opts.CacheDir)
@@ -288,6 +328,7 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 	col := report.NewCollector(w)
 	opts := s.opts.Engine
 	opts.Manager = s.mgr
+	opts.Prepare = s.prepare
 	opts.Cache = s.Cache
 	opts.Remote = s.Remote
 	if opts.Observer != nil {
@@ -346,6 +387,9 @@ func (s *Session) Close() error {
 	s.Arena.Close()
 	if s.Remote != nil {
 		s.Remote.Close()
+	}
+	if s.Cache != nil {
+		s.Cache.Close()
 	}
 	return err
 }

@@ -95,12 +95,13 @@ func describePlugins(ctx context.Context, opts Options, cat *pluginmgr.Catalog, 
 	return mgr, plugins, stats, unlocked, nil
 }
 
-// planAndStart builds the plan from the descriptors and starts the plugins
-// its stages use. A started plugin that describes itself otherwise than the
-// catalog said (rebuilt since it was hashed) makes it plan again with the
-// live descriptors. plugins is updated in place with the started ones.
+// planAndStart builds the plan from the descriptors and, unless lazy, starts
+// the plugins its stages use. A started plugin that describes itself
+// otherwise than the catalog said (rebuilt since it was hashed) makes it
+// plan again with the live descriptors. plugins is updated in place with
+// the started ones. Lazy leaves plugins the catalog described unstarted.
 func planAndStart(ctx context.Context, cfg *config.Pipeline, mgr *pluginmgr.Manager, plugins []*pluginmgr.Plugin,
-	cat *pluginmgr.Catalog, setup *SetupStats) (*plan.Plan, *pluginmgr.Registry, error) {
+	cat *pluginmgr.Catalog, setup *SetupStats, lazy bool) (*plan.Plan, *pluginmgr.Registry, error) {
 	for attempt := 0; ; attempt++ {
 		t0 := clock.Now()
 		reg, err := pluginmgr.NewRegistry(plugins)
@@ -117,6 +118,9 @@ func planAndStart(ctx context.Context, cfg *config.Pipeline, mgr *pluginmgr.Mana
 		}
 		t1 := clock.Now()
 		setup.PlanNs += t1 - t0
+		if lazy {
+			return p, reg, nil
+		}
 		index := map[*pluginmgr.Plugin]int{}
 		for i, pl := range plugins {
 			index[pl] = i

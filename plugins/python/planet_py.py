@@ -30,28 +30,32 @@ def hillshade(ctx, elevation, rivers, azimuth, altitude, cell_size, exaggeration
         raise ParamError("cell_size", f"{cell_size} is not positive")
     shade = ctx.output("shade")
     g = ctx.topology.grid
-    ys = np.arange(g.height)[:, None]
     xs = np.arange(g.width)[None, :]
-    with ctx.timed("slope"):
-        # Neighbours by the topology's own edge rules: wrap, pole, clamp.
-        ex, ey = g.resolve_clamped_arrays(xs + 1, ys)
-        wx, wy = g.resolve_clamped_arrays(xs - 1, ys)
-        nx, ny = g.resolve_clamped_arrays(xs, ys - 1)
-        sx, sy = g.resolve_clamped_arrays(xs, ys + 1)
-        land = np.maximum(elevation, np.float32(sea_level))
-        scale = np.float32(exaggeration / (2.0 * cell_size))
-        dzdx = (land[ey, ex] - land[wy, wx]) * scale
-        dzdy = (land[sy, sx] - land[ny, nx]) * scale
+    sea = np.float32(sea_level)
+    scale = np.float32(exaggeration / (2.0 * cell_size))
+    az, alt = np.radians(azimuth), np.radians(altitude)
+    # Light vector in grid axes (x east, y south).
+    lx, ly, lz = np.cos(alt) * np.sin(az), -np.cos(alt) * np.cos(az), np.sin(alt)
+    # Bands of rows keep the working arrays (neighbour indices, slopes) a
+    # few MiB whatever the grid's size: the input is read in place and never
+    # copied whole.
+    band = max(1, (4 << 20) // (8 * g.width))
     with ctx.timed("shade"):
-        az, alt = np.radians(azimuth), np.radians(altitude)
-        # Light vector in grid axes (x east, y south).
-        lx, ly, lz = np.cos(alt) * np.sin(az), -np.cos(alt) * np.cos(az), np.sin(alt)
-        lit = (lz - lx * dzdx - ly * dzdy) / np.sqrt(1.0 + dzdx * dzdx + dzdy * dzdy)
-        np.clip(lit * 255.0, 0.0, 255.0, out=lit)
-        shade[...] = lit.astype(np.uint8)
+        for y0 in range(0, g.height, band):
+            ys = np.arange(y0, min(y0 + band, g.height))[:, None]
+            # Neighbours by the topology's own edge rules: wrap, pole, clamp.
+            ex, ey = g.resolve_clamped_arrays(xs + 1, ys)
+            wx, wy = g.resolve_clamped_arrays(xs - 1, ys)
+            nx, ny = g.resolve_clamped_arrays(xs, ys - 1)
+            sx, sy = g.resolve_clamped_arrays(xs, ys + 1)
+            dzdx = (np.maximum(elevation[ey, ex], sea) - np.maximum(elevation[wy, wx], sea)) * scale
+            dzdy = (np.maximum(elevation[sy, sx], sea) - np.maximum(elevation[ny, nx], sea)) * scale
+            lit = (lz - lx * dzdx - ly * dzdy) / np.sqrt(1.0 + dzdx * dzdx + dzdy * dzdy)
+            np.clip(lit * 255.0, 0.0, 255.0, out=lit)
+            shade[y0 : y0 + len(ys)] = lit.astype(np.uint8)
+            ctx.progress((y0 + len(ys)) / g.height)
     if rivers is not None:
         ctx.metric("rivers", rivers.num_rows)
-    ctx.progress(1.0, "done")
 
 
 if __name__ == "__main__":
