@@ -9,6 +9,7 @@ scripts/bench-engine.sh
 scripts/bench-cog.sh
 scripts/bench-remote.sh
 scripts/bench-remote-hit.sh
+scripts/bench-remote-exec.sh
 scripts/bench-markers.sh
 scripts/bench-setup.sh
 scripts/bench-python.sh

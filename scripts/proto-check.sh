@@ -24,4 +24,11 @@ if ! diff -r -x __pycache__ "$tmp/py/pipehost/_proto" sdk/python/src/pipehost/_p
   diff -r -x __pycache__ "$tmp/py/pipehost/_proto" sdk/python/src/pipehost/_proto | head -20 >&2
   exit 1
 fi
-echo "proto-check: generated code is fresh"
+# The shared vectors generated from the Go implementation (docs/protocol.md):
+# their generator's test fails while a committed file is stale.
+if ! go test -count=1 -run '^TestVectorsAreUpToDate$' ./sdk/internal/genvectors >"$tmp/vectors.log" 2>&1; then
+  echo "proto-check: testdata vectors are stale; run 'go run ./sdk/internal/genvectors' and commit" >&2
+  cat "$tmp/vectors.log" >&2
+  exit 1
+fi
+echo "proto-check: generated code and vectors are fresh"

@@ -57,8 +57,16 @@ PIPEHOST_SOAK="${SOAK_RUNS:-30}" go test -count=1 -timeout 15m -run '^TestSoak$'
 
 for extra in scripts/test-*.sh; do
   [ -e "$extra" ] || continue
+  [ "$extra" = scripts/test-first-stage.sh ] && continue  # takes a language: below
   step "$extra"
   "$extra"
 done
+
+# docs/first-stage.md, run as written: a new project per language, built,
+# tested and run in a pipeline.
+step "first stage: go"
+scripts/test-first-stage.sh go
+step "first stage: rust"
+scripts/test-first-stage.sh rust
 
 step "all tests passed"

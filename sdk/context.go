@@ -60,10 +60,13 @@ func (c *Context) Seed() uint64 { return c.req.GetSeed() }
 func (c *Context) Attempt() int { return int(c.req.GetAttempt()) }
 
 // Levels is the run's grid pyramid, level 0 (native) first.
-func (c *Context) Levels() []*pb.GridInfo { return c.req.GetLevels() }
-
-// TopologyProto is the run's topology as sent by the host.
-func (c *Context) TopologyProto() *pb.Topology { return c.req.GetTopology() }
+func (c *Context) Levels() []topology.Level {
+	var out []topology.Level
+	for _, g := range c.req.GetLevels() {
+		out = append(out, topology.LevelFromProto(g))
+	}
+	return out
+}
 
 // Progress reports the fraction (0..1) of the stage's work done. Calls are
 // cheap: the SDK sends at most one update every 50 ms, plus the last one.
@@ -80,21 +83,20 @@ func (c *Context) Progress(fraction float64, message string) {
 }
 
 // Log sends a log line to the host's run log, attributed to this stage.
-func (c *Context) Log(level pb.LogLevel, format string, args ...any) {
+func (c *Context) Log(level LogLevel, format string, args ...any) {
 	_ = c.send(&pb.RunEvent{Event: &pb.RunEvent_Log{Log: &pb.LogLine{
-		Level: level, Message: fmt.Sprintf(format, args...), TimeNs: clock.Now(),
+		Level: pb.LogLevel(level), Message: fmt.Sprintf(format, args...), TimeNs: clock.Now(),
 	}}})
 }
 
+// Debugf logs at debug level.
+func (c *Context) Debugf(format string, args ...any) { c.Log(LevelDebug, format, args...) }
+
 // Infof logs at info level.
-func (c *Context) Infof(format string, args ...any) {
-	c.Log(pb.LogLevel_LOG_LEVEL_INFO, format, args...)
-}
+func (c *Context) Infof(format string, args ...any) { c.Log(LevelInfo, format, args...) }
 
 // Warnf logs at warning level.
-func (c *Context) Warnf(format string, args ...any) {
-	c.Log(pb.LogLevel_LOG_LEVEL_WARN, format, args...)
-}
+func (c *Context) Warnf(format string, args ...any) { c.Log(LevelWarn, format, args...) }
 
 // Metric records a number for the run log (the last value per name wins).
 func (c *Context) Metric(name string, value float64) {

@@ -58,7 +58,11 @@ type buffer struct {
 // runData holds a Run's buffers; every mapping and fd is released when the
 // Run ends, and writable mappings before its Result is sent.
 type runData struct {
-	dp      *dataPlane
+	dp *dataPlane
+	// handOff gives a finished dynamic output's segment to the host and
+	// returns the token its binding names; nil when outputs of unknown size
+	// cannot be handed over (no fd channel).
+	handOff func(port string, seg *shm.Segment) (uint64, error)
 	mu      sync.Mutex
 	inputs  map[string]*buffer
 	outputs map[string]*buffer
@@ -77,6 +81,9 @@ type dynOutput struct {
 
 func (dp *dataPlane) bind(ctx context.Context, req *pb.RunRequest) (*runData, error) {
 	rd := &runData{dp: dp, inputs: map[string]*buffer{}, outputs: map[string]*buffer{}}
+	if dp != nil {
+		rd.handOff = dp.handOff
+	}
 	if len(req.GetInputs())+len(req.GetOutputs()) == 0 {
 		return rd, nil
 	}
@@ -102,6 +109,16 @@ func (dp *dataPlane) bind(ctx context.Context, req *pb.RunRequest) (*runData, er
 	return rd, nil
 }
 
+// handOff sends a dynamic output's memfd to the host on the fd channel.
+func (dp *dataPlane) handOff(port string, seg *shm.Segment) (uint64, error) {
+	tok := dp.tokens.Next()
+	msg := shm.Message{Type: shm.MsgAdopt, Token: tok, Size: uint64(seg.Size())}
+	if err := dp.ch.Send(msg, seg.FD()); err != nil {
+		return 0, fmt.Errorf("sending to host: %w", err)
+	}
+	return tok, nil
+}
+
 func (dp *dataPlane) open(ctx context.Context, b *pb.Binding, input bool) (*buffer, error) {
 	_, fd, err := dp.mb.Take(ctx, b.GetFdToken())
 	if err != nil {
@@ -112,6 +129,13 @@ func (dp *dataPlane) open(ctx context.Context, b *pb.Binding, input bool) (*buff
 		unix.Close(fd)
 		return nil, fmt.Errorf("port %q: %w", b.GetPort(), err)
 	}
+	return openBuffer(b, seg, input)
+}
+
+// openBuffer checks seg against b's handle and maps an input read-only. It
+// owns seg: on error seg is closed.
+func openBuffer(b *pb.Binding, seg *shm.Segment, input bool) (*buffer, error) {
+	var err error
 	if err := shm.Validate(b.GetHandle(), uint64(seg.Size())); err != nil {
 		seg.Close()
 		return nil, fmt.Errorf("port %q: %w", b.GetPort(), err)
@@ -165,21 +189,16 @@ func (rd *runData) finish() ([]*pb.Binding, error) {
 			}
 			d.seg = seg
 		}
-		tok := rd.dp.tokens.Next()
 		size := uint64(d.seg.Size())
-		msg := shm.Message{Type: shm.MsgAdopt, Token: tok, Size: size}
-		if err := rd.dp.ch.Send(msg, d.seg.FD()); err != nil {
-			return nil, fmt.Errorf("dynamic output %q: sending to host: %w", d.port, err)
+		tok, err := rd.handOff(d.port, d.seg)
+		if err != nil {
+			return nil, fmt.Errorf("dynamic output %q: %w", d.port, err)
 		}
 		kind := pb.PortKind_PORT_KIND_BLOB
 		if d.format == pb.Format_FORMAT_ARROW_IPC {
 			kind = pb.PortKind_PORT_KIND_TABLE
 		}
-		h := &pb.Handle{SegmentSize: size, Nbytes: size, Format: d.format, Kind: kind}
-		if d.format == pb.Format_FORMAT_RAW {
-			h.Dtype, h.Shape, h.Strides = pb.DType_DTYPE_U8, []uint64{size}, []uint64{1}
-		}
-		out = append(out, &pb.Binding{Port: d.port, Handle: h, FdToken: tok})
+		out = append(out, &pb.Binding{Port: d.port, Handle: shm.AdoptedHandle(kind, size), FdToken: tok})
 	}
 	return out, nil
 }

@@ -23,7 +23,7 @@ func (c *Context) dynamicPort(name string) (pb.PortKind, error) {
 	if port.GetKind() == pb.PortKind_PORT_KIND_GRID {
 		return 0, fmt.Errorf("output %q is a grid: use OutputGrid", name)
 	}
-	if c.data == nil || c.data.dp == nil {
+	if c.data == nil || c.data.handOff == nil {
 		return 0, fmt.Errorf("output %q: this plugin has no fd channel", name)
 	}
 	for _, d := range c.data.dynamic {

@@ -60,7 +60,7 @@ func grid[T shm.Elem](c *Context, name string, input bool) (Grid[T], error) {
 		return Grid[T]{}, fmt.Errorf("%s %q is not a dense 2-D grid", what, name)
 	}
 	if want := shm.DTypeFor[T](); h.GetDtype() != want {
-		return Grid[T]{}, fmt.Errorf("%s %q holds %s, not %s", what, name, h.GetDtype(), want)
+		return Grid[T]{}, fmt.Errorf("%s %q holds %s, not %s", what, name, DType(h.GetDtype()), DType(want))
 	}
 	raw, err := b.bytes()
 	if err != nil {
@@ -75,18 +75,18 @@ func grid[T shm.Elem](c *Context, name string, input bool) (Grid[T], error) {
 
 // InputBytes returns the raw bytes of any input (grid, table or blob),
 // read-only.
-func (c *Context) InputBytes(name string) ([]byte, *pb.Handle, error) {
+func (c *Context) InputBytes(name string) ([]byte, BufferInfo, error) {
 	if c.data == nil {
-		return nil, nil, fmt.Errorf("input %q: this run has no data", name)
+		return nil, BufferInfo{}, fmt.Errorf("input %q: this run has no data", name)
 	}
 	c.data.mu.Lock()
 	defer c.data.mu.Unlock()
 	b, ok := c.data.inputs[name]
 	if !ok {
-		return nil, nil, fmt.Errorf("stage %s has no input %q bound in this run", c.Stage(), name)
+		return nil, BufferInfo{}, fmt.Errorf("stage %s has no input %q bound in this run", c.Stage(), name)
 	}
 	raw, err := b.bytes()
-	return raw, b.binding.GetHandle(), err
+	return raw, bufferInfo(b.binding.GetHandle()), err
 }
 
 // HasInput reports whether an (optional) input is wired in this run.

@@ -125,24 +125,53 @@ func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
 	if !ok {
 		return status.Errorf(codes.NotFound, "this plugin has no stage kind %q", req.GetKind())
 	}
+	var sendMu sync.Mutex
+	send := func(ev *pb.RunEvent) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(ev)
+	}
+	bind := func(ctx context.Context) (*runData, error) { return s.data.bind(ctx, req) }
+	if err := s.runStage(stream.Context(), st, req, send, bind); err != nil {
+		if err.wire {
+			return err.err // the stream itself failed: pass gRPC's error on
+		}
+		return status.Errorf(err.code, "%s", err.Error())
+	}
+	return nil
+}
+
+// stageError is a Run's failure with the gRPC code the host sees.
+type stageError struct {
+	code codes.Code
+	err  error
+	msg  string // what the host is told, when not err's text
+	wire bool   // err came from sending the Result
+}
+
+func (e *stageError) Error() string {
+	if e.msg != "" {
+		return e.msg
+	}
+	return e.err.Error()
+}
+func (e *stageError) Unwrap() error { return e.err }
+
+// runStage decodes the params, binds the buffers, runs the stage, unmaps its
+// writable views and sends the Result: everything a Run does between the
+// wire and the stage function, shared by the plugin server and the
+// in-process harness (package sdktest) so a unit test sees what the host
+// would.
+func (s *server) runStage(ctx context.Context, st Stage, req *pb.RunRequest, send func(*pb.RunEvent) error,
+	bind func(context.Context) (*runData, error)) *stageError {
 	params, err := st.decode(req.GetParams())
 	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "stage %s (%s): %v", req.GetStage(), req.GetKind(), err)
+		return &stageError{code: codes.InvalidArgument, err: fmt.Errorf("stage %s (%s): %w", req.GetStage(), req.GetKind(), err)}
 	}
-	var sendMu sync.Mutex
-	c := &Context{
-		Context: stream.Context(),
-		req:     req,
-		desc:    st.desc,
-		send: func(ev *pb.RunEvent) error {
-			sendMu.Lock()
-			defer sendMu.Unlock()
-			return stream.Send(ev)
-		},
-	}
-	data, err := s.data.bind(stream.Context(), req)
+	c := &Context{Context: ctx, req: req, desc: st.desc, send: send}
+	data, err := bind(ctx)
 	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "stage %s (%s): %v", req.GetStage(), req.GetKind(), err)
+		return &stageError{code: codes.InvalidArgument, err: fmt.Errorf("stage %s (%s): %w", req.GetStage(), req.GetKind(), err)}
 	}
 	c.data = data
 	defer data.release()
@@ -163,16 +192,17 @@ func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
 	shared = s.leave() || shared
 
 	if runErr != nil {
-		return stageStatus(runErr)
+		st := status.Convert(stageStatus(runErr))
+		return &stageError{code: st.Code(), err: runErr, msg: st.Message()}
 	}
 	dyn, err := data.finish()
 	if err != nil {
-		return status.Errorf(codes.FailedPrecondition, "stage %s (%s): %v", req.GetStage(), req.GetKind(), err)
+		return &stageError{code: codes.FailedPrecondition, err: fmt.Errorf("stage %s (%s): %w", req.GetStage(), req.GetKind(), err)}
 	}
 	c.metricsMu.Lock()
 	metrics := c.metrics
 	c.metricsMu.Unlock()
-	return c.send(&pb.RunEvent{Event: &pb.RunEvent_Result{Result: &pb.Result{
+	err = c.send(&pb.RunEvent{Event: &pb.RunEvent_Result{Result: &pb.Result{
 		DynamicOutputs: dyn,
 		Metrics:        metrics,
 		Stats: &pb.StageStats{
@@ -180,6 +210,10 @@ func (s *server) Run(req *pb.RunRequest, stream pb.Stage_RunServer) error {
 			CpuNs: uint64(cpuNs(cpu1) - cpuNs(cpu0)),
 		},
 	}}})
+	if err != nil {
+		return &stageError{code: status.Code(err), err: err, wire: true}
+	}
+	return nil
 }
 
 // enter marks a Run active; the first one resets the process's peak RSS so

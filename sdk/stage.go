@@ -26,35 +26,17 @@ package sdk
 
 import (
 	"fmt"
-	"math"
 	"reflect"
-	"strconv"
 	"strings"
 
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
-)
-
-// DType is an element type of a grid.
-type DType = pb.DType
-
-// Element types.
-const (
-	F32 = pb.DType_DTYPE_F32
-	F64 = pb.DType_DTYPE_F64
-	I8  = pb.DType_DTYPE_I8
-	I16 = pb.DType_DTYPE_I16
-	I32 = pb.DType_DTYPE_I32
-	I64 = pb.DType_DTYPE_I64
-	U8  = pb.DType_DTYPE_U8
-	U16 = pb.DType_DTYPE_U16
-	U32 = pb.DType_DTYPE_U32
-	U64 = pb.DType_DTYPE_U64
+	"github.com/pipehost/pipehost/sdk/internal/paramconv"
 )
 
 // Port declares one input or output of a stage.
 type Port struct {
 	Name string
-	Kind pb.PortKind
+	Kind PortKind
 	// DType and Level apply to grids.
 	DType DType
 	Level int
@@ -65,30 +47,31 @@ type Port struct {
 
 // GridPort declares a grid port at the native resolution.
 func GridPort(name string, dt DType) Port {
-	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_GRID, DType: dt}
+	return Port{Name: name, Kind: GridKind, DType: dt}
 }
 
 // GridPortAt declares a grid port at a pyramid level (1 = half resolution).
 func GridPortAt(name string, dt DType, level int) Port {
-	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_GRID, DType: dt, Level: level}
+	return Port{Name: name, Kind: GridKind, DType: dt, Level: level}
 }
 
 // TablePort declares an Arrow table port.
 func TablePort(name string) Port {
-	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_TABLE}
+	return Port{Name: name, Kind: TableKind}
 }
 
 // BlobPort declares an opaque byte port.
 func BlobPort(name string) Port {
-	return Port{Name: name, Kind: pb.PortKind_PORT_KIND_BLOB}
+	return Port{Name: name, Kind: BlobKind}
 }
 
 // Spec describes a stage kind.
 type Spec struct {
 	// Kind is the dotted, globally unique stage kind, e.g. "terrain.fbm".
 	Kind string
-	// Version of the stage's behaviour; bump it when outputs change for the
-	// same inputs, so cached results are not reused.
+	// Version of the stage's behaviour (required); bump it when outputs
+	// change for the same inputs: it is part of the cache key, so results
+	// of the old code are not reused.
 	Version string
 	Doc     string
 	Inputs  []Port
@@ -108,8 +91,8 @@ type Stage struct {
 	run    func(*Context, reflect.Value) error
 }
 
-// Descriptor returns the stage's protocol descriptor.
-func (s Stage) Descriptor() *pb.StageDescriptor { return s.desc }
+// Kind is the stage kind, as given in its Spec.
+func (s Stage) Kind() string { return s.desc.GetKind() }
 
 // Define registers a stage kind whose params are the exported fields of P
 // tagged `param:"name"`, with optional `default:"..."` (no default: the
@@ -120,8 +103,9 @@ func Define[P any](spec Spec, run func(c *Context, p P) error) Stage {
 	if spec.Kind == "" {
 		panic("sdk.Define: Spec.Kind is empty")
 	}
-	if spec.Version == "" {
-		spec.Version = "0.0.0"
+	if strings.TrimSpace(spec.Version) == "" {
+		panic(fmt.Sprintf("sdk.Define(%s): Spec.Version is empty: give the stage a version, e.g. Version: \"1.0.0\", "+
+			"and bump it whenever its outputs change for the same inputs (it is part of the cache key)", spec.Kind))
 	}
 	var zero P
 	pt := reflect.TypeOf(zero)
@@ -152,11 +136,16 @@ func Define[P any](spec Spec, run func(c *Context, p P) error) Stage {
 				panic(fmt.Sprintf("sdk.Define(%s): port name %q is empty or used twice", spec.Kind, p.Name))
 			}
 			seen[p.Name] = true
-			if p.Kind == pb.PortKind_PORT_KIND_GRID && p.DType == pb.DType_DTYPE_UNSPECIFIED {
+			switch p.Kind {
+			case GridKind, TableKind, BlobKind:
+			default:
+				panic(fmt.Sprintf("sdk.Define(%s): port %q has no kind: declare it with GridPort, TablePort or BlobPort", spec.Kind, p.Name))
+			}
+			if p.Kind == GridKind && dtypeNames[p.DType] == "" {
 				panic(fmt.Sprintf("sdk.Define(%s): grid port %q has no dtype", spec.Kind, p.Name))
 			}
 			*ports.dst = append(*ports.dst, &pb.Port{
-				Name: p.Name, Kind: p.Kind, Dtype: p.DType, Level: uint32(p.Level), Optional: p.Optional, Doc: p.Doc,
+				Name: p.Name, Kind: pb.PortKind(p.Kind), Dtype: p.DType.wire(), Level: uint32(p.Level), Optional: p.Optional, Doc: p.Doc,
 			})
 		}
 	}
@@ -172,7 +161,7 @@ func Define[P any](spec Spec, run func(c *Context, p P) error) Stage {
 					}
 					val = f.spec.Default
 				}
-				if err := setField(v.Field(f.index), val); err != nil {
+				if err := paramconv.Set(v.Field(f.index), val); err != nil {
 					return v, fmt.Errorf("param %q: %w", f.name, err)
 				}
 			}
@@ -218,12 +207,12 @@ func paramFields(t reflect.Type) ([]paramField, []*pb.ParamSpec, error) {
 			return nil, nil, fmt.Errorf("param %q: unsupported field type %s", name, sf.Type)
 		}
 		if def, ok := sf.Tag.Lookup("default"); ok {
-			v, err := parseDefault(spec.Type, def)
+			v, err := paramconv.ParseDefault(spec.Type, def)
 			if err != nil {
 				return nil, nil, fmt.Errorf("param %q: default %q: %w", name, def, err)
 			}
 			// Reject defaults the field cannot hold, at definition time.
-			if err := setField(reflect.New(sf.Type).Elem(), v); err != nil {
+			if err := paramconv.Set(reflect.New(sf.Type).Elem(), v); err != nil {
 				return nil, nil, fmt.Errorf("param %q: default %q: %w", name, def, err)
 			}
 			spec.Default = v
@@ -232,84 +221,6 @@ func paramFields(t reflect.Type) ([]paramField, []*pb.ParamSpec, error) {
 		specs = append(specs, spec)
 	}
 	return fields, specs, nil
-}
-
-func parseDefault(t pb.ParamType, s string) (*pb.Value, error) {
-	switch t {
-	case pb.ParamType_PARAM_TYPE_BOOL:
-		b, err := strconv.ParseBool(s)
-		return &pb.Value{Kind: &pb.Value_BoolValue{BoolValue: b}}, err
-	case pb.ParamType_PARAM_TYPE_INT:
-		i, err := strconv.ParseInt(s, 0, 64)
-		return &pb.Value{Kind: &pb.Value_IntValue{IntValue: i}}, err
-	case pb.ParamType_PARAM_TYPE_FLOAT:
-		f, err := strconv.ParseFloat(s, 64)
-		return &pb.Value{Kind: &pb.Value_FloatValue{FloatValue: f}}, err
-	default:
-		return &pb.Value{Kind: &pb.Value_StringValue{StringValue: s}}, nil
-	}
-}
-
-func setField(f reflect.Value, v *pb.Value) error {
-	switch f.Kind() {
-	case reflect.Bool:
-		b, ok := v.GetKind().(*pb.Value_BoolValue)
-		if !ok {
-			return fmt.Errorf("expected a boolean, got %s", valueString(v))
-		}
-		f.SetBool(b.BoolValue)
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		i, ok := v.GetKind().(*pb.Value_IntValue)
-		if !ok {
-			return fmt.Errorf("expected an integer, got %s", valueString(v))
-		}
-		if f.OverflowInt(i.IntValue) {
-			return fmt.Errorf("%d does not fit in %s", i.IntValue, f.Type())
-		}
-		f.SetInt(i.IntValue)
-	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		i, ok := v.GetKind().(*pb.Value_IntValue)
-		if !ok {
-			return fmt.Errorf("expected an integer, got %s", valueString(v))
-		}
-		if i.IntValue < 0 || f.OverflowUint(uint64(i.IntValue)) {
-			return fmt.Errorf("%d does not fit in %s", i.IntValue, f.Type())
-		}
-		f.SetUint(uint64(i.IntValue))
-	case reflect.Float32, reflect.Float64:
-		switch x := v.GetKind().(type) {
-		case *pb.Value_FloatValue:
-			if f.Kind() == reflect.Float32 && !math.IsInf(x.FloatValue, 0) && math.Abs(x.FloatValue) > math.MaxFloat32 {
-				return fmt.Errorf("%g does not fit in float32", x.FloatValue)
-			}
-			f.SetFloat(x.FloatValue)
-		case *pb.Value_IntValue:
-			f.SetFloat(float64(x.IntValue))
-		default:
-			return fmt.Errorf("expected a number, got %s", valueString(v))
-		}
-	case reflect.String:
-		s, ok := v.GetKind().(*pb.Value_StringValue)
-		if !ok {
-			return fmt.Errorf("expected a string, got %s", valueString(v))
-		}
-		f.SetString(s.StringValue)
-	}
-	return nil
-}
-
-func valueString(v *pb.Value) string {
-	switch x := v.GetKind().(type) {
-	case *pb.Value_BoolValue:
-		return fmt.Sprintf("boolean %v", x.BoolValue)
-	case *pb.Value_IntValue:
-		return fmt.Sprintf("integer %d", x.IntValue)
-	case *pb.Value_FloatValue:
-		return fmt.Sprintf("float %g", x.FloatValue)
-	case *pb.Value_StringValue:
-		return fmt.Sprintf("string %q", x.StringValue)
-	}
-	return "nothing"
 }
 
 // kindList is used in error messages.

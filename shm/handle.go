@@ -81,6 +81,23 @@ func GridHandle(segID, segSize, off uint64, dt pb.DType, height, width uint64, l
 	}
 }
 
+// AdoptedHandle is the handle a plugin returns for a dynamic output of kind
+// (a table or a blob) whose segment of size bytes it sent by ADOPT
+// (docs/protocol.md, "Dynamic outputs"): the whole segment from offset 0,
+// segment_id 0 (the host assigns one); a table is Arrow IPC, a blob raw u8
+// bytes of shape [size].
+func AdoptedHandle(kind pb.PortKind, size uint64) *pb.Handle {
+	h := &pb.Handle{SegmentSize: size, Nbytes: size, Kind: kind}
+	if kind == pb.PortKind_PORT_KIND_TABLE {
+		h.Format = pb.Format_FORMAT_ARROW_IPC
+		return h
+	}
+	h.Kind = pb.PortKind_PORT_KIND_BLOB
+	h.Format = pb.Format_FORMAT_RAW
+	h.Dtype, h.Shape, h.Strides = pb.DType_DTYPE_U8, []uint64{size}, []uint64{1}
+	return h
+}
+
 // Validate checks a handle against the real size of its segment before any
 // memory is touched. The rules (docs/protocol.md):
 //

@@ -42,6 +42,7 @@ func commands() []command {
 		{"lock", "record the SHA-256 of the plugins a pipeline uses in pipehost.lock beside it", cmdLock},
 		{"plugins", "list plugins and the stage kinds they offer", cmdPlugins},
 		{"cache", "list, collect or clear the stage-output cache", cmdCache},
+		{"new", "start a stage project: new stage KIND --lang go|rust|cpp|python", cmdNew},
 		{"version", "print the version", cmdVersion},
 	}
 }

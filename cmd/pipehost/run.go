@@ -87,6 +87,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&resources, "resource", "capacity of a named resource: name=N (repeatable)")
 	noCache := fs.Bool("no-cache", false, "neither read nor write the stage cache")
 	remoteCache := fs.String("remote-cache", "", "shared REAPI cache behind the local one, grpc://HOST:PORT (also remote.cache in the config); a server that cannot be reached costs one warning")
+	remoteExecutor := fs.String("remote-executor", "", "REAPI executor for the stages the config marks remote (remote.kinds, a stage's remote = true), grpc://HOST:PORT (also remote.executor in the config)")
+	remoteFallback := fs.String("remote-fallback", "", "when the remote executor cannot be reached: error (fail, the default) or local (run those stages here, with one warning); also remote.fallback")
+	stageRunner := fs.String("stage-runner", "", "pipehost-stage binary shipped in every remote action (default: the one beside pipehost, else on PATH)")
 	updateLock := fs.Bool("update-lock", false, "accept the installed plugin binaries and rewrite pipehost.lock beside the config, instead of refusing ones that differ from it")
 	traceMarkers := fs.Bool("trace-markers", false, "write every stage and subtask to tracefs trace_marker for perf, trace-cmd and Perfetto (also output.trace_markers)")
 	fs.Var(&refresh, "refresh", "recompute this stage even if cached (repeatable)")
@@ -101,6 +104,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	opts.MemBudget = int64(budget)
 	opts.CacheDir, opts.CacheMax = common.cacheDir, int64(cacheMax)
 	opts.RemoteCache = *remoteCache
+	opts.RemoteExecutor, opts.RemoteFallback, opts.StageRunner = *remoteExecutor, *remoteFallback, *stageRunner
 	if *noCache {
 		opts.CacheDir = ""
 	}

@@ -28,7 +28,8 @@ type Pipeline struct {
 	// PluginEnv names the host environment variables passed on to plugins,
 	// beyond the few every plugin gets (plugins.env).
 	PluginEnv []string
-	// Remote configures the shared REAPI cache (docs/scale-out.md).
+	// Remote configures the shared REAPI cache and remote execution
+	// (docs/scale-out.md).
 	Remote Remote
 }
 
@@ -37,7 +38,29 @@ type Remote struct {
 	// Cache is the remote cache's endpoint, grpc://HOST:PORT ("": none);
 	// the command line's --remote-cache takes precedence.
 	Cache string
+	// Executor is the REAPI execution endpoint, grpc://HOST:PORT ("":
+	// none); the command line's --remote-executor takes precedence.
+	Executor    string
+	ExecutorPos Pos
+	// Kinds are the stage kinds that run on the executor (a stage's own
+	// remote setting overrides it).
+	Kinds    []string
+	KindsPos []Pos
+	// Fallback is what a remote stage does when the executor cannot be
+	// reached: "error" (the default) or "local".
+	Fallback    string
+	FallbackPos Pos
+	// Platform are the REAPI platform properties of remote actions; a
+	// stage's platform table overrides them key by key.
+	Platform map[string]string
+	Pos      Pos
 }
+
+// Fallback policies of remote execution.
+const (
+	FallbackError = "error"
+	FallbackLocal = "local"
+)
 
 // Grid is the run's grid: topology, native size and pyramid depth.
 type Grid struct {
@@ -76,6 +99,13 @@ type Stage struct {
 	Cache *bool
 	// Save lists the outputs written as datasets.
 	Save []Save
+	// Remote is nil when the config does not say; true runs the stage on
+	// the remote executor, false keeps it local whatever remote.kinds says.
+	Remote    *bool
+	RemotePos Pos
+	// Platform overrides remote.platform for this stage's actions.
+	Platform    map[string]string
+	PlatformPos Pos
 }
 
 // Param is a parameter value as written; the plan checks it against the
@@ -292,11 +322,7 @@ func decode(file string, root *Node) (*Pipeline, error) {
 		}
 	}
 	if f := root.Get("remote"); f != nil {
-		if n := d.fields(f.Value, "remote", "cache"); n != nil {
-			if g := n.Get("cache"); g != nil {
-				p.Remote.Cache, _ = d.str(g, "remote.cache")
-			}
-		}
+		d.remote(p, f)
 	}
 	if f := root.Get("resources"); f != nil {
 		if f.Value.Kind != Map {
@@ -355,7 +381,7 @@ func (d *decoder) stage(sf Field) *Stage {
 	if !nameRE.MatchString(sf.Key) || strings.Contains(sf.Key, ".") {
 		d.errorf(sf.KeyPos, key, "%q is not a valid stage name (letters, digits, _ and -; no dots)", sf.Key)
 	}
-	n := d.fields(sf.Value, key, "kind", "params", "inputs", "timeout", "cache", "save")
+	n := d.fields(sf.Value, key, "kind", "params", "inputs", "timeout", "cache", "save", "remote", "platform")
 	if n == nil {
 		return nil
 	}
@@ -403,6 +429,14 @@ func (d *decoder) stage(sf Field) *Stage {
 	}
 	if g := n.Get("save"); g != nil {
 		d.save(s, g, key+".save")
+	}
+	if g := n.Get("remote"); g != nil {
+		if b, ok := d.boolean(g, key+".remote"); ok {
+			s.Remote, s.RemotePos = &b, g.Value.Pos
+		}
+	}
+	if g := n.Get("platform"); g != nil {
+		s.Platform, s.PlatformPos = d.platform(g, key+".platform"), g.Value.Pos
 	}
 	return s
 }

@@ -63,6 +63,10 @@ const inlineDigest = 1 << 20
 // read through read-only mappings), the large ones in the background.
 func (e *Engine) digestOutputs(r *StageResult) {
 	for _, o := range r.Outputs {
+		if !o.known.IsZero() {
+			o.setDigest(o.known, nil)
+			continue
+		}
 		seg := o.Entry.Segment
 		if seg.Size() < inlineDigest {
 			o.setDigest(cache.SegmentDigest(seg))

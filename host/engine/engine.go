@@ -64,6 +64,9 @@ type Options struct {
 	// Resources are the capacities of named resources (e.g. "gpu": 1)
 	// that stages may declare they need.
 	Resources map[string]int
+	// RemoteExec runs the stages the plan marks remote on an REAPI
+	// executor (nil: every stage runs locally).
+	RemoteExec *RemoteExec
 	// NoPrefault turns off allocating a stage's outputs and fallocating
 	// their pages as soon as its producers are running (done only without
 	// a memory budget, whose admission order it would otherwise disturb).
@@ -135,6 +138,8 @@ type StageResult struct {
 	Pid    int
 	// BytesIn and BytesOut are the sizes of the stage's inputs and outputs.
 	BytesIn, BytesOut int64
+	// Remote is set when the stage ran on the remote executor.
+	Remote *RemoteRun
 
 	started     chan struct{} // closed once the stage holds its memory (or ended)
 	startedOnce sync.Once
@@ -173,6 +178,9 @@ type Output struct {
 
 	digested  chan struct{}
 	digestErr error
+	// known is a digest verified when the bytes arrived (a remote
+	// stage's download), so digestOutputs need not hash them again.
+	known cache.Digest
 
 	mu sync.Mutex
 	// pending holds the consumers of a not-yet-materialized output that

@@ -25,6 +25,9 @@ const adoptWait = 10 * time.Second
 
 // runStage runs one stage to completion and fills r.
 func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult) {
+	if e.runRemote(ctx, n, r, results) {
+		return
+	}
 	r.StartNs = clock.Now()
 	p, release, err := e.lease(ctx, n)
 	fail := func(err error) {

@@ -44,6 +44,10 @@ type Node struct {
 	Consumers []*Edge
 	// Index is the node's position in Plan.Nodes.
 	Index int
+	// Remote: the stage runs on the remote executor (remote.kinds or the
+	// stage's remote = true), with Platform as its action's properties.
+	Remote   bool
+	Platform map[string]string
 }
 
 // Edge connects a producer's output port to a consumer's input port.
@@ -120,6 +124,7 @@ func Build(cfg *config.Pipeline, reg Registry) (*Plan, error) {
 			}
 		}
 	}
+	b.remote(p)
 	// Wiring needs every node to exist first.
 	for _, sc := range cfg.Stages {
 		n := p.byName[sc.Name]

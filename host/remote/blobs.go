@@ -254,21 +254,7 @@ func (c *Client) Download(ctx context.Context, d Digest, name string) (*shm.Segm
 	if err != nil {
 		return nil, err
 	}
-	err = seg.Use(func(fd int) error {
-		return c.read(ctx, d, func(p []byte, off int64) error {
-			for len(p) > 0 {
-				n, err := unix.Pwrite(fd, p, off)
-				if err == unix.EINTR {
-					continue
-				}
-				if err != nil {
-					return fmt.Errorf("writing segment %q: %w", name, err)
-				}
-				p, off = p[n:], off+int64(n)
-			}
-			return nil
-		})
-	})
+	err = c.DownloadTo(ctx, d, seg)
 	if err == nil {
 		err = seg.SealWrite()
 	}
@@ -277,6 +263,31 @@ func (c *Client) Download(ctx context.Context, d Digest, name string) (*shm.Segm
 		return nil, err
 	}
 	return seg, nil
+}
+
+// DownloadTo writes a blob into an existing segment of exactly its size
+// (one the caller allocated, e.g. a stage's pre-allocated output) with
+// pwrite, checking the SHA-256 as Download does. The caller seals it; after
+// an error the segment holds partial bytes and must not be used.
+func (c *Client) DownloadTo(ctx context.Context, d Digest, seg *shm.Segment) error {
+	if seg.Size() != d.Size {
+		return fmt.Errorf("remote %s: blob %s is %d bytes, segment %q has %d", c.target, d.Hash[:12], d.Size, seg.Name(), seg.Size())
+	}
+	return seg.Use(func(fd int) error {
+		return c.read(ctx, d, func(p []byte, off int64) error {
+			for len(p) > 0 {
+				n, err := unix.Pwrite(fd, p, off)
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil {
+					return fmt.Errorf("writing segment %q: %w", seg.Name(), err)
+				}
+				p, off = p[n:], off+int64(n)
+			}
+			return nil
+		})
+	})
 }
 
 // ReadBytes reads a small blob into memory, verified like Download.

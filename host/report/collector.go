@@ -46,10 +46,14 @@ func (c *Collector) StageStart(n *plan.Node, r *engine.StageResult) {
 	c.mu.Lock()
 	c.running[n.Name] = r.StartNs
 	c.mu.Unlock()
-	c.emit(runlog.Event{Type: "stage_start", TimeNs: r.StartNs, Stage: n.Name, Data: map[string]any{
+	data := map[string]any{
 		"kind": n.Kind, "plugin": r.Plugin, "pid": r.Pid, "slot": r.Slot,
 		"cache": r.Cache, "miss_reason": r.MissReason, "bytes_in": r.BytesIn,
-	}})
+	}
+	if r.Remote != nil {
+		data["where"], data["executor"] = "remote", r.Remote.Executor
+	}
+	c.emit(runlog.Event{Type: "stage_start", TimeNs: r.StartNs, Stage: n.Name, Data: data})
 }
 
 // StageEvent implements engine.Observer.
@@ -102,6 +106,13 @@ func (c *Collector) StageEnd(n *plan.Node, r *engine.StageResult) {
 	}
 	if r.Key != "" {
 		data["cache_key"] = r.Key
+	}
+	if rr := r.Remote; rr != nil {
+		data["where"], data["executor"], data["action_digest"] = "remote", rr.Executor, rr.Action
+		data["remote_upload_ns"], data["remote_exec_ns"], data["remote_download_ns"] = rr.UploadNs, rr.ExecNs, rr.DownloadNs
+		if rr.Worker != "" {
+			data["remote_worker"] = rr.Worker
+		}
 	}
 	if st := r.Stats; st != nil {
 		data["peak_rss_bytes"] = st.GetPeakRssBytes()

@@ -132,6 +132,9 @@ func (c *Collector) WriteSummary(path string, info RunInfo) error {
 		if r.Note != "" {
 			cacheCol += " (" + mdEscape(r.Note) + ")"
 		}
+		if rr := r.Remote; rr != nil && rr.Action != "" {
+			cacheCol += fmt.Sprintf(" (ran remotely on %s, action `%s`)", mdEscape(rr.Executor), shortAction(rr.Action))
+		}
 		fmt.Fprintf(&b, "| %s | `%s` | %s | %s | %s | %s | %s | %s |\n", n.Name, n.Kind, r.Status, cacheCol, dur(StageTime(r)), peak, units.Bytes(r.BytesIn), units.Bytes(r.BytesOut))
 	}
 	b.WriteString("\nTime is the plugin's own stage time. A * on the peak RSS marks a process that ran other stages at the same time. Shared-memory segments are counted once, in the memory line above, not in each process.\n")
@@ -226,4 +229,12 @@ func (c *Collector) WriteTrace(path string, p *plan.Plan, res *engine.Result, st
 		return err
 	}
 	return atomicfile.Write(path, b)
+}
+
+// shortAction is an action digest cut to its first 12 hex digits.
+func shortAction(a string) string {
+	if len(a) > 12 {
+		return a[:12]
+	}
+	return a
 }

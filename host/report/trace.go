@@ -54,6 +54,9 @@ func (c *Collector) Trace(p *plan.Plan, res *engine.Result, startNs int64) ([]by
 		if r.Err != nil {
 			args["error"] = r.Err.Error()
 		}
+		if rr := r.Remote; rr != nil {
+			args["where"], args["executor"], args["action_digest"] = "remote", rr.Executor, rr.Action
+		}
 		if r.Cache == engine.CacheHit {
 			evs = append(evs, traceEvent{Name: r.Name, Cat: "cache_hit", Ph: "X", Ts: us(r.StartNs), Dur: dur(r.StartNs, r.EndNs), Pid: hostPid, Tid: cacheTid, Args: args})
 			continue

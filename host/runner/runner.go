@@ -55,6 +55,15 @@ type Options struct {
 	// only with CacheDir; a server that cannot be reached costs one warning
 	// and the run goes on with the local cache.
 	RemoteCache string
+	// RemoteExecutor is the REAPI executor the plan's remote stages run
+	// on, grpc://HOST:PORT ("": the config's remote.executor).
+	RemoteExecutor string
+	// RemoteFallback overrides the config's remote.fallback ("error" or
+	// "local").
+	RemoteFallback string
+	// StageRunner is pipehost-stage, shipped in every remote action (""
+	// : the one beside this executable, else on PATH).
+	StageRunner string
 	// Warn receives one-line notices (e.g. the cache being unusable).
 	Warn func(string)
 	// Resources override the config's resource capacities; "gpu" defaults
@@ -104,6 +113,8 @@ type Session struct {
 	Cache    *cache.Cache
 	// Remote is the shared cache behind Cache (nil: none).
 	Remote *remote.Cache
+	// Executor runs the plan's remote stages (nil: the plan has none).
+	Executor *engine.RemoteExec
 	// Setup says what setting the session up did and cost.
 	Setup SetupStats
 	// Reports are the files the last Run wrote.
@@ -144,7 +155,9 @@ func (s *Session) prepare(n *plan.Node) {
 			continue
 		}
 		s.prepared[m] = true
-		if e, ok := s.Registry.Entry(m.Kind); ok {
+		// A stage for the remote executor needs no local process (one is
+		// started on demand if it falls back to running here).
+		if e, ok := s.Registry.Entry(m.Kind); ok && !(m.Remote && s.Executor != nil) {
 			s.mgr.Prestart(e.Plugin, s.catalog)
 		}
 		for _, out := range m.Consumers {
@@ -273,8 +286,13 @@ func Open(ctx context.Context, opts Options) (*Session, error) {
 			}
 		}
 	}
+	x, err := openExecutor(ctx, opts, p)
+	if err != nil {
+		mgr.Close()
+		return nil, err
+	}
 	sess := &Session{Config: cfg, Plugins: mgr.Plugins(), Registry: reg, Plan: p, mgr: mgr, catalog: cat, opts: opts,
-		Arena: arena.New(opts.MemBudget), openNs: openNs, Setup: setup}
+		Arena: arena.New(opts.MemBudget), openNs: openNs, Setup: setup, Executor: x}
 	if opts.CacheDir != "" {
 		c, err := cache.Open(opts.CacheDir)
 		if err != nil {
@@ -331,6 +349,7 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 	opts.Prepare = s.prepare
 	opts.Cache = s.Cache
 	opts.Remote = s.Remote
+	opts.RemoteExec = s.Executor
 	if opts.Observer != nil {
 		opts.Observer = engine.Observers(col, opts.Observer)
 	} else {
@@ -387,6 +406,9 @@ func (s *Session) Close() error {
 	s.Arena.Close()
 	if s.Remote != nil {
 		s.Remote.Close()
+	}
+	if s.Executor != nil {
+		s.Executor.Close()
 	}
 	if s.Cache != nil {
 		s.Cache.Close()

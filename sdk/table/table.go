@@ -9,7 +9,6 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 
-	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/sdk"
 )
 
@@ -41,8 +40,8 @@ func Read(c *sdk.Context, name string) (*ipc.FileReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	if h.GetFormat() != pb.Format_FORMAT_ARROW_IPC {
-		return nil, fmt.Errorf("input %q is not an Arrow IPC table (format %s)", name, h.GetFormat())
+	if h.Format != sdk.ArrowIPC {
+		return nil, fmt.Errorf("input %q is not an Arrow IPC table (format %s)", name, h.Format)
 	}
 	r, err := ipc.NewMappedFileReader(b)
 	if err != nil {

@@ -79,6 +79,22 @@ func (h *host) warns() []string {
 // local cache.
 func (h *host) open(t *testing.T, cfg, remoteCache string, refresh ...string) *runner.Session {
 	t.Helper()
+	sess, err := h.session(t, cfg, func(o *runner.Options) {
+		o.RemoteCache = remoteCache
+		for _, r := range refresh {
+			o.Engine.Refresh[r] = true
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sess
+}
+
+// session opens cfg on this host with options edit may change (remote
+// execution, overrides); the error is runner.Open's.
+func (h *host) session(t *testing.T, cfg string, edit func(*runner.Options)) (*runner.Session, error) {
+	t.Helper()
 	// A short TMPDIR: the plugins' socket paths must fit sun_path.
 	tmp, err := os.MkdirTemp("", "ph")
 	if err != nil {
@@ -92,11 +108,10 @@ func (h *host) open(t *testing.T, cfg, remoteCache string, refresh ...string) *r
 		plugins = testbin.Build(t, "plugins/go")
 	}
 	opts := runner.Options{
-		ConfigPath:  cfg,
-		PluginDirs:  []string{plugins},
-		CacheDir:    h.cacheDir,
-		RemoteCache: remoteCache,
-		OutDir:      h.outDir,
+		ConfigPath: cfg,
+		PluginDirs: []string{plugins},
+		CacheDir:   h.cacheDir,
+		OutDir:     h.outDir,
 		Warn: func(s string) {
 			h.mu.Lock()
 			h.warnings = append(h.warnings, s)
@@ -104,14 +119,10 @@ func (h *host) open(t *testing.T, cfg, remoteCache string, refresh ...string) *r
 		},
 	}
 	opts.Engine.Refresh = map[string]bool{}
-	for _, r := range refresh {
-		opts.Engine.Refresh[r] = true
+	if edit != nil {
+		edit(&opts)
 	}
-	sess, err := runner.Open(context.Background(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sess
+	return runner.Open(context.Background(), opts)
 }
 
 // run runs a session to its end and checks it succeeded and freed every

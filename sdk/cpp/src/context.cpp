@@ -26,7 +26,7 @@ std::map<std::string, ParamValue> decode_params(const StageDef& def,
         case pb::Value::kIntValue: v = static_cast<int64_t>(pv.int_value()); break;
         case pb::Value::kFloatValue: v = pv.float_value(); break;
         case pb::Value::kStringValue: v = pv.string_value(); break;
-        default: throw Error("param \"" + spec.name + "\": the host sent no value");
+        default: throw Error("param \"" + spec.name + "\": has no value");
       }
     }
     if (spec.check) {

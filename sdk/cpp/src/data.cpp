@@ -101,6 +101,23 @@ void RunData::bind(const pipehost::v1::RunRequest& req, std::chrono::millisecond
   for (const auto& b : req.outputs()) outputs[b.port()] = open(b, false, deadline);
 }
 
+pipehost::v1::Handle adopted_handle(PortKind kind, uint64_t size) {
+  pipehost::v1::Handle h;
+  h.set_segment_size(size);
+  h.set_nbytes(size);
+  if (kind == PortKind::Table) {
+    h.set_kind(pipehost::v1::PORT_KIND_TABLE);
+    h.set_format(pipehost::v1::FORMAT_ARROW_IPC);
+  } else {
+    h.set_kind(pipehost::v1::PORT_KIND_BLOB);
+    h.set_format(pipehost::v1::FORMAT_RAW);
+    h.set_dtype(pipehost::v1::DTYPE_U8);
+    h.add_shape(size);
+    h.add_strides(1);
+  }
+  return h;
+}
+
 std::vector<pipehost::v1::Binding> RunData::finish() {
   std::lock_guard<std::mutex> lock(mu);
   for (auto& [name, b] : outputs) {
@@ -131,19 +148,7 @@ std::vector<pipehost::v1::Binding> RunData::finish() {
       pipehost::v1::Binding b;
       b.set_port(d.port);
       b.set_fd_token(tok);
-      auto* h = b.mutable_handle();
-      h->set_segment_size(size);
-      h->set_nbytes(size);
-      if (d.kind == PortKind::Table) {
-        h->set_kind(pipehost::v1::PORT_KIND_TABLE);
-        h->set_format(pipehost::v1::FORMAT_ARROW_IPC);
-      } else {
-        h->set_kind(pipehost::v1::PORT_KIND_BLOB);
-        h->set_format(pipehost::v1::FORMAT_RAW);
-        h->set_dtype(pipehost::v1::DTYPE_U8);
-        h->add_shape(size);
-        h->add_strides(1);
-      }
+      *b.mutable_handle() = adopted_handle(d.kind, size);
       out.push_back(std::move(b));
     } catch (const Error& e) {
       throw Error(what + e.what());

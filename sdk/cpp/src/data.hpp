@@ -23,6 +23,12 @@ inline constexpr std::chrono::milliseconds kFdWait{10000};
 
 HandleDesc handle_desc(const pipehost::v1::Handle& h);
 
+// adopted_handle is the handle of a dynamic output of kind (table or blob)
+// whose segment of size bytes goes to the host by ADOPT: the whole segment,
+// segment_id 0 (the host assigns one); a table is Arrow IPC, a blob raw u8
+// bytes of shape [size]. testdata/adopted.json pins it.
+pipehost::v1::Handle adopted_handle(PortKind kind, uint64_t size);
+
 struct Buffer {
   std::string port;
   HandleDesc handle;

@@ -23,6 +23,7 @@
 #include "goplugin/controller.grpc.pb.h"
 #include "pipehost/v1/stage.grpc.pb.h"
 #include "shm.hpp"
+#include "testdata.hpp"
 
 using namespace pipehost::detail;
 namespace pb = pipehost::v1;
@@ -401,4 +402,113 @@ TEST(PluginProcess, ProtocolViolationOnTheChannelEndsThePlugin) {
   ASSERT_NE(st, -1);
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 3) << st;
   EXPECT_NE(read_all(p.err.get()).find("bad magic"), std::string::npos);
+}
+
+namespace {
+
+// call makes one unary gRPC call by method path with raw protobuf bytes.
+grpc::Status call(const std::shared_ptr<grpc::Channel>& ch, const std::string& path, const std::string& body,
+                  std::string& reply, std::chrono::milliseconds timeout) {
+  grpc::GenericStub stub(ch);
+  grpc::Slice slice(body.data(), body.size());
+  grpc::ByteBuffer req(&slice, 1), resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&ctx, path, grpc::StubOptions(), &req, &resp, [&](grpc::Status s) { done.set_value(s); });
+  const grpc::Status st = done.get_future().get();
+  reply.clear();
+  std::vector<grpc::Slice> slices;
+  if (st.ok() && resp.Dump(&slices).ok()) {
+    for (auto& s : slices) reply.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return st;
+}
+
+}  // namespace
+
+// testdata/handshake.json: everything the plugin matches comes from the
+// vectors — cookie, versions, the handshake line, the health service name,
+// the controller and stdio method paths.
+TEST(PluginProcess, MatchesTheHandshakeVectors) {
+  const auto v = testdata::load("handshake.json");
+  ASSERT_EQ(v["schema"], "pipehost.handshake/1");
+  // Plugin::start passes the socket directory and fd channel the host's way.
+  EXPECT_EQ(v["env"]["unix_socket_dir"], "PLUGIN_UNIX_SOCKET_DIR");
+  EXPECT_EQ(v["env"]["fd_channel"], kEnvFdChannel);
+  EXPECT_EQ(v["fd_channel_fd"], 3);
+  const std::string cookie =
+      v["magic_cookie_key"].get<std::string>() + "=" + v["magic_cookie_value"].get<std::string>();
+  const std::string app = std::to_string(v["app_protocol_version"].get<int>());
+  const std::string versions = v["env"]["protocol_versions"].get<std::string>() + "=";
+  {
+    // Another application protocol version only: refused, nothing on stdout.
+    Plugin p;
+    p.start({cookie, versions + std::to_string(v["app_protocol_version"].get<int>() + 1)});
+    const std::string out = read_all(p.out.get());
+    const int st = p.wait_exit(std::chrono::seconds(5));
+    ASSERT_TRUE(WIFEXITED(st));
+    EXPECT_NE(WEXITSTATUS(st), 0);
+    EXPECT_EQ(out, "");
+  }
+  {
+    // The cookie's value must match exactly.
+    Plugin p;
+    p.start({cookie + "x", versions + app});
+    const std::string out = read_all(p.out.get());
+    const int st = p.wait_exit(std::chrono::seconds(5));
+    ASSERT_TRUE(WIFEXITED(st));
+    EXPECT_EQ(WEXITSTATUS(st), 1);
+    EXPECT_EQ(out, "");
+  }
+  Plugin p;
+  p.start({cookie, versions + "0," + app});
+  const std::string line = p.first_line() + "\n";
+  // core|app|network|address|protocol
+  std::vector<std::string> f;
+  size_t at = 0;
+  for (size_t bar; (bar = line.find('|', at)) != std::string::npos; at = bar + 1) {
+    f.push_back(line.substr(at, bar - at));
+  }
+  f.push_back(line.substr(at));
+  ASSERT_EQ(f.size(), 5u) << line;
+  const std::string address = f[3];
+  std::string want = v["handshake_line"].get<std::string>();
+  const std::vector<std::pair<std::string, std::string>> fill = {
+      {"{core}", std::to_string(v["core_protocol_version"].get<int>())}, {"{app}", app}, {"{address}", address}};
+  for (const auto& [key, val] : fill) {
+    ASSERT_NE(want.find(key), std::string::npos) << key;
+    want.replace(want.find(key), key.size(), val);
+  }
+  EXPECT_EQ(line, want);
+  EXPECT_EQ(f[2], v["network"].get<std::string>());
+  EXPECT_EQ(address.rfind(p.dir + "/", 0), 0u) << address;
+  EXPECT_LE(address.size() - p.dir.size() - 1, v["socket_name_max_bytes"].get<size_t>()) << address;
+  auto ch = grpc::CreateChannel("unix:" + address, grpc::InsecureChannelCredentials());
+  std::string reply;
+  // Health: HealthCheckRequest{service} → HealthCheckResponse{status SERVING (1)}.
+  const std::string service = v["health_service_name"].get<std::string>();
+  ASSERT_EQ(v["health_status"], "SERVING");
+  const std::string check = std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
+  grpc::Status st = call(ch, v["health_check_path"].get<std::string>(), check, reply, std::chrono::seconds(10));
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(reply, std::string("\x08\x01", 2));
+  // Describe names the revision.
+  {
+    auto stub = pb::Stage::NewStub(ch);
+    grpc::ClientContext ctx;
+    pb::DescribeResponse resp;
+    ASSERT_EQ(std::string(pb::Stage::service_full_name()), v["stage_service"].get<std::string>());
+    ASSERT_TRUE(stub->Describe(&ctx, pb::DescribeRequest(), &resp).ok());
+    EXPECT_EQ(resp.protocol_revision(), v["protocol_revision"].get<uint32_t>());
+  }
+  // StreamStdio exists: it stays open (an unknown method would be UNIMPLEMENTED).
+  st = call(ch, v["stdio_stream_path"].get<std::string>(), "", reply, std::chrono::milliseconds(300));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
+  // Shutdown: Empty → Empty, and the process exits.
+  st = call(ch, v["controller_shutdown_path"].get<std::string>(), "", reply, std::chrono::seconds(10));
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const int status = p.wait_exit(std::chrono::seconds(5));
+  ASSERT_NE(status, -1) << "still running after Shutdown";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }

@@ -303,7 +303,7 @@ def test_declarations_are_checked():
 def test_the_channel_rejects_malformed_messages():
     for data, nfds, says in [(b"\0" * 32, 1, "bad magic"), (b"x" * 40, 0, "longer than 32"),
                              (shm.Message(shm.SEGMENT, 1, 1, 8).encode(), 2, "carries 2 fds"),
-                             (shm.Message(shm.SEGMENT, 1 << 63, 1, 8).encode(), 1, "token space")]:
+                             (shm.Message(shm.SEGMENT, 1 << 63, 1, 8).encode(), 1, "is not a host token")]:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ends = []
         done = threading.Event()

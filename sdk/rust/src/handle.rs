@@ -240,6 +240,29 @@ pub fn is_dense(h: &pb::Handle) -> bool {
     h.nbytes == want
 }
 
+/// The handle of a dynamic output of `kind` (table or blob) whose segment of
+/// `size` bytes goes to the host by ADOPT: the whole segment, `segment_id` 0
+/// (the host assigns one); a table is Arrow IPC, a blob raw u8 bytes of
+/// shape `[size]`. testdata/adopted.json pins it.
+pub fn adopted_handle(kind: pb::PortKind, size: u64) -> pb::Handle {
+    let mut h = pb::Handle {
+        segment_size: size,
+        nbytes: size,
+        ..Default::default()
+    };
+    if kind == pb::PortKind::Table {
+        h.kind = pb::PortKind::Table as i32;
+        h.format = pb::Format::ArrowIpc as i32;
+    } else {
+        h.kind = pb::PortKind::Blob as i32;
+        h.format = pb::Format::Raw as i32;
+        h.dtype = pb::DType::DtypeU8 as i32;
+        h.shape = vec![size];
+        h.strides = vec![1];
+    }
+    h
+}
+
 /// A dense row-major `height × width` grid handle of `dtype` at byte `offset`.
 pub fn grid_handle(
     segment_id: u64,

@@ -278,7 +278,11 @@ impl Harness {
                 }
                 handle::grid_handle(0, size, 0, dtype, h, w, port.level)
             } else {
-                bytes_handle(port.kind, size)
+                // Shaped like the handle of a dynamic output, as the host hands it on.
+                handle::adopted_handle(
+                    pb::PortKind::try_from(port.kind).unwrap_or(pb::PortKind::Blob),
+                    size,
+                )
             };
             let token = send(&seg);
             in_bindings.push(pb::Binding {
@@ -436,30 +440,6 @@ impl Harness {
         }
         out
         // host drops here: the plugin end sees EOF and its reader thread ends.
-    }
-}
-
-/// The handle of a table or blob input of `size` bytes.
-fn bytes_handle(kind: i32, size: u64) -> pb::Handle {
-    if kind == pb::PortKind::Table as i32 {
-        pb::Handle {
-            segment_size: size,
-            nbytes: size,
-            kind,
-            format: pb::Format::ArrowIpc as i32,
-            ..Default::default()
-        }
-    } else {
-        pb::Handle {
-            segment_size: size,
-            nbytes: size,
-            kind,
-            format: pb::Format::Raw as i32,
-            dtype: pb::DType::DtypeU8 as i32,
-            shape: vec![size],
-            strides: vec![1],
-            ..Default::default()
-        }
     }
 }
 

@@ -134,8 +134,8 @@ func blobSum() sdk.Stage {
 			if err != nil {
 				return err
 			}
-			if h.GetNbytes() != uint64(len(b)) {
-				return fmt.Errorf("input in: handle says %d bytes, view has %d", h.GetNbytes(), len(b))
+			if h.Nbytes != len(b) {
+				return fmt.Errorf("input in: handle says %d bytes, view has %d", h.Nbytes, len(b))
 			}
 			var sum float64
 			for _, v := range b {

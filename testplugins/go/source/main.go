@@ -29,7 +29,11 @@ type pointsParams struct {
 func points(c *sdk.Context, p pointsParams) error {
 	rng := c.Rand()
 	lv := c.Levels()[0]
-	sphere := c.TopologyProto().GetKind() == "sphere"
+	topo, err := c.Topology()
+	if err != nil {
+		return err
+	}
+	sphere := topo.Kind() == "sphere"
 	geoms := make([]dataset.Geometry, p.N)
 	vals := array.NewFloat64Builder(memory.DefaultAllocator)
 	defer vals.Release()
@@ -38,7 +42,7 @@ func points(c *sdk.Context, p pointsParams) error {
 		if sphere {
 			geoms[i] = dataset.Point{X: -180 + 360*u, Y: math.Asin(2*v-1) * 180 / math.Pi}
 		} else {
-			geoms[i] = dataset.Point{X: u * float64(lv.GetWidth()), Y: v * float64(lv.GetHeight())}
+			geoms[i] = dataset.Point{X: u * float64(lv.Width), Y: v * float64(lv.Height)}
 		}
 		vals.Append(rng.Float64())
 	}

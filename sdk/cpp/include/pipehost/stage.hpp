@@ -144,7 +144,9 @@ T convert_param(const ParamValue& v) {
   } else if constexpr (std::is_integral_v<T>) {
     return static_cast<T>(std::get<int64_t>(v));
   } else if constexpr (std::is_floating_point_v<T>) {
-    if (std::holds_alternative<int64_t>(v)) return static_cast<T>(std::get<int64_t>(v));
+    // An integer goes through double first, as the host sends a config
+    // integer for a float param: a float rounds as in every SDK.
+    if (std::holds_alternative<int64_t>(v)) return static_cast<T>(static_cast<double>(std::get<int64_t>(v)));
     return static_cast<T>(std::get<double>(v));
   } else {
     return std::get<std::string>(v);

@@ -263,14 +263,7 @@ class RunData:
         for d in self.dynamic.values():
             # Write-seal it ourselves: no mapping is left, so this cannot be EBUSY.
             fcntl.fcntl(d.fd, shm.F_ADD_SEALS, shm.F_SEAL_WRITE | shm.F_SEAL_SEAL)
-            h = pb.Handle(segment_size=d.size, nbytes=d.size, kind=d.kind)
-            if d.kind == pb.PORT_KIND_TABLE:
-                h.format = pb.FORMAT_ARROW_IPC
-            else:
-                h.format = pb.FORMAT_RAW
-                h.dtype = pb.DTYPE_U8
-                h.shape.append(d.size)
-                h.strides.append(1)
+            h = hd.adopted_handle(d.kind, d.size)
             token = self.mailbox.new_token()
             try:
                 self.mailbox.channel.send(shm.Message(shm.ADOPT, token, 0, d.size), d.fd)

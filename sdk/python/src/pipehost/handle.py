@@ -132,3 +132,18 @@ def grid_handle(segment_id: int, segment_size: int, offset: int, dtype: int,
                      nbytes=height * width * es, dtype=dtype, shape=[height, width],
                      strides=[width * es, es], kind=pb.PORT_KIND_GRID, level=level,
                      format=pb.FORMAT_RAW)
+
+
+def adopted_handle(kind: int, size: int):
+    """The handle of a dynamic output of ``kind`` (table or blob) whose
+    segment of ``size`` bytes goes to the host by ADOPT: the whole segment,
+    ``segment_id`` 0 (the host assigns one); a table is Arrow IPC, a blob raw
+    u8 bytes of shape [size]. testdata/adopted.json pins it."""
+    h = pb.Handle(segment_size=size, nbytes=size)
+    if kind == pb.PORT_KIND_TABLE:
+        h.kind, h.format = pb.PORT_KIND_TABLE, pb.FORMAT_ARROW_IPC
+    else:
+        h.kind, h.format, h.dtype = pb.PORT_KIND_BLOB, pb.FORMAT_RAW, pb.DTYPE_U8
+        h.shape.append(size)
+        h.strides.append(1)
+    return h

@@ -28,6 +28,8 @@ MAX_FDS = 16
 PLUGIN_TOKEN_BASE = 1 << 63
 ENV_FD_CHANNEL = "PIPEHOST_FD_CHANNEL"
 _HEADER = struct.Struct("<IHHQQQ")
+_VIOLATION = "fd channel protocol violation: "
+_NAMES = {1: "SEGMENT", 2: "ADOPT", 3: "CLOSE"}
 
 # Linux values; Python's fcntl module lacks some of them.
 F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
@@ -57,15 +59,21 @@ class Message:
 
     @staticmethod
     def decode(data: bytes) -> "Message":
+        """Checks what the header alone can tell, in the order of
+        docs/protocol.md: length, magic, version, type, token space."""
         if len(data) != MSG_SIZE:
-            raise ShmError(f"fd channel: message of {len(data)} bytes, want {MSG_SIZE}")
+            raise ShmError(f"{_VIOLATION}message is {len(data)} bytes, want {MSG_SIZE}")
         magic, version, typ, token, seg, size = _HEADER.unpack(data)
         if magic != MAGIC:
-            raise ShmError(f"fd channel: bad magic {magic:#x}")
+            raise ShmError(f"{_VIOLATION}bad magic {magic:#010x}, want {MAGIC:#010x} (\"PHFD\")")
         if version != VERSION:
-            raise ShmError(f"fd channel: unsupported version {version}")
+            raise ShmError(f"{_VIOLATION}header version {version}, this side speaks {VERSION}")
         if typ not in (SEGMENT, ADOPT, CLOSE):
-            raise ShmError(f"fd channel: unknown message type {typ}")
+            raise ShmError(f"{_VIOLATION}unknown message type {typ}")
+        if typ == SEGMENT and not 1 <= token < PLUGIN_TOKEN_BASE:
+            raise ShmError(f"{_VIOLATION}SEGMENT token {token:#x} is not a host token (1 ≤ token < 2^63)")
+        if typ == ADOPT and token < PLUGIN_TOKEN_BASE:
+            raise ShmError(f"{_VIOLATION}ADOPT token {token:#x} is not a plugin token (top bit set)")
         return Message(typ, token, seg, size)
 
 
@@ -120,26 +128,30 @@ class Channel:
         data, anc, flags, _ = self.sock.recvmsg(
             MSG_SIZE + 1, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
         fds = []
+        odd = None
         for level, typ, cdata in anc:
             if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                 a = array.array("i")
                 a.frombytes(cdata[: len(cdata) - len(cdata) % a.itemsize])
                 fds.extend(a)
-        if not data and not fds:
+            else:
+                odd = (level, typ)
+        if not data and not fds and odd is None:
             return None, []
         try:
-            if flags & socket.MSG_TRUNC or len(data) > MSG_SIZE:
-                raise ShmError("fd channel: message longer than 32 bytes")
+            if odd is not None:
+                raise ShmError(f"{_VIOLATION}unexpected control message level {odd[0]} type {odd[1]}")
+            # The checks in the order of docs/protocol.md, as every SDK makes them.
             if flags & socket.MSG_CTRUNC:
-                raise ShmError("fd channel: control data truncated (too many fds, or out of descriptors)")
+                raise ShmError(f"{_VIOLATION}control data truncated "
+                               f"(more than {MAX_FDS} fds, or the fd limit is reached)")
+            if flags & socket.MSG_TRUNC or len(data) > MSG_SIZE:
+                raise ShmError(f"{_VIOLATION}message longer than {MSG_SIZE} bytes")
             msg = Message.decode(data)
             want = 0 if msg.type == CLOSE else 1
             if len(fds) != want:
-                raise ShmError(f"fd channel: message type {msg.type} carries {len(fds)} fds, want {want}")
-            if msg.type == SEGMENT and not 1 <= msg.token < PLUGIN_TOKEN_BASE:
-                raise ShmError(f"fd channel: SEGMENT token {msg.token} outside the host's token space")
-            if msg.type == ADOPT and msg.token < PLUGIN_TOKEN_BASE:
-                raise ShmError(f"fd channel: ADOPT token {msg.token} outside the plugin token space")
+                raise ShmError(f"{_VIOLATION}{_NAMES[msg.type]} message for token {msg.token:#x} "
+                               f"carries {len(fds)} fds, want {want}")
         except ShmError:
             _close_all(fds)
             raise

@@ -435,20 +435,7 @@ impl RunData {
                 Error::new("dynamic outputs need the fd channel, and this plugin has none")
             })?;
             let size = seg.size();
-            let mut h = pb::Handle {
-                segment_size: size,
-                nbytes: size,
-                kind: d.kind as i32,
-                ..Default::default()
-            };
-            if d.kind == pb::PortKind::Table {
-                h.format = pb::Format::ArrowIpc as i32;
-            } else {
-                h.format = pb::Format::Raw as i32;
-                h.dtype = pb::DType::DtypeU8 as i32;
-                h.shape = vec![size];
-                h.strides = vec![1];
-            }
+            let h = handle::adopted_handle(d.kind, size);
             let token = plane.token();
             let msg = Message {
                 kind: MsgType::Adopt,

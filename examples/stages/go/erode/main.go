@@ -1,4 +1,4 @@
-// Command erode is a pipehost plugin offering terrain.erode.
+// Command erode is a pipehost plugin offering example.erode-go.
 package main
 
 import (
@@ -13,16 +13,17 @@ type params struct {
 	Label      string  `param:"label" doc:"required: no default"`
 }
 
-func main() {
-	sdk.Serve(sdk.Define(sdk.Spec{
-		Kind:       "terrain.erode", // unique across all plugins of a run
-		Version:    "1.0.0",         // bump when outputs change: it is part of the cache key
-		Doc:        "Moves height downhill.",
-		Inputs:     []sdk.Port{sdk.GridPort("height", sdk.F32)},
-		Outputs:    []sdk.Port{sdk.GridPort("eroded", sdk.F32)},
-		Concurrent: true, // several runs at once in this process are fine
-	}, erode))
-}
+// Erode is the stage: main serves it, erode_test.go runs it in-process.
+var Erode = sdk.Define(sdk.Spec{
+	Kind:       "example.erode-go", // unique across all plugins of a run
+	Version:    "1.0.0",            // bump when outputs change: it is part of the cache key
+	Doc:        "Moves height downhill.",
+	Inputs:     []sdk.Port{sdk.GridPort("height", sdk.F32)},
+	Outputs:    []sdk.Port{sdk.GridPort("eroded", sdk.F32)},
+	Concurrent: true, // several runs at once in this process are fine
+}, erode)
+
+func main() { sdk.Serve(Erode) }
 
 func erode(c *sdk.Context, p params) error {
 	in, err := sdk.InputGrid[float32](c, "height") // read-only: writing faults
