@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null 2>&1 || PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked -j2 --quiet
-mkdir -p bin/plugins bin/testplugins
+mkdir -p bin/plugins bin/testplugins bin/examples
 install_if_changed() {
   local src=$1 dst=$2
   if ! cmp -s "$src" "$dst"; then
@@ -18,4 +18,6 @@ install_if_changed() {
 install_if_changed target/release/ref-rust bin/plugins/ref-rust
 install_if_changed target/release/planet-rust bin/plugins/planet-rust
 install_if_changed target/release/misbehave-rust bin/testplugins/misbehave-rust
-echo "build-rust: bin/plugins/ref-rust bin/plugins/planet-rust bin/testplugins/misbehave-rust"
+# Example stages stay out of bin/plugins: a pipeline names them with --plugin-dir bin/examples.
+install_if_changed target/release/terrace-rust bin/examples/terrace-rust
+echo "build-rust: bin/plugins/ref-rust bin/plugins/planet-rust bin/testplugins/misbehave-rust bin/examples/terrace-rust"

@@ -66,6 +66,8 @@ done
 # tested and run in a pipeline.
 step "first stage: go"
 scripts/test-first-stage.sh go
+step "first stage: rust"
+scripts/test-first-stage.sh rust
 step "first stage: cpp"
 scripts/test-first-stage.sh cpp
 step "first stage: python"

@@ -688,6 +688,16 @@ params = { rows = 1000 }
 kind = "` + tc.prober + `.tablebytes"
 inputs = { in = "rows.rows" }
 `
+			if tc.lang == "rust" {
+				// The streaming writer: a growing memfd, never mapped.
+				body += `[stages.streamed]
+kind = "probe-rust.blob"
+params = { n = 100000, stream = true }
+[stages.streamedsum]
+kind = "probe-rust.blobsum"
+inputs = { in = "streamed.out" }
+`
+			}
 			if tc.lang == "py" {
 				body += `[stages.pyrows]
 kind = "probe-py.table"
@@ -718,6 +728,11 @@ inputs = { in = "text.text" }
 			}
 			if m := r.stage("sum").Metrics; m["sum"] != want || m["n"] != 100000 {
 				t.Errorf("reader saw %v, want sum %v of 100000 bytes", m, want)
+			}
+			if tc.lang == "rust" {
+				if m := r.stage("streamedsum").Metrics; m["sum"] != want || m["n"] != 100000 {
+					t.Errorf("reader of the streamed blob saw %v, want sum %v of 100000 bytes", m, want)
+				}
 			}
 			if m := r.stage("emptysum").Metrics; m["n"] != 0 || m["sum"] != 0 {
 				t.Errorf("empty blob: reader saw %v", m)

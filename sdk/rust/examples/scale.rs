@@ -1,29 +1,15 @@
 //! The stage of docs/sdk-rust.md, compiled by `cargo test` so the guide
 //! stays true. Run it through pipehost like any plugin.
 
-use pipehost::seed::Stream;
-use pipehost::{serve, DType, Error, ParamSpec, ParamValues, Params, Port, RunContext, Stage};
+use pipehost::{serve, DType, Error, Port, RunContext, Stage};
 
-/// The stage's parameters, decoded from the run's values.
-struct Scale {
-    factor: f64,
-    jitter: bool,
-}
-
-impl Params for Scale {
-    fn specs() -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::float("factor").default(2.0).doc("multiplier"),
-            ParamSpec::bool("jitter")
-                .default(false)
-                .doc("add seeded noise in [0, 1e-3)"),
-        ]
-    }
-    fn decode(p: &ParamValues) -> Result<Self, Error> {
-        Ok(Scale {
-            factor: p.get("factor")?,
-            jitter: p.get("jitter")?,
-        })
+pipehost::params! {
+    /// The stage's parameters: each name is written once, here.
+    struct Scale {
+        /// Multiplier.
+        factor: f64 = 2.0,
+        /// Add seeded noise in [0, 1e-3).
+        jitter: bool = false,
     }
 }
 
@@ -40,7 +26,7 @@ fn scale(ctx: &RunContext, p: Scale) -> Result<(), Error> {
             ctx.check_cancelled()?; // the host may cancel (timeout, Ctrl-C)
             ctx.progress(y as f64 / input.height() as f64, "scaling");
         }
-        let mut rng = Stream::new(ctx.seed()).fork(y as u64); // same bits with any worker count
+        let mut rng = ctx.rng().fork(y as u64); // same bits with any worker count
         for (x, o) in row.iter_mut().enumerate() {
             let noise = if p.jitter { rng.next_f64() * 1e-3 } else { 0.0 };
             *o = (f64::from(input.at(x, y)) * p.factor + noise) as f32;

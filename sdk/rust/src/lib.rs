@@ -3,18 +3,12 @@
 //! A plugin is a program whose `main` hands its stages to [`serve`]:
 //!
 //! ```no_run
-//! use pipehost::{serve, DType, Error, ParamSpec, ParamValues, Params, Port, RunContext, Stage};
+//! use pipehost::{serve, DType, Error, Port, RunContext, Stage};
 //!
-//! struct Scale {
-//!     factor: f64,
-//! }
-//!
-//! impl Params for Scale {
-//!     fn specs() -> Vec<ParamSpec> {
-//!         vec![ParamSpec::float("factor").default(2.0).doc("multiplier")]
-//!     }
-//!     fn decode(p: &ParamValues) -> Result<Self, Error> {
-//!         Ok(Scale { factor: p.get("factor")? })
+//! pipehost::params! {
+//!     struct Scale {
+//!         /// The multiplier.
+//!         factor: f64 = 2.0,
 //!     }
 //! }
 //!
@@ -39,21 +33,26 @@
 //! The SDK speaks the go-plugin handshake, answers Describe, decodes params,
 //! maps inputs read-only and outputs read-write (zero-copy, straight from the
 //! host's sealed shared memory), and reports progress, logs, timed spans,
-//! peak memory and CPU time to the host. The guide is docs/sdk-rust.md.
+//! peak memory and CPU time to the host. [`testing::Harness`] runs a stage
+//! the same way in a unit test. The guide is docs/sdk-rust.md.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::fmt;
 
+// What a stage author uses is re-exported below; `handle` and `shm` are the
+// wire-level pieces, public for tools and the shared-vector tests.
 mod context;
 mod grid;
 pub mod handle;
 pub mod log;
 mod params;
+mod run;
 pub mod seed;
 mod serve;
 pub mod shm;
 mod stage;
+pub mod testing;
 pub mod topology;
 mod trace_marker;
 
@@ -63,16 +62,19 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pipehost.v1.rs"));
 }
 
-/// go-plugin's own services (`proto/goplugin/*.proto`).
-#[allow(clippy::all, missing_docs)]
-pub mod goplugin {
+/// go-plugin's own services (`proto/goplugin/*.proto`), served by `serve`.
+#[allow(clippy::all, missing_docs, dead_code, unreachable_pub)]
+pub(crate) mod goplugin {
     include!(concat!(env!("OUT_DIR"), "/plugin.rs"));
 }
 
-pub use context::{RunContext, Span};
+pub use context::{OutputWriter, RunContext, Span};
 pub use grid::{DType, Elem, Grid, GridMut};
-pub use params::{FromValue, ParamSpec, ParamType, ParamValues, Params, Value};
+#[doc(hidden)]
+pub use params::doc_text as __doc_text;
+pub use params::{FromValue, ParamKind, ParamSpec, ParamType, ParamValues, Params, Value};
 pub use pb::LogLevel;
+pub use seed::Stream;
 pub use serve::serve;
 pub use stage::{Port, Stage};
 

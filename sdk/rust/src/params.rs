@@ -1,6 +1,7 @@
 //! Typed stage parameters: a stage declares [`ParamSpec`]s (type, default,
 //! doc) and decodes the host's values into its own struct through
-//! [`Params`]. Ints and floats stay apart on the wire so every SDK decodes
+//! [`Params`]; the [`params!`](crate::params!) macro writes both from one
+//! struct definition, so each name is written once. Ints and floats stay apart on the wire so every SDK decodes
 //! them alike; a float parameter also accepts an integer value.
 
 use std::collections::HashMap;
@@ -93,6 +94,11 @@ impl From<u32> for Value {
         Value::Int(v.into())
     }
 }
+impl From<f32> for Value {
+    fn from(v: f32) -> Value {
+        Value::Float(v.into())
+    }
+}
 impl From<f64> for Value {
     fn from(v: f64) -> Value {
         Value::Float(v)
@@ -143,6 +149,11 @@ impl ParamSpec {
     /// A string parameter.
     pub fn string(name: &str) -> ParamSpec {
         ParamSpec::new(name, ParamType::String)
+    }
+    /// A parameter declared by the Rust type it is read as: `bool`, a
+    /// float, an integer or `String`.
+    pub fn of<T: ParamKind>(name: &str) -> ParamSpec {
+        ParamSpec::new(name, T::TYPE)
     }
 
     /// Sets the default, which makes the parameter optional.
@@ -302,6 +313,91 @@ macro_rules! from_int {
 }
 from_int!(i64, i32, i16, i8, u64, u32, u16, u8, usize, isize);
 
+/// The Rust types a parameter can be declared as ([`ParamSpec::of`], the
+/// [`params!`](crate::params!) macro), with the wire type each declares.
+pub trait ParamKind: FromValue {
+    const TYPE: ParamType;
+}
+
+macro_rules! param_kind {
+    ($($t:ty => $k:ident),*) => {$(
+        impl ParamKind for $t { const TYPE: ParamType = ParamType::$k; }
+    )*};
+}
+param_kind!(bool => Bool, String => String, f64 => Float, f32 => Float,
+    i64 => Int, i32 => Int, i16 => Int, i8 => Int, u64 => Int, u32 => Int,
+    u16 => Int, u8 => Int, usize => Int, isize => Int);
+
+/// Joins the lines of a field's doc comment into one paragraph (used by
+/// [`params!`](crate::params!)).
+#[doc(hidden)]
+pub fn doc_text(lines: &[&str]) -> String {
+    lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Declares a stage's parameter struct and its [`Params`] impl at once:
+/// each field is a parameter of the same name, its type is the declared
+/// type ([`ParamKind`]), `= value` gives the default (without one the
+/// parameter is required), and the field's doc comment is the parameter's
+/// doc, shown by `pipehost plugins`.
+///
+/// ```
+/// pipehost::params! {
+///     /// The parameters of `terrain.smooth`.
+///     pub struct Smooth {
+///         /// How much of the 3×3 mean to blend in, 0..1.
+///         pub strength: f64 = 0.5,
+///         /// Smoothing passes.
+///         pub passes: u32 = 1,
+///         /// A label; required (no default).
+///         pub label: String,
+///     }
+/// }
+/// use pipehost::Params;
+/// let specs = Smooth::specs();
+/// assert_eq!(specs[0].name(), "strength");
+/// assert_eq!(specs[2].default_value(), None);
+/// ```
+#[macro_export]
+macro_rules! params {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[doc = $doc:expr])*
+                $fvis:vis $field:ident : $ty:ty $(= $default:expr)?
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[doc = $doc])* $fvis $field: $ty, )*
+        }
+
+        impl $crate::Params for $name {
+            fn specs() -> ::std::vec::Vec<$crate::ParamSpec> {
+                ::std::vec![$(
+                    $crate::ParamSpec::of::<$ty>(::std::stringify!($field))
+                        $(.default($default))?
+                        .doc(&$crate::__doc_text(&[$($doc),*]))
+                ),*]
+            }
+            fn decode(
+                values: &$crate::ParamValues<'_>,
+            ) -> ::std::result::Result<Self, $crate::Error> {
+                ::std::result::Result::Ok($name {
+                    $( $field: values.get(::std::stringify!($field))?, )*
+                })
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +497,49 @@ mod tests {
     #[should_panic(expected = "its default is string")]
     fn a_default_of_the_wrong_type_is_a_programming_error() {
         let _ = ParamSpec::int("n").default("four");
+    }
+
+    crate::params! {
+        /// Written once: name, type, default and doc of each parameter.
+        #[derive(Debug)]
+        struct M {
+            /// Blend factor,
+            /// 0..1.
+            strength: f64 = 0.5,
+            passes: u32 = 2,
+            scale: f32 = 1,
+            /// Required.
+            label: String,
+            on: bool = true,
+        }
+    }
+
+    #[test]
+    fn the_macro_declares_and_decodes_each_name_once() {
+        let specs = M::specs();
+        let names: Vec<&str> = specs.iter().map(ParamSpec::name).collect();
+        assert_eq!(names, ["strength", "passes", "scale", "label", "on"]);
+        let types: Vec<ParamType> = specs.iter().map(ParamSpec::param_type).collect();
+        use ParamType::*;
+        assert_eq!(types, [Float, Int, Float, String, Bool]);
+        assert_eq!(specs[0].default_value(), Some(&Value::Float(0.5)));
+        assert_eq!(specs[2].default_value(), Some(&Value::Float(1.0)));
+        assert_eq!(specs[3].default_value(), None);
+        assert_eq!(specs[0].to_proto().doc, "Blend factor, 0..1.");
+        assert_eq!(specs[1].to_proto().doc, "");
+
+        let vals = values(&[("label", "x".into()), ("passes", 5.into())]);
+        let m = M::decode(&ParamValues::new(&vals, &specs)).unwrap();
+        assert_eq!(
+            (m.strength, m.passes, m.scale, m.label.as_str(), m.on),
+            (0.5, 5, 1.0, "x", true)
+        );
+        let vals = values(&[]);
+        let e = M::decode(&ParamValues::new(&vals, &specs)).unwrap_err();
+        assert_eq!(e.message(), "param \"label\": is required");
+        let vals = values(&[("label", "x".into()), ("passes", Value::Int(-2))]);
+        let e = M::decode(&ParamValues::new(&vals, &specs)).unwrap_err();
+        assert_eq!(e.message(), "param \"passes\": -2 does not fit in u32");
     }
 
     #[test]

@@ -6,17 +6,17 @@ use std::io::Write;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{UnboundedReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
-use crate::context::{DataPlane, EventSink, RunContext, RunData, FD_WAIT};
+use crate::context::{DataPlane, EventSink, FD_WAIT};
 use crate::goplugin;
-use crate::params::ParamValues;
 use crate::pb;
+use crate::run::{self, ActiveRuns, Failure};
 use crate::shm::{Channel, ChannelEnd, Mailbox, ENV_FD_CHANNEL};
 use crate::{log, Error, ErrorKind, Stage};
 
@@ -125,7 +125,7 @@ pub fn serve(stages: Vec<Stage>) -> ! {
         stages: by_kind,
         order: stages,
         plane: Some(Arc::new(DataPlane::new(channel, mailbox))),
-        active: Mutex::new(0),
+        active: ActiveRuns::default(),
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -214,30 +214,10 @@ pub(crate) struct Plugin {
     stages: HashMap<String, Stage>,
     order: Vec<Stage>,
     plane: Option<Arc<DataPlane>>,
-    /// Runs in progress; the first one resets the peak RSS.
-    active: Mutex<u32>,
+    active: ActiveRuns,
 }
 
 impl Plugin {
-    /// Marks a run active; reports whether another one already was.
-    fn enter(&self) -> bool {
-        let mut n = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        *n += 1;
-        if *n == 1 {
-            reset_peak_rss();
-            false
-        } else {
-            true
-        }
-    }
-
-    /// Marks a run done; reports whether another one is still active.
-    fn leave(&self) -> bool {
-        let mut n = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= 1;
-        *n > 0
-    }
-
     /// Closes the fds of a run that will not use them (taken ones are closed
     /// already), so a failed run leaks nothing.
     fn discard(&self, req: &pb::RunRequest) {
@@ -248,8 +228,8 @@ impl Plugin {
         }
     }
 
-    /// Executes one run on the calling (blocking) thread: binds its buffers,
-    /// runs the stage, unmaps, adopts dynamic outputs and sends the Result.
+    /// Executes one run on the calling (blocking) thread and turns a failure
+    /// into the gRPC status the host reads.
     fn execute(
         &self,
         stage: &Stage,
@@ -258,104 +238,21 @@ impl Plugin {
         cancelled: Arc<AtomicBool>,
     ) -> Result<(), Status> {
         let (name, kind) = (req.stage.clone(), req.kind.clone());
-        let data = match RunData::bind(
-            self.plane.clone(),
-            &req,
-            &stage.descriptor().outputs,
-            FD_WAIT,
-        ) {
-            Ok(d) => d,
-            Err(e) => {
-                self.discard(&req);
-                return Err(Status::invalid_argument(format!(
-                    "stage {name} ({kind}): {e}"
-                )));
+        let plane = self.plane.clone();
+        run::execute(stage, plane, req, sink, cancelled, FD_WAIT, &self.active).map_err(|f| match f
+        {
+            Failure::Bind(e) => Status::invalid_argument(format!("stage {name} ({kind}): {e}")),
+            Failure::Stage(e) => match e.kind() {
+                ErrorKind::Cancelled => Status::cancelled(e.message()),
+                ErrorKind::InvalidParam => Status::invalid_argument(e.message()),
+                ErrorKind::Failed => Status::aborted(e.message()),
+            },
+            Failure::Panic(what) => Status::aborted(format!("stage panicked: {what}")),
+            Failure::Finish(e) => {
+                Status::failed_precondition(format!("stage {name} ({kind}): {e}"))
             }
-        };
-        let params = req.params.clone();
-        let mut ctx = RunContext::new(req, sink.clone(), cancelled, data);
-
-        let shared_before = self.enter();
-        // The stage's slice, on the thread that runs it, around its subtasks.
-        let markers = ctx.begin_stage_marker();
-        let start = crate::monotonic_ns();
-        let cpu0 = cpu_ns();
-        let values = ParamValues::new(&params, stage.specs());
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.call(&ctx, &values)));
-        let end = crate::monotonic_ns();
-        if markers {
-            crate::trace_marker::end();
-        }
-        let cpu1 = cpu_ns();
-        let peak = peak_rss();
-        let shared = self.leave() || shared_before;
-
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(match e.kind() {
-                    ErrorKind::Cancelled => Status::cancelled(e.message()),
-                    ErrorKind::InvalidParam => Status::invalid_argument(e.message()),
-                    ErrorKind::Failed => Status::aborted(e.message()),
-                })
-            }
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string panic payload".into());
-                log::error(&format!("panic in stage {name} ({kind}): {what}"));
-                return Err(Status::aborted(format!("stage panicked: {what}")));
-            }
-        }
-        let dynamic = ctx
-            .data_mut()
-            .finish()
-            .map_err(|e| Status::failed_precondition(format!("stage {name} ({kind}): {e}")))?;
-        let metrics = ctx.take_metrics();
-        sink(pb::RunEvent {
-            event: Some(pb::run_event::Event::Result(pb::Result {
-                dynamic_outputs: dynamic,
-                metrics,
-                stats: Some(pb::StageStats {
-                    peak_rss_bytes: peak,
-                    peak_shared: shared,
-                    start_ns: start,
-                    end_ns: end,
-                    cpu_ns: cpu1.saturating_sub(cpu0),
-                }),
-            })),
-        });
-        Ok(())
-        // ctx drops here: every input and output is unmapped and closed.
+        })
     }
-}
-
-fn cpu_ns() -> u64 {
-    // SAFETY: getrusage fills a plain struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
-    t(ru.ru_utime) + t(ru.ru_stime)
-}
-
-/// Resets VmHWM to the current RSS (Linux clear_refs = 5).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// VmHWM in bytes; 0 when unavailable.
-fn peak_rss() -> u64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
-        return 0;
-    };
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 struct StageService(Arc<Plugin>);
@@ -455,7 +352,7 @@ impl goplugin::grpc_stdio_server::GrpcStdio for Stdio {
 mod tests {
     use super::*;
     use crate::pb::stage_server::Stage as _;
-    use crate::{DType, Port};
+    use crate::{DType, Port, RunContext};
     use std::sync::atomic::AtomicU32;
     use tokio_stream::StreamExt;
 
@@ -499,7 +396,7 @@ mod tests {
                 .collect(),
             order: stages,
             plane: None,
-            active: Mutex::new(0),
+            active: ActiveRuns::default(),
         })
     }
 

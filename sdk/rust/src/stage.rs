@@ -89,14 +89,22 @@ impl Stage {
     /// gets the run's context and the decoded parameters.
     ///
     /// # Panics
-    /// On an empty kind or a malformed parameter list: programming errors
-    /// the author sees on the first start.
+    /// On an empty kind, an empty version or a malformed parameter list:
+    /// programming errors the author sees on the first start (or in the
+    /// first test through [`testing::Harness`](crate::testing::Harness)).
     pub fn new<P, F>(kind: &str, version: &str, run: F) -> Stage
     where
         P: Params,
         F: Fn(&RunContext, P) -> Result<(), Error> + Send + Sync + 'static,
     {
         assert!(!kind.is_empty(), "pipehost: Stage::new with an empty kind");
+        // The version is part of every cache key: an output computed by an
+        // older build must never be served for a changed stage.
+        assert!(
+            !version.trim().is_empty(),
+            "pipehost: stage {kind}: a version is required (it is part of the cache key): \
+             give Stage::new a version such as \"1.0.0\" and bump it whenever the outputs change"
+        );
         let specs: Vec<ParamSpec> = P::specs();
         let mut seen = HashSet::new();
         for s in &specs {
@@ -108,11 +116,7 @@ impl Stage {
         }
         let desc = pb::StageDescriptor {
             kind: kind.to_string(),
-            version: if version.is_empty() {
-                "0.0.0".into()
-            } else {
-                version.to_string()
-            },
+            version: version.trim().to_string(),
             params: specs.iter().map(ParamSpec::to_proto).collect(),
             capabilities: Some(pb::Capabilities::default()),
             ..Default::default()

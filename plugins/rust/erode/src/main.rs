@@ -11,70 +11,40 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use pipehost::seed::derive;
 use pipehost::topology::{Grid, Wrap};
-use pipehost::{serve, DType, Error, ParamSpec, ParamValues, Params, Port, RunContext, Stage};
+use pipehost::{serve, DType, Error, Port, RunContext, Stage};
 
 /// Fixed-point unit of the accumulator, in metres: 0.1 mm.
 const QUANTUM: f64 = 1e-4;
 /// Largest change of one cell by one batch, in metres.
 const MAX_BATCH_CHANGE: f64 = 20.0;
 
-#[derive(Clone, Debug)]
-struct Erode {
-    droplets_per_cell: f64,
-    max_steps: i64,
-    inertia: f64,
-    capacity: f64,
-    erosion: f64,
-    deposition: f64,
-    evaporation: f64,
-    radius: i64,
-    threads: i64,
+pipehost::params! {
+    #[derive(Clone, Debug)]
+    struct Erode {
+        /// rain droplets per land cell, 0..16
+        droplets_per_cell: f64 = 0.3,
+        /// steps a droplet lives at most, 1..1024
+        max_steps: i64 = 64,
+        /// how much a droplet keeps its direction, 0..1
+        inertia: f64 = 0.1,
+        /// sediment a droplet carries per unit of speed, water and slope
+        capacity: f64 = 6.0,
+        /// fraction of free capacity taken from the ground per step, 0..1
+        erosion: f64 = 0.3,
+        /// fraction of excess sediment dropped per step, 0..1
+        deposition: f64 = 0.3,
+        /// fraction of water lost per step, 0..1
+        evaporation: f64 = 0.02,
+        /// erosion brush radius in cells, 1..8
+        radius: i64 = 2,
+        /// worker threads; 0 means one per core. The output does not depend on it
+        threads: i64 = 0,
+    }
 }
 
-impl Params for Erode {
-    fn specs() -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::float("droplets_per_cell")
-                .default(0.3)
-                .doc("rain droplets per land cell, 0..16"),
-            ParamSpec::int("max_steps")
-                .default(64)
-                .doc("steps a droplet lives at most, 1..1024"),
-            ParamSpec::float("inertia")
-                .default(0.1)
-                .doc("how much a droplet keeps its direction, 0..1"),
-            ParamSpec::float("capacity")
-                .default(6.0)
-                .doc("sediment a droplet carries per unit of speed, water and slope"),
-            ParamSpec::float("erosion")
-                .default(0.3)
-                .doc("fraction of free capacity taken from the ground per step, 0..1"),
-            ParamSpec::float("deposition")
-                .default(0.3)
-                .doc("fraction of excess sediment dropped per step, 0..1"),
-            ParamSpec::float("evaporation")
-                .default(0.02)
-                .doc("fraction of water lost per step, 0..1"),
-            ParamSpec::int("radius")
-                .default(2)
-                .doc("erosion brush radius in cells, 1..8"),
-            ParamSpec::int("threads")
-                .default(0)
-                .doc("worker threads; 0 means one per core. The output does not depend on it"),
-        ]
-    }
-    fn decode(p: &ParamValues) -> Result<Self, Error> {
-        let e = Erode {
-            droplets_per_cell: p.get("droplets_per_cell")?,
-            max_steps: p.get("max_steps")?,
-            inertia: p.get("inertia")?,
-            capacity: p.get("capacity")?,
-            erosion: p.get("erosion")?,
-            deposition: p.get("deposition")?,
-            evaporation: p.get("evaporation")?,
-            radius: p.get("radius")?,
-            threads: p.get("threads")?,
-        };
+impl Erode {
+    /// The ranges the docs promise, checked before any work.
+    fn check(&self) -> Result<(), Error> {
         let unit = |name: &str, v: f64| {
             if (0.0..=1.0).contains(&v) {
                 Ok(())
@@ -82,41 +52,41 @@ impl Params for Erode {
                 Err(Error::param(name, format!("{v} is out of range 0..1")))
             }
         };
-        unit("inertia", e.inertia)?;
-        unit("erosion", e.erosion)?;
-        unit("deposition", e.deposition)?;
-        unit("evaporation", e.evaporation)?;
-        if !(0.0..=16.0).contains(&e.droplets_per_cell) {
+        unit("inertia", self.inertia)?;
+        unit("erosion", self.erosion)?;
+        unit("deposition", self.deposition)?;
+        unit("evaporation", self.evaporation)?;
+        if !(0.0..=16.0).contains(&self.droplets_per_cell) {
             return Err(Error::param(
                 "droplets_per_cell",
-                format!("{} is out of range 0..16", e.droplets_per_cell),
+                format!("{} is out of range 0..16", self.droplets_per_cell),
             ));
         }
-        if !(1..=1024).contains(&e.max_steps) {
+        if !(1..=1024).contains(&self.max_steps) {
             return Err(Error::param(
                 "max_steps",
-                format!("{} is out of range 1..1024", e.max_steps),
+                format!("{} is out of range 1..1024", self.max_steps),
             ));
         }
-        if !(0.0..=1000.0).contains(&e.capacity) {
+        if !(0.0..=1000.0).contains(&self.capacity) {
             return Err(Error::param(
                 "capacity",
-                format!("{} is out of range 0..1000", e.capacity),
+                format!("{} is out of range 0..1000", self.capacity),
             ));
         }
-        if !(1..=8).contains(&e.radius) {
+        if !(1..=8).contains(&self.radius) {
             return Err(Error::param(
                 "radius",
-                format!("{} is out of range 1..8", e.radius),
+                format!("{} is out of range 1..8", self.radius),
             ));
         }
-        if !(0..=256).contains(&e.threads) {
+        if !(0..=256).contains(&self.threads) {
             return Err(Error::param(
                 "threads",
-                format!("{} is out of range 0..256", e.threads),
+                format!("{} is out of range 0..256", self.threads),
             ));
         }
-        Ok(e)
+        Ok(())
     }
 }
 
@@ -283,6 +253,7 @@ fn droplet(
 }
 
 fn erode(ctx: &RunContext, p: Erode) -> Result<(), Error> {
+    p.check()?;
     let input = ctx.input::<f32>("elevation")?;
     let mut out = ctx.output::<f32>("eroded")?;
     let topo = ctx.topology()?;

@@ -2,46 +2,23 @@
 //! (docs/reference-stage.md): arithmetic specified so that the Go, C++ and
 //! Rust implementations give bit-identical outputs.
 
-use pipehost::{serve, DType, Error, ParamSpec, ParamValues, Params, Port, RunContext, Stage};
+use pipehost::{serve, DType, Error, Port, RunContext, Stage};
 
 mod kernels;
 
-struct Noise {
-    octaves: i64,
-    cell: i64,
-}
-
-impl Params for Noise {
-    fn specs() -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::int("octaves").default(4).doc("number of octaves, 1..8"),
-            ParamSpec::int("cell")
-                .default(16)
-                .doc("lattice spacing of octave 0 in cells: a power of two ≥ 2^(octaves-1) dividing width and height"),
-        ]
-    }
-    fn decode(p: &ParamValues) -> Result<Self, Error> {
-        Ok(Noise {
-            octaves: p.get("octaves")?,
-            cell: p.get("cell")?,
-        })
+pipehost::params! {
+    struct Noise {
+        /// number of octaves, 1..8
+        octaves: i64 = 4,
+        /// lattice spacing of octave 0 in cells: a power of two ≥ 2^(octaves-1) dividing width and height
+        cell: i64 = 16,
     }
 }
 
-struct Blur {
-    radius: i64,
-}
-
-impl Params for Blur {
-    fn specs() -> Vec<ParamSpec> {
-        vec![ParamSpec::int("radius")
-            .default(1)
-            .doc("half-width of the box, 0..16")]
-    }
-    fn decode(p: &ParamValues) -> Result<Self, Error> {
-        Ok(Blur {
-            radius: p.get("radius")?,
-        })
+pipehost::params! {
+    struct Blur {
+        /// half-width of the box, 0..16
+        radius: i64 = 1,
     }
 }
 

@@ -15,7 +15,9 @@
 
 use std::os::fd::RawFd;
 
-use pipehost::{log, serve, DType, Error, ParamSpec, ParamValues, Params, Port, RunContext, Stage};
+use std::io::Write;
+
+use pipehost::{log, serve, DType, Error, Port, RunContext, Stage};
 
 /// Finds a segment of this process that is not write-sealed (an output the
 /// host handed us) and maps it writable, never to unmap it.
@@ -59,20 +61,10 @@ fn keepmap(ctx: &RunContext, _: ()) -> Result<(), Error> {
     leak_writable_mapping(out.len() * 4)
 }
 
-struct NoteParams {
-    note: String,
-}
-
-impl Params for NoteParams {
-    fn specs() -> Vec<ParamSpec> {
-        vec![ParamSpec::string("note")
-            .default("")
-            .doc("file to append progress lines to")]
-    }
-    fn decode(p: &ParamValues) -> Result<Self, Error> {
-        Ok(NoteParams {
-            note: p.get("note")?,
-        })
+pipehost::params! {
+    struct NoteParams {
+        /// file to append progress lines to
+        note: String = "",
     }
 }
 
@@ -261,25 +253,30 @@ fn hang(_: &RunContext, _: ()) -> Result<(), Error> {
     }
 }
 
-struct BlobParams {
-    n: u64,
-}
-
-impl Params for BlobParams {
-    fn specs() -> Vec<ParamSpec> {
-        vec![ParamSpec::int("n").default(1000).doc("bytes to write")]
-    }
-    fn decode(p: &ParamValues) -> Result<Self, Error> {
-        Ok(BlobParams { n: p.get("n")? })
+pipehost::params! {
+    struct BlobParams {
+        /// bytes to write
+        n: u64 = 1000,
+        /// write through the streaming writer instead of a sized segment
+        stream: bool = false,
     }
 }
 
 fn blob(ctx: &RunContext, p: BlobParams) -> Result<(), Error> {
-    let out = ctx.dynamic_output("out", p.n)?;
-    let mut sum = 0u64;
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = (i * 7 % 251) as u8;
-        sum += u64::from(*b);
+    let byte = |i: u64| (i * 7 % 251) as u8;
+    let sum: u64 = (0..p.n).map(|i| u64::from(byte(i))).sum();
+    if p.stream {
+        // In uneven pieces, as an encoder would write.
+        let mut w = ctx.output_writer("out")?;
+        let bytes: Vec<u8> = (0..p.n).map(byte).collect();
+        for piece in bytes.chunks(997) {
+            w.write_all(piece)?;
+        }
+    } else {
+        let out = ctx.dynamic_output("out", p.n)?;
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = byte(i as u64);
+        }
     }
     ctx.metric("sum", sum as f64);
     Ok(())

@@ -1,0 +1,5 @@
+//! The plugin executable of `example.terrace-rust`.
+
+fn main() {
+    pipehost::serve(vec![terrace::stage()])
+}
