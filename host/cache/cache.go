@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -68,14 +67,6 @@ func Open(root string) (*Cache, error) {
 	}
 	probe.Close()
 	os.Remove(probe.Name())
-	f, err := os.OpenFile(c.locks.path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("cache lock file %s: %w", c.locks.path, err)
-	}
-	c.locks.file = f
-	// One descriptor per Cache, closed when the Cache is collected (or the
-	// process ends).
-	runtime.AddCleanup(c, func(f *os.File) { f.Close() }, f)
 	return c, nil
 }
 

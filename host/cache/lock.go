@@ -21,12 +21,31 @@ import (
 // the excluding (keyed by offset, not key: two keys on one byte must not
 // release each other's lock).
 type keyLocks struct {
-	path string
-	file *os.File
+	path   string
+	file   *os.File // opened by the first Lock, closed by Close
+	closed bool
 
 	mu   sync.Mutex
 	held map[int64]chan struct{} // by offset: a byte has one holder here
 
+}
+
+// open returns the lock file, opening it on first use: a Cache only read
+// (listed, looked up) holds no descriptor.
+func (l *keyLocks) open() (*os.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, errors.New("the cache is closed")
+	}
+	if l.file == nil {
+		f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("cache lock file: %w", err)
+		}
+		l.file = f
+	}
+	return l.file, nil
 }
 
 // offset is where key's byte lies in the lock file: its first 62 bits (a
@@ -51,11 +70,9 @@ func (c *Cache) Lock(ctx context.Context, key string) (func(), error) {
 		return nil, fmt.Errorf("locking cache key %q: not a key", key)
 	}
 	l := &c.locks
-	l.mu.Lock()
-	f := l.file
-	l.mu.Unlock()
-	if f == nil {
-		return nil, fmt.Errorf("locking cache key %s: the cache is closed", key[:12])
+	f, err := l.open()
+	if err != nil {
+		return nil, fmt.Errorf("locking cache key %s: %w", key[:12], err)
 	}
 	off := offset(key)
 	// Within this process first.
@@ -119,6 +136,7 @@ func (c *Cache) Close() error {
 	l := &c.locks
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closed = true
 	if l.file == nil {
 		return nil
 	}

@@ -206,6 +206,7 @@ func (r *writePathRun) checkRefused() {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Close()
 	entries, err := c.List()
 	if err != nil {
 		t.Fatal(err)

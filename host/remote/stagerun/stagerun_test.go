@@ -71,6 +71,7 @@ func localReference(t *testing.T) *reference {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Close()
 	manifests, _ := filepath.Glob(filepath.Join(cacheDir, "v1", "entries", "*", "*.json"))
 	for _, p := range manifests {
 		b, err := os.ReadFile(p)
