@@ -326,12 +326,16 @@ func TestCorruptRemoteBlobRecomputed(t *testing.T) {
 	}
 	sameDatasets(t, datasets(t, a.outDir), datasets(t, b.outDir))
 
-	// The recomputed bytes replaced the corrupt blob: a third host reads
-	// blur from the remote cache again.
+	// The second host uploaded the recomputed bytes again. Whether the
+	// server replaces the blob it holds is up to it (REAPI lets a server
+	// answer an upload of a digest it has without reading it, and
+	// bazel-remote sometimes does): a third host either reads blur from the
+	// remote cache or finds it corrupt again and recomputes it, never uses
+	// the bad bytes, and writes the same datasets.
 	c := newHost(t)
 	res = byName(run(t, c.open(t, cfg, env.Cache, "final")))
-	if r := res["blur"]; r.Cache != engine.CacheHit {
-		t.Errorf("third host, blur: cache %s (%q), want a remote hit with the repaired blob", r.Cache, r.MissReason)
+	if r := res["blur"]; r.Cache != engine.CacheHit && (r.Cache != engine.CacheMiss || !strings.Contains(r.MissReason, "corrupt")) {
+		t.Errorf("third host, blur: cache %s (%q), want a remote hit or a recompute of a corrupt blob", r.Cache, r.MissReason)
 	}
 	sameDatasets(t, datasets(t, a.outDir), datasets(t, c.outDir))
 }
