@@ -188,7 +188,8 @@ func (s *server) runStage(ctx context.Context, st Stage, req *pb.RunRequest, sen
 	var cpu1 unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &cpu1)
 	peak := procstat.Peak()
-	releaseMemory(rssBefore, peak)
+	// After the Result, not before: the host waits for this Run to end.
+	defer releaseMemory(rssBefore, peak)
 	shared = s.leave() || shared
 
 	if runErr != nil {
@@ -223,6 +224,7 @@ func (s *server) enter() bool {
 	s.overlapMu.Lock()
 	defer s.overlapMu.Unlock()
 	if s.active.Add(1) == 1 {
+		releasing.Wait()
 		procstat.ResetPeak()
 		return false
 	}
@@ -274,8 +276,19 @@ func cpuNs(r unix.Rusage) int64 {
 // releaseMemory returns the heap a stage grew by to the OS when that was a
 // lot: Go otherwise keeps it resident for minutes, and the next stage's
 // peak RSS (and the machine) would carry this one's garbage.
+// It runs on its own goroutine: a full collection and scavenge take tens of
+// milliseconds, which the next stage of the pipeline need not wait for. The
+// next Run in this process waits for it (enter) before it resets the peak,
+// so its own peak never carries this one's garbage.
 func releaseMemory(before, peak uint64) {
 	if peak > before+64<<20 {
-		debug.FreeOSMemory()
+		releasing.Add(1)
+		go func() {
+			defer releasing.Done()
+			debug.FreeOSMemory()
+		}()
 	}
 }
+
+// releasing counts releaseMemory calls still returning memory.
+var releasing sync.WaitGroup

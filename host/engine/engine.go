@@ -43,6 +43,11 @@ type Options struct {
 	// served from the cache), before it waits for memory, resources and a
 	// worker slot: the runner starts the plugins it and its dependants need.
 	Prepare func(n *plan.Node)
+	// DeferStores makes Run return once every stage is done and every
+	// output digested, with cache stores possibly still being written; the
+	// caller must call Result.WaitStores before relying on the cache or
+	// ending the process. The runner writes the datasets meanwhile.
+	DeferStores bool
 	// Manager relaunches a plugin that crashed, so later stages of the
 	// same binary (with KeepGoing) still run, and starts the extra
 	// processes of a pool. Nil: no relaunch, no pool beyond the main
@@ -233,10 +238,23 @@ func (o *Output) digestNow() (cache.Digest, bool) {
 // Result of a whole run.
 type Result struct {
 	Stages []*StageResult // plan order
-	// StartNs and EndNs bound the engine's work (CLOCK_MONOTONIC).
+	// StartNs and EndNs bound the engine's work (CLOCK_MONOTONIC): from
+	// the first admission to every stage done and every output digested,
+	// and, unless Options.DeferStores, every cache store written.
 	StartNs, EndNs int64
 	// Failed lists failed stages (not skipped ones) in plan order.
 	Failed []*StageResult
+
+	stores func()
+}
+
+// WaitStores waits until every cache store of the run is written. Run has
+// already waited unless Options.DeferStores; the cache is consistent (no
+// entry missing its bytes) only once this returns.
+func (r *Result) WaitStores() {
+	if r.stores != nil {
+		r.stores()
+	}
 }
 
 // Err summarises the failures, or nil.
@@ -374,10 +392,16 @@ func (e *Engine) Run(ctx context.Context) *Result {
 		}()
 	}
 	wg.Wait()
-	// The cache must be consistent when Run returns, even when stopped.
+	// The cache must be consistent when Run returns, even when stopped
+	// (with DeferStores, once WaitStores returns).
 	e.digests.Wait()
-	e.stores.Wait()
-	res := &Result{Stages: results, StartNs: startNs, EndNs: clock.Now()}
+	res := &Result{Stages: results, StartNs: startNs}
+	if e.opts.DeferStores {
+		res.stores = sync.OnceFunc(e.stores.Wait)
+	} else {
+		e.stores.Wait()
+	}
+	res.EndNs = clock.Now()
 	for _, r := range results {
 		if r.Status == StatusFailed {
 			res.Failed = append(res.Failed, r)

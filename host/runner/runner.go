@@ -347,6 +347,10 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 	opts := s.opts.Engine
 	opts.Manager = s.mgr
 	opts.Prepare = s.prepare
+	// The last stores are written while the datasets are: the run's
+	// results do not wait for the cache, and Run still returns only once
+	// both are done.
+	opts.DeferStores = true
 	opts.Cache = s.Cache
 	opts.Remote = s.Remote
 	opts.RemoteExec = s.Executor
@@ -378,6 +382,7 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 		status = "failed"
 	}
 	artifacts, errs := s.saveDatasets(res)
+	res.WaitStores()
 	s.RunErrors = errs
 	if len(errs) > 0 && status == "ok" {
 		status = "failed"
