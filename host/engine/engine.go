@@ -335,7 +335,14 @@ func (nopObserver) StageEnd(*plan.Node, *StageResult)   {}
 func (e *Engine) Run(ctx context.Context) *Result {
 	startNs := clock.Now()
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Stores in flight run under ctx: with DeferStores it lives until they
+	// are done (Result.WaitStores), not only until Run returns.
+	deferred := false
+	defer func() {
+		if !deferred {
+			cancel()
+		}
+	}()
 	nodes := e.plan.Nodes
 	results := make([]*StageResult, len(nodes))
 	// ready[i] closes when stage i's outputs are sealed (or it ended
@@ -397,7 +404,11 @@ func (e *Engine) Run(ctx context.Context) *Result {
 	e.digests.Wait()
 	res := &Result{Stages: results, StartNs: startNs}
 	if e.opts.DeferStores {
-		res.stores = sync.OnceFunc(e.stores.Wait)
+		deferred = true
+		res.stores = sync.OnceFunc(func() {
+			e.stores.Wait()
+			cancel()
+		})
 	} else {
 		e.stores.Wait()
 	}
