@@ -768,3 +768,43 @@ cache = false
 	}
 	checkReleased(t, s, a2, before)
 }
+
+// With DeferStores, Run returns before the last stores are written, and
+// they still complete: every stage's entry is in the cache once WaitStores
+// returns (the run's context is not cancelled under them).
+func TestDeferredStoresComplete(t *testing.T) {
+	c, err := cache.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := newFakeSys(t)
+	s.kind("src", "/bin/a", nil, []string{"out"}, concurrent(), source(3))
+	s.kind("inc", "/bin/a", []string{"in"}, []string{"out"}, concurrent(), plusOne)
+	p := s.pipeline(`
+[stages.a]
+kind = "src"
+[stages.b]
+kind = "inc"
+inputs.in = "a.out"
+[stages.c]
+kind = "inc"
+inputs.in = "b.out"
+`)
+	a := arena.New(0)
+	defer a.Close()
+	res := s.run(context.Background(), p, a, Options{Jobs: 2, Cache: c, DeferStores: true})
+	if err := res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	res.WaitStores()
+	for _, name := range []string{"a", "b", "c"} {
+		r := result(t, res, name)
+		if m, err := c.Lookup(r.Key); err != nil || m == nil {
+			t.Errorf("stage %s: no cache entry after WaitStores (%v)", name, err)
+		}
+	}
+	if live, _ := a.Live(); live != 0 {
+		t.Errorf("%d live segment(s) after the stores", live)
+	}
+}
