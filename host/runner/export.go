@@ -175,8 +175,9 @@ func (s *Session) saveOutput(w *dataset.Writer, prior map[string]dataset.Artifac
 	put := func(name, format string, parts any, write func() (dataset.Artifact, error)) error {
 		name = filepath.ToSlash(name)
 		key, keyed := artifactKey(s.opts.Version, name, format, o.Digest, handleKey(o), parts)
+		keyed = keyed && o.Digest.Hash != "" // no digest (--no-cache): nothing to compare
 		a, ok := dataset.Artifact{}, false
-		if keyed && o.Digest.Hash != "" {
+		if keyed {
 			a, ok = reuse(w, prior, name, key)
 		}
 		if !ok {
@@ -184,7 +185,7 @@ func (s *Session) saveOutput(w *dataset.Writer, prior map[string]dataset.Artifac
 			if a, err = write(); err != nil {
 				return err
 			}
-			if keyed && o.Digest.Hash != "" {
+			if keyed {
 				a.Key = key
 			}
 		}
