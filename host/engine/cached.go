@@ -59,6 +59,11 @@ func logEvent(msg string) *pb.RunEvent {
 // goroutine while the consumers already read them.
 const inlineDigest = 1 << 20
 
+// digestGate, set only by tests, is called before a stage's output is
+// digested in the background, so a test can order a digest against a
+// consumer's run and pin each early-cutoff path.
+var digestGate func(stage string)
+
 // digestOutputs hashes every output of a finished stage (sealed segments,
 // read through read-only mappings), the large ones in the background.
 func (e *Engine) digestOutputs(r *StageResult) {
@@ -75,6 +80,9 @@ func (e *Engine) digestOutputs(r *StageResult) {
 		e.digests.Add(1)
 		goYielding(func() {
 			defer e.digests.Done()
+			if digestGate != nil {
+				digestGate(r.Name)
+			}
 			o.setDigest(cache.SegmentDigest(seg))
 		})
 	}

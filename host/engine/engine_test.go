@@ -707,29 +707,64 @@ func TestDynamicBlobOutput(t *testing.T) {
 }
 
 // Early cutoff: a refreshed producer makes the same bytes again. Its large
-// output is digested in the background while its consumer may already run;
-// once the digest shows the consumer's result is cached, the consumer is
-// stopped (or, if the digest came first, never started) and served from
-// the cache.
+// output is digested in the background while its consumer already runs.
+// The digest is held (digestGate) until the consumer has started, or until
+// it has finished, so each path is taken for certain: a consumer still
+// running is stopped and served from the cache; one that finished first is
+// found identical to the entry. Either way it is a hit and its own
+// consumer reads the cached bytes.
 func TestEarlyCutoffServesTheConsumer(t *testing.T) {
-	before := memfds(t)
-	c, err := cache.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newFakeSys(t)
-	var second atomic.Bool
-	s.kind("src", "/bin/a", nil, []string{"out"}, concurrent(), source(3))
-	s.kind("inc", "/bin/b", []string{"in"}, []string{"out"}, concurrent(), func(ctx context.Context, run *fakeRun) error {
-		if second.Load() {
-			<-ctx.Done() // only the cutoff ends it
-			return status.FromContextError(ctx.Err()).Err()
-		}
-		return plusOne(ctx, run)
-	})
-	s.kind("sink", "/bin/b", []string{"in"}, nil, concurrent(), sink)
-	// 8 MiB outputs: over the size digested before consumers start.
-	p := s.pipelineOn(2048, 1024, `
+	for _, tc := range []struct {
+		name, note string
+		// hold returns the gate for the second run, and the body of stage
+		// b in it.
+		hold func() (func(stage string), stageFunc)
+	}{
+		{"stopped", "stopped and served from the cache", func() (func(string), stageFunc) {
+			started := make(chan struct{})
+			return func(stage string) {
+					if stage == "a" {
+						waitOrGiveUp(started)
+					}
+				}, func(ctx context.Context, run *fakeRun) error {
+					close(started)
+					<-ctx.Done() // only the cutoff ends it
+					return status.FromContextError(ctx.Err()).Err()
+				}
+		}},
+		{"finished first", "only after it had finished", func() (func(string), stageFunc) {
+			finished := make(chan struct{})
+			var once sync.Once
+			return func(stage string) {
+				switch stage {
+				case "a":
+					waitOrGiveUp(finished)
+				case "b": // b's own output is digested: b has returned
+					once.Do(func() { close(finished) })
+				}
+			}, plusOne
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := memfds(t)
+			c, err := cache.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			s := newFakeSys(t)
+			var second atomic.Bool
+			gate, body := tc.hold()
+			s.kind("src", "/bin/a", nil, []string{"out"}, concurrent(), source(3))
+			s.kind("inc", "/bin/b", []string{"in"}, []string{"out"}, concurrent(), func(ctx context.Context, run *fakeRun) error {
+				if second.Load() {
+					return body(ctx, run)
+				}
+				return plusOne(ctx, run)
+			})
+			s.kind("sink", "/bin/b", []string{"in"}, nil, concurrent(), sink)
+			// 8 MiB outputs: over the size digested before consumers start.
+			p := s.pipelineOn(2048, 1024, `
 [stages.a]
 kind = "src"
 [stages.b]
@@ -740,33 +775,45 @@ kind = "sink"
 inputs.in = "b.out"
 cache = false
 `)
-	a1 := arena.New(0)
-	if err := s.run(context.Background(), p, a1, Options{Jobs: 2, Cache: c}).Err(); err != nil {
-		t.Fatal(err)
+			a1 := arena.New(0)
+			if err := s.run(context.Background(), p, a1, Options{Jobs: 2, Cache: c}).Err(); err != nil {
+				t.Fatal(err)
+			}
+			a1.Close()
+			second.Store(true)
+			s.seen = map[string][]byte{}
+			digestGate = gate
+			defer func() { digestGate = nil }()
+			a2 := arena.New(0)
+			res := s.run(context.Background(), p, a2, Options{Jobs: 2, Cache: c, Refresh: map[string]bool{"a": true}})
+			if err := res.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if r := result(t, res, "a"); r.Cache != CacheMiss || r.MissReason != "refresh requested" || s.runs("a") != 2 {
+				t.Errorf("stage a: %s (%q), ran %d time(s); want refreshed", r.Cache, r.MissReason, s.runs("a"))
+			}
+			rb := result(t, res, "b")
+			if rb.Status != StatusOK || rb.Cache != CacheHit {
+				t.Fatalf("stage b: %s, cache %s (%v); want served from the cache", rb.Status, rb.Cache, rb.Err)
+			}
+			if s.runs("b") != 2 || !strings.Contains(rb.Note, tc.note) {
+				t.Errorf("stage b ran %d time(s), note %q; want 2 and a note saying %q", s.runs("b"), rb.Note, tc.note)
+			}
+			if got := s.seen["c"]; len(got) != 2048*1024*4 || got[0] != 4 || got[len(got)-1] != 4 {
+				t.Errorf("stage c did not read b's cached bytes")
+			}
+			checkReleased(t, s, a2, before)
+		})
 	}
-	a1.Close()
-	second.Store(true)
-	s.seen = map[string][]byte{}
-	a2 := arena.New(0)
-	res := s.run(context.Background(), p, a2, Options{Jobs: 2, Cache: c, Refresh: map[string]bool{"a": true}})
-	if err := res.Err(); err != nil {
-		t.Fatal(err)
+}
+
+// waitOrGiveUp waits for ch, but not forever: a gate that is never opened
+// must fail the test, not hang it.
+func waitOrGiveUp(ch <-chan struct{}) {
+	select {
+	case <-ch:
+	case <-time.After(20 * time.Second):
 	}
-	if r := result(t, res, "a"); r.Cache != CacheMiss || r.MissReason != "refresh requested" || s.runs("a") != 2 {
-		t.Errorf("stage a: %s (%q), ran %d time(s); want refreshed", r.Cache, r.MissReason, s.runs("a"))
-	}
-	rb := result(t, res, "b")
-	if rb.Status != StatusOK || rb.Cache != CacheHit {
-		t.Fatalf("stage b: %s, cache %s (%v); want served from the cache", rb.Status, rb.Cache, rb.Err)
-	}
-	if s.runs("b") == 2 && !strings.Contains(rb.Note, "early cutoff") {
-		t.Errorf("stage b started again but its note is %q", rb.Note)
-	}
-	t.Logf("stage b ran %d time(s) in all; note %q", s.runs("b"), rb.Note)
-	if got := s.seen["c"]; len(got) != 2048*1024*4 || got[0] != 4 || got[len(got)-1] != 4 {
-		t.Errorf("stage c did not read b's cached bytes")
-	}
-	checkReleased(t, s, a2, before)
 }
 
 // With DeferStores, Run returns before the last stores are written, and
