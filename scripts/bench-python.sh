@@ -45,6 +45,24 @@ echo "== launch → first Describe reply (ms), 5 × 10 launches; baseline: the S
 go test -run '^$' -bench 'Launch(Python|Rust)$' -benchtime 10x -count 5 ./host/pluginmgr/ \
   | grep ms-to-describe | tee /tmp/bench-python-launch.txt | awk '{print $1, $5}' | median
 
+# The floor under a Python plugin's launch: the same interpreter (-I -S, the
+# launchers' flags) only importing what every Python stage process loads,
+# measured the same 5 × 10 ways, from exec to exit.
+echo "== imports alone (ms per interpreter start, 5 × 10 starts): the floor of the launch above"
+site=$(.tools/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+for round in 1 2 3 4 5; do
+  for what in interpreter:pass numpy:numpy grpc:grpc numpy+grpc+protobuf:numpy,grpc,google.protobuf; do
+    mods=${what#*:}
+    [ "$mods" = pass ] && code=pass || code="import ${mods//,/, }"
+    t0=$(date +%s%N)
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+      .tools/venv/bin/python -I -S -c "import sys; sys.path.append('$site'); $code"
+    done
+    t1=$(date +%s%N)
+    echo "${what%%:*} $(( (t1 - t0) / 10000000 ))"
+  done
+done | median
+
 echo "== per-stage overhead: a chain of 20 stages, host µs per stage, 5 × 5 runs"
 go test -run '^$' -bench 'NativeStageOverhead/(noop|blur-chain)/(go|cpp|py)$' -benchtime 5x -count 5 ./host/runner/ \
   | grep 'µs/stage' | tee /tmp/bench-python-overhead.txt | awk '{for (i=1;i<=NF;i++) if ($i=="µs/stage") print $1, $(i-1)}' | median

@@ -110,3 +110,22 @@ for part in dispatch run return gap; do
   row="$row | $(awk -v p="$part" '$1 == p { print $2 }' "$work/parts" | med)"
 done
 echo "${row# } |"
+
+# The floor under every figure above: one Run call between two processes
+# through gRPC alone (empty request, one Result, the stream's end; no fds,
+# no engine), with pipehost's gRPC options and with gRPC's defaults (BDP
+# estimation on), alternated; medians of 5.
+echo
+echo "gRPC Run round trip between two processes (µs, medians of 5):"
+echo
+go test -run '^$' -bench RunRoundTrip -benchtime 2000x -count 5 ./internal/wire/ | awk '
+  /^BenchmarkRunRoundTrip/ { split($1, n, "/"); sub(/-[0-9]+$/, "", n[2]); v[n[2]] = v[n[2]] " " $3 }
+  END {
+    print "| gRPC options | round trip |"
+    print "| --- | ---: |"
+    for (k in v) {
+      c = split(substr(v[k], 2), a, " ")
+      for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      printf "| %s | %.0f |\n", k, a[int((c + 1) / 2)] / 1000
+    }
+  }'

@@ -177,17 +177,17 @@ func (s *server) runStage(ctx context.Context, st Stage, req *pb.RunRequest, sen
 	defer data.release()
 
 	shared := s.enter()
-	rssBefore := procstat.RSS()
 	endMarker := c.beginStageMarker()
-	start := clock.Now()
 	var cpu0 unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &cpu0)
+	rssBefore := procstat.RSS() // after cpu0: PeakSince relies on the order
+	start := clock.Now()
 	runErr := safeRun(st, c, params)
 	end := clock.Now()
 	endMarker()
 	var cpu1 unix.Rusage
 	_ = unix.Getrusage(unix.RUSAGE_SELF, &cpu1)
-	peak := procstat.Peak()
+	peak := procstat.PeakSince(cpu0.Maxrss, rssBefore, cpu1.Maxrss)
 	// After the Result, not before: the host waits for this Run to end.
 	defer releaseMemory(rssBefore, peak)
 	shared = s.leave() || shared
@@ -200,6 +200,10 @@ func (s *server) runStage(ctx context.Context, st Stage, req *pb.RunRequest, sen
 	if err != nil {
 		return &stageError{code: codes.FailedPrecondition, err: fmt.Errorf("stage %s (%s): %w", req.GetStage(), req.GetKind(), err)}
 	}
+	// Everything this Run held is let go before the Result, so the Run's
+	// end follows the Result at once and both usually leave in one write:
+	// the host then wakes once, not twice.
+	data.release()
 	c.metricsMu.Lock()
 	metrics := c.metrics
 	c.metricsMu.Unlock()

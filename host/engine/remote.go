@@ -224,7 +224,7 @@ func (e *Engine) execRemote(ctx context.Context, x *RemoteExec, n *plan.Node, r 
 		actionTimeout = timeout + time.Minute
 	}
 	args = append(args, stagerun.SpecFile, remoteOutputDir)
-	action, err := x.Client.PrepareAction(ctx, remote.ActionSpec{
+	action := remote.ActionSpec{
 		Args:        args,
 		Env:         map[string]string{"PATH": "/usr/local/bin:/usr/bin:/bin"},
 		Inputs:      files,
@@ -234,26 +234,44 @@ func (e *Engine) execRemote(ctx context.Context, x *RemoteExec, n *plan.Node, r 
 		// pipehost's own cache decides what is reused; a stage that opted
 		// out of it is not cached by the server either.
 		DoNotCache: !e.cacheable(n),
-	})
-	for _, c := range open {
-		c.Close()
-	}
-	open = nil
-	if err != nil {
-		return nil, fmt.Errorf("uploading the action: %w", err)
 	}
 	rr := r.Remote
-	rr.Action = fmt.Sprintf("%s/%d", action.Hash, action.Size)
-	t1 := clock.Now()
-	rr.UploadNs = t1 - t0
-	ar, err := x.Client.Execute(ctx, action, false)
-	rr.ExecNs = clock.Now() - t1
-	rr.Worker = ar.GetExecutionMetadata().GetWorker()
-	if err != nil {
-		return nil, fmt.Errorf("%w%s", err, x.stderrTail(ctx, ar))
+	var ar *repb.ActionResult
+	for attempt := 1; ; attempt++ {
+		// Preparing again re-uploads whatever the server lost since.
+		digest, err := x.Client.PrepareAction(ctx, action)
+		if err != nil {
+			return nil, fmt.Errorf("uploading the action: %w", err)
+		}
+		rr.Action = fmt.Sprintf("%s/%d", digest.Hash, digest.Size)
+		t1 := clock.Now()
+		if attempt == 1 {
+			rr.UploadNs = t1 - t0
+		}
+		ar, err = x.Client.Execute(ctx, digest, false)
+		rr.ExecNs = clock.Now() - t1
+		rr.Worker = ar.GetExecutionMetadata().GetWorker()
+		if err == nil {
+			return ar, nil
+		}
+		if attempt == remoteAttempts || !remote.Retryable(err) || ctx.Err() != nil {
+			return nil, fmt.Errorf("%w%s", err, x.stderrTail(ctx, ar))
+		}
+		// The executor could not run the command (a worker failed to fetch
+		// an input, went away...): said in the run log, and tried again.
+		e.opts.Observer.StageEvent(n, logEvent(fmt.Sprintf("remote executor %s could not run the stage (attempt %d of %d), trying again: %v",
+			x.Target, attempt, remoteAttempts, err)))
+		select {
+		case <-time.After(time.Duration(attempt) * 250 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
 	}
-	return ar, nil
 }
+
+// remoteAttempts bounds how often a stage is sent to the remote executor
+// when the executor, not the stage, failed.
+const remoteAttempts = 3
 
 // fetchOutputs reads the runner's outputs.json, checks it against the
 // action result and the stage's descriptor, and brings every output into

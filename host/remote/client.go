@@ -320,6 +320,27 @@ func (e *ExecuteError) Error() string {
 	return msg
 }
 
+// Retryable reports whether err is an Execute that failed for the
+// executor's own reasons, before the command could run or finish: a worker
+// that failed to fetch an input, inputs the server no longer has
+// (FAILED_PRECONDITION: preparing the action again uploads them), a worker
+// that went away. A command that ran and exited non-zero, or ran out of its
+// time, is the stage's own failure and is not retried.
+func Retryable(err error) bool {
+	var xe *ExecuteError
+	if !errors.As(err, &xe) || xe.Status == nil {
+		return false
+	}
+	if xe.Result != nil && xe.Result.GetExitCode() != 0 {
+		return false
+	}
+	switch xe.Status.Code() {
+	case codes.Internal, codes.Unavailable, codes.Unknown, codes.Aborted, codes.FailedPrecondition:
+		return true
+	}
+	return false
+}
+
 // Execute runs an action whose Action, Command and input root are already
 // in the CAS, and waits for it. The action cache is not consulted unless
 // cached is true (servers such as Buildbarn never consult it on Execute;

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -46,7 +47,20 @@ uint64_t status_bytes(const char* key) {
   return 0;
 }
 
-uint64_t peak_rss() { return status_bytes("VmHWM:"); }
+// rss_bytes is the current VmRSS from /proc/self/statm: a few µs, against
+// tens for /proc/self/status.
+uint64_t rss_bytes() {
+  const int fd = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return status_bytes("VmRSS:");
+  char buf[128];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  unsigned long long size = 0, resident = 0;
+  if (n <= 0) return status_bytes("VmRSS:");
+  buf[n] = '\0';
+  if (std::sscanf(buf, "%llu %llu", &size, &resident) != 2) return status_bytes("VmRSS:");
+  return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+}
 
 // release_memory hands freed heap back to the system after a stage that
 // grew the process a lot, so the next stage's peak is its own.
@@ -54,13 +68,31 @@ void release_memory(uint64_t before, uint64_t peak) {
   if (peak > before + (uint64_t{64} << 20)) ::malloc_trim(0);
 }
 
-uint64_t cpu_ns() {
+// Usage is getrusage's CPU time and ru_maxrss (KiB).
+struct Usage {
+  uint64_t cpu_ns = 0;
+  int64_t maxrss_kb = 0;
+};
+
+Usage usage() {
   struct rusage ru;
-  if (::getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  if (::getrusage(RUSAGE_SELF, &ru) != 0) return {};
   auto ns = [](const struct timeval& tv) {
     return static_cast<uint64_t>(tv.tv_sec) * 1000000000ULL + static_cast<uint64_t>(tv.tv_usec) * 1000ULL;
   };
-  return ns(ru.ru_utime) + ns(ru.ru_stime);
+  return {ns(ru.ru_utime) + ns(ru.ru_stime), static_cast<int64_t>(ru.ru_maxrss)};
+}
+
+// peak_since is VmHWM at the end of a span that began with usage `start`
+// and then an RSS reading `rss`. ru_maxrss is max(VmHWM, the peak at exec
+// and at each thread's exit), which the reset does not touch; it is exact
+// when it grew during the span or was within rss at its start. Otherwise
+// /proc/self/status is read. The Go SDK applies the same rule.
+uint64_t peak_since(const Usage& start, uint64_t rss, const Usage& end) {
+  if (end.maxrss_kb > start.maxrss_kb || static_cast<uint64_t>(start.maxrss_kb) * 1024 <= rss) {
+    return static_cast<uint64_t>(end.maxrss_kb) * 1024;
+  }
+  return status_bytes("VmHWM:");
 }
 
 // Runs active in this process: the first resets the peak RSS so VmHWM
@@ -118,15 +150,15 @@ RunStatus run_stage(const StageDef& def, const pb::RunRequest& req, FdChannel* c
 
   Context ctx(&impl);
   bool shared = enter();
-  const uint64_t rss_before = status_bytes("VmRSS:");
   // The stage's slice, on the thread that runs it, around its subtasks.
   if (!req.trace_marker().empty() && trace::open(req.trace_marker())) {
     impl.markers = true;
     impl.marker_base = trace::next_base();
     trace::begin(impl.stage);
   }
+  const Usage u0 = usage();
+  const uint64_t rss_before = rss_bytes();  // after u0: peak_since relies on the order
   const int64_t start = now_ns();
-  const uint64_t cpu0 = cpu_ns();
   std::string run_err;
   try {
     def.run(ctx);
@@ -138,8 +170,8 @@ RunStatus run_stage(const StageDef& def, const pb::RunRequest& req, FdChannel* c
   }
   const int64_t end = now_ns();
   if (impl.markers) trace::end();
-  const uint64_t cpu1 = cpu_ns();
-  const uint64_t peak = peak_rss();
+  const Usage u1 = usage();
+  const uint64_t peak = peak_since(u0, rss_before, u1);
   release_memory(rss_before, peak);
   shared = leave() || shared;
   if (!run_err.empty()) return {RunStatus::Aborted, run_err};
@@ -162,7 +194,7 @@ RunStatus run_stage(const StageDef& def, const pb::RunRequest& req, FdChannel* c
   st->set_peak_shared(shared);
   st->set_start_ns(start);
   st->set_end_ns(end);
-  st->set_cpu_ns(cpu1 - cpu0);
+  st->set_cpu_ns(u1.cpu_ns - u0.cpu_ns);
   impl.send(ev);
   return {};
 }

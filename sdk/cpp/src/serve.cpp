@@ -298,6 +298,9 @@ void serve(std::vector<Stage> stages) {
   builder.AddListeningPort("unix:" + g_socket_path, grpc::InsecureServerCredentials());
   builder.SetMaxReceiveMessageSize(kMaxMessageSize);
   builder.SetMaxSendMessageSize(-1);
+  // No BDP probing: it answers each message with a ping the host must wake
+  // up to acknowledge, and a local socket has no bandwidth-delay to learn.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   builder.RegisterService(&stage_svc);
   builder.RegisterService(&controller_svc);
   builder.RegisterService(&stdio_svc);

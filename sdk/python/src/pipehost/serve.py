@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -90,6 +91,36 @@ def _peak_rss() -> int:
     return 0
 
 
+_PAGE = os.sysconf("SC_PAGESIZE")
+
+
+def _maxrss_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _rss() -> int:
+    """VmRSS from /proc/self/statm: a few µs, against tens for /proc/self/status."""
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return int(os.read(fd, 128).split()[1]) * _PAGE
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _peak_since(start_kb: int, rss: int, end_kb: int) -> int:
+    """VmHWM at the end of a span that began with ru_maxrss start_kb and then
+    an RSS reading rss. ru_maxrss is max(VmHWM, the peak at exec and at each
+    thread's exit), which the reset does not touch: it is exact when it grew
+    during the span or was within rss at its start; otherwise
+    /proc/self/status is read. The Go SDK applies the same rule."""
+    if end_kb > start_kb or start_kb * 1024 <= rss:
+        return end_kb * 1024
+    return _peak_rss()
+
+
 class Plugin:
     def __init__(self, stages, mailbox):
         self.order = list(stages)
@@ -132,6 +163,8 @@ class Plugin:
             ctx._marker = marker
             if marker:
                 marker.begin(name)
+            maxrss0 = _maxrss_kb()
+            rss = _rss()  # after maxrss0: _peak_since relies on the order
             start = time.monotonic_ns()
             cpu0 = _cpu_ns()
             failure = None
@@ -165,7 +198,7 @@ class Plugin:
                 if marker:
                     marker.end()
             cpu1 = _cpu_ns()
-            peak = _peak_rss()
+            peak = _peak_since(maxrss0, rss, _maxrss_kb())
             shared = self.leave() or shared_before
             if failure:
                 return failure
@@ -324,7 +357,10 @@ def serve(stages=None):
     plugin = Plugin(stages, mailbox)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", MAX_RECV), ("grpc.max_send_message_length", -1)])
+        # No BDP probing: it answers each message with a ping the host must
+        # wake up to acknowledge; a local socket has no bandwidth-delay to learn.
+        options=[("grpc.max_receive_message_length", MAX_RECV), ("grpc.max_send_message_length", -1),
+                 ("grpc.http2.bdp_probe", 0)])
     stage_pb2_grpc.add_StageServicer_to_server(StageService(plugin), server)
     health_pb2_grpc.add_HealthServicer_to_server(Health(), server)
     controller_pb2_grpc.add_GRPCControllerServicer_to_server(Controller(), server)
