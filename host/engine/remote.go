@@ -236,42 +236,24 @@ func (e *Engine) execRemote(ctx context.Context, x *RemoteExec, n *plan.Node, r 
 		DoNotCache: !e.cacheable(n),
 	}
 	rr := r.Remote
-	var ar *repb.ActionResult
-	for attempt := 1; ; attempt++ {
-		// Preparing again re-uploads whatever the server lost since.
-		digest, err := x.Client.PrepareAction(ctx, action)
-		if err != nil {
-			return nil, fmt.Errorf("uploading the action: %w", err)
-		}
-		rr.Action = fmt.Sprintf("%s/%d", digest.Hash, digest.Size)
-		t1 := clock.Now()
-		if attempt == 1 {
-			rr.UploadNs = t1 - t0
-		}
-		ar, err = x.Client.Execute(ctx, digest, false)
-		rr.ExecNs = clock.Now() - t1
-		rr.Worker = ar.GetExecutionMetadata().GetWorker()
-		if err == nil {
-			return ar, nil
-		}
-		if attempt == remoteAttempts || !remote.Retryable(err) || ctx.Err() != nil {
-			return nil, fmt.Errorf("%w%s", err, x.stderrTail(ctx, ar))
-		}
+	t1 := clock.Now()
+	run, err := x.Client.RunAction(ctx, action, func(attempt int, err error) {
 		// The executor could not run the command (a worker failed to fetch
 		// an input, went away...): said in the run log, and tried again.
 		e.opts.Observer.StageEvent(n, logEvent(fmt.Sprintf("remote executor %s could not run the stage (attempt %d of %d), trying again: %v",
-			x.Target, attempt, remoteAttempts, err)))
-		select {
-		case <-time.After(time.Duration(attempt) * 250 * time.Millisecond):
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
-		}
+			x.Target, attempt, remote.Attempts, err)))
+	})
+	rr.UploadNs = t1 - t0 + run.Upload.Nanoseconds()
+	rr.ExecNs = run.Exec.Nanoseconds()
+	if run.Action.Hash != "" {
+		rr.Action = fmt.Sprintf("%s/%d", run.Action.Hash, run.Action.Size)
 	}
+	rr.Worker = run.Result.GetExecutionMetadata().GetWorker()
+	if err != nil {
+		return nil, fmt.Errorf("%w%s", err, x.stderrTail(ctx, run.Result))
+	}
+	return run.Result, nil
 }
-
-// remoteAttempts bounds how often a stage is sent to the remote executor
-// when the executor, not the stage, failed.
-const remoteAttempts = 3
 
 // fetchOutputs reads the runner's outputs.json, checks it against the
 // action result and the stage's descriptor, and brings every output into

@@ -341,6 +341,52 @@ func Retryable(err error) bool {
 	return false
 }
 
+// Attempts bounds how often RunAction sends an action when the executor,
+// not the command, failed.
+const Attempts = 3
+
+// ActionRun is what RunAction did: the action, its last attempt's result,
+// how long the first upload and the last execution took.
+type ActionRun struct {
+	Action       Digest
+	Result       *repb.ActionResult
+	Upload, Exec time.Duration
+}
+
+// RunAction prepares an action and executes it. When the executor could not
+// run the command (Retryable), it prepares the action again, which uploads
+// whatever the server lost since, and sends it again, up to Attempts times,
+// 0.25 s and 0.5 s apart; retried, when set, is told of each failure that is
+// tried again. The last attempt's result and error are returned.
+func (c *Client) RunAction(ctx context.Context, spec ActionSpec, retried func(attempt int, err error)) (ActionRun, error) {
+	var run ActionRun
+	for attempt := 1; ; attempt++ {
+		t0 := time.Now()
+		d, err := c.PrepareAction(ctx, spec)
+		if err != nil {
+			return run, fmt.Errorf("uploading the action: %w", err)
+		}
+		run.Action = d
+		t1 := time.Now()
+		if attempt == 1 {
+			run.Upload = t1.Sub(t0)
+		}
+		run.Result, err = c.Execute(ctx, d, false)
+		run.Exec = time.Since(t1)
+		if err == nil || attempt == Attempts || !Retryable(err) || ctx.Err() != nil {
+			return run, err
+		}
+		if retried != nil {
+			retried(attempt, err)
+		}
+		select {
+		case <-time.After(time.Duration(attempt) * 250 * time.Millisecond):
+		case <-ctx.Done():
+			return run, context.Cause(ctx)
+		}
+	}
+}
+
 // Execute runs an action whose Action, Command and input root are already
 // in the CAS, and waits for it. The action cache is not consulted unless
 // cached is true (servers such as Buildbarn never consult it on Execute;

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-
 	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/plan"
 	"github.com/pipehost/pipehost/host/remote"
@@ -261,27 +259,16 @@ func remoteStage(t *testing.T, c *remote.Client, env *remotetest.Env, bins strin
 	for _, in := range spec.Inputs {
 		files = append(files, remote.File{Path: in.File, Blob: fileBlob(t, inputs[in.File])})
 	}
-	var ar *repb.ActionResult
 	// As the engine does: the executor's own failures are tried again.
-	for attempt := 1; ; attempt++ {
-		var action remote.Digest
-		action, err = c.PrepareAction(ctx, remote.ActionSpec{
-			Args:        []string{"./pipehost-stage", stagerun.SpecFile, "out"},
-			Env:         map[string]string{"PATH": "/usr/bin:/bin"},
-			Inputs:      files,
-			OutputPaths: []string{"out/" + stagerun.ResultFile, "out/out"},
-			Platform:    env.Platform,
-			Timeout:     2 * time.Minute,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ar, err = c.Execute(ctx, action, false)
-		if err == nil || attempt == 3 || !remote.Retryable(err) {
-			break
-		}
-		t.Logf("attempt %d: %v; trying again", attempt, err)
-	}
+	run, err := c.RunAction(ctx, remote.ActionSpec{
+		Args:        []string{"./pipehost-stage", stagerun.SpecFile, "out"},
+		Env:         map[string]string{"PATH": "/usr/bin:/bin"},
+		Inputs:      files,
+		OutputPaths: []string{"out/" + stagerun.ResultFile, "out/out"},
+		Platform:    env.Platform,
+		Timeout:     2 * time.Minute,
+	}, func(attempt int, err error) { t.Logf("attempt %d: %v; trying again", attempt, err) })
+	ar := run.Result
 	if err != nil {
 		if d := ar.GetStderrDigest(); d != nil {
 			if b, rerr := c.ReadBytes(ctx, remote.Digest{Hash: d.GetHash(), Size: d.GetSizeBytes()}); rerr == nil {
