@@ -45,6 +45,29 @@ echo "== launch → first Describe reply (ms), 5 × 10 launches; baseline: the S
 go test -run '^$' -bench 'Launch(Python|Rust)$' -benchtime 10x -count 5 ./host/pluginmgr/ \
   | grep ms-to-describe | tee /tmp/bench-python-launch.txt | awk '{print $1, $5}' | median
 
+# What a stage waits for when its plugin starts just for it: launch → the
+# first no-op Run has ended, numpy included. Baseline: the SDK before numpy
+# was deferred past the Describe reply, with the same plugin.
+run_rev=${PY_RUN_BASELINE_REV:-d71a1d3}
+mkdir -p "$tmp/run"
+git archive "$run_rev" sdk/python/src testplugins/python | tar -x -C "$tmp/run"
+cat > "$tmp/run/misbehave-py" <<PY
+#!$PWD/.tools/venv/bin/python -IS
+import sys
+sys.path[:] = ["$tmp/run/sdk/python/src"] + $paths
+import importlib.util
+spec = importlib.util.spec_from_file_location("__main__", "$tmp/run/testplugins/python/misbehave_py.py")
+main = importlib.util.module_from_spec(spec)
+sys.modules["__main__"] = main
+spec.loader.exec_module(main)
+PY
+chmod 755 "$tmp/run/misbehave-py"
+.tools/venv/bin/python -m compileall -q "$tmp/run" >/dev/null
+echo "== launch → first no-op Run ended (ms), 5 × 10 launches; baseline: the SDK at $run_rev"
+PIPEHOST_BENCH_PY_BASELINE_RUN="$tmp/run/misbehave-py" \
+  go test -run '^$' -bench 'LaunchPythonFirstRun$' -benchtime 10x -count 5 ./host/pluginmgr/ \
+  | grep ms-to-first-run | tee /tmp/bench-python-first-run.txt | awk '{print $1, $5}' | median
+
 # The floor under a Python plugin's launch: the same interpreter (-I -S, the
 # launchers' flags) only importing what every Python stage process loads,
 # measured the same 5 × 10 ways, from exec to exit.

@@ -31,16 +31,21 @@ mkdir -p bin/plugins bin/testplugins bin/badplugins bin/examples
 # and set sys.path themselves: the site module's .pth processing costs more
 # than the rest of a start-up on a busy machine, and a plugin needs none of it.
 paths=$("$py" -c 'import sys; print(repr([p for p in sys.path if p and not p.endswith("sdk/python/src")]))')
-# launcher NAME MODULE DEST: bin/DEST/NAME runs MODULE with the venv's python.
+# launcher NAME MODULE DEST [sdk-first|as-written]: bin/DEST/NAME runs MODULE
+# with the venv's python. sdk-first (the default) imports the SDK before the
+# module, whatever the module imports first: under the host the SDK then
+# defers numpy until the plugin has described itself (pipehost._lazy).
 launcher() {
-  local name=$1 module=$2 dest=$3
-  local tmp="bin/$dest/.$name.tmp.$$"
+  local name=$1 module=$2 dest=$3 order=${4:-sdk-first}
+  local tmp="bin/$dest/.$name.tmp.$$" first=""
+  [ "$order" = sdk-first ] && first="import pipehost  # before the module: see scripts/build-python.sh"
   cat > "$tmp" <<PY
 #!$py -IS
 # pipehost plugin $name: runs $module with the project's venv
 # (written by scripts/build-python.sh; the SDK is this checkout's sdk/python).
 import sys
 sys.path[:] = ["$root/sdk/python/src"] + $paths
+$first
 # Run the module as __main__ through its file loader, which uses the
 # bytecode compiled below (runpy.run_path would compile the source anew).
 import importlib.util
@@ -60,7 +65,7 @@ launcher misbehave-py testplugins/python/misbehave_py.py testplugins
 launcher terrace-py examples/stages/python/terrace/terrace.py examples
 # Not a working plugin (it prints over its handshake): kept out of the
 # plugin directories runs use, for the host's tests only.
-launcher garbage-py testplugins/python/garbage_py.py badplugins
+launcher garbage-py testplugins/python/garbage_py.py badplugins as-written
 # Bytecode for the SDK and the plugins' modules now, so no plugin start
 # compiles a source file (unchanged files are skipped).
 "$py" -m compileall -q sdk/python/src plugins/python testplugins/python examples/stages/python >/dev/null

@@ -1,10 +1,10 @@
 """A pipehost plugin offering ``terrain.terrace``: land cut into terraces, like
 rice paddies or eroded mesas, from an elevation grid in metres."""
 
-import numpy as np
-
-import pipehost
+import pipehost  # before numpy: the plugin then answers the host before numpy has loaded
 from pipehost import ParamError, grid, param
+
+import numpy as np
 
 
 @pipehost.stage(

@@ -137,7 +137,7 @@ class RunData:
     def _input_value(self, buf):
         h = buf.binding.handle
         if buf.kind == pb.PORT_KIND_GRID:
-            a = self._array(buf.map, h, hd.DTYPES[h.dtype][1])
+            a = self._array(buf.map, h, hd.numpy_dtype(h.dtype))
             a.flags.writeable = False  # already read-only: the buffer is PROT_READ
             return a
         if buf.kind == pb.PORT_KIND_TABLE:
@@ -185,7 +185,7 @@ class RunData:
                     buf.map = buf.seg.map_rw()
                 except OSError as e:
                     raise StageError(f"output {name!r}: mapping it: {e}") from None
-                buf.value = self._array(buf.map, h, hd.DTYPES[h.dtype][1])
+                buf.value = self._array(buf.map, h, hd.numpy_dtype(h.dtype))
             return buf.value
 
     def _port(self, name):

@@ -9,7 +9,7 @@ overflow is an error, never a wrap-around.
 
 from __future__ import annotations
 
-import numpy as np
+import numpy as np  # under the host a placeholder until the first Run (pipehost._lazy)
 
 from ._proto.pipehost.v1 import stage_pb2 as pb
 
@@ -19,31 +19,41 @@ ALIGN = 64
 DIGEST_SIZE = 32
 _U64 = 1 << 64
 
-#: DType wire value → (name, numpy little-endian dtype).
-DTYPES = {
-    pb.DTYPE_F32: ("f32", np.dtype("<f4")),
-    pb.DTYPE_F64: ("f64", np.dtype("<f8")),
-    pb.DTYPE_I8: ("i8", np.dtype("i1")),
-    pb.DTYPE_I16: ("i16", np.dtype("<i2")),
-    pb.DTYPE_I32: ("i32", np.dtype("<i4")),
-    pb.DTYPE_I64: ("i64", np.dtype("<i8")),
-    pb.DTYPE_U8: ("u8", np.dtype("u1")),
-    pb.DTYPE_U16: ("u16", np.dtype("<u2")),
-    pb.DTYPE_U32: ("u32", np.dtype("<u4")),
-    pb.DTYPE_U64: ("u64", np.dtype("<u8")),
+#: DType wire value → (name, numpy little-endian dtype string, element size).
+#: Strings, not ``np.dtype`` objects: a plugin describes itself without numpy.
+DTYPE_INFO = {
+    pb.DTYPE_F32: ("f32", "<f4", 4),
+    pb.DTYPE_F64: ("f64", "<f8", 8),
+    pb.DTYPE_I8: ("i8", "i1", 1),
+    pb.DTYPE_I16: ("i16", "<i2", 2),
+    pb.DTYPE_I32: ("i32", "<i4", 4),
+    pb.DTYPE_I64: ("i64", "<i8", 8),
+    pb.DTYPE_U8: ("u8", "u1", 1),
+    pb.DTYPE_U16: ("u16", "<u2", 2),
+    pb.DTYPE_U32: ("u32", "<u4", 4),
+    pb.DTYPE_U64: ("u64", "<u8", 8),
 }
 #: DType name ("f32", ...) → wire value.
-DTYPE_BY_NAME = {name: v for v, (name, _) in DTYPES.items()}
+DTYPE_BY_NAME = {name: v for v, (name, _, _) in DTYPE_INFO.items()}
+_NUMPY_DTYPES: dict = {}
+
+
+def numpy_dtype(dtype: int):
+    """The numpy dtype of a wire dtype (KeyError for an unknown one)."""
+    d = _NUMPY_DTYPES.get(dtype)
+    if d is None:
+        d = _NUMPY_DTYPES[dtype] = np.dtype(DTYPE_INFO[dtype][1])
+    return d
 
 
 def dtype_size(dtype: int) -> int | None:
     """Element size of a wire dtype, or None for an unknown one."""
-    d = DTYPES.get(dtype)
-    return d[1].itemsize if d else None
+    d = DTYPE_INFO.get(dtype)
+    return d[2] if d else None
 
 
 def dtype_name(dtype: int) -> str:
-    d = DTYPES.get(dtype)
+    d = DTYPE_INFO.get(dtype)
     return d[0] if d else f"unknown dtype {dtype}"
 
 

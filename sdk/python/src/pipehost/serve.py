@@ -13,9 +13,13 @@ import time
 import traceback
 from concurrent import futures
 
-from ._lazy import defer_asyncio_and_grpc_aio
+from ._lazy import defer_asyncio_and_grpc_aio, defer_numpy, ensure_loaded
 
 defer_asyncio_and_grpc_aio()
+if os.environ.get("PIPEHOST_PLUGIN_COOKIE"):
+    # Under the host only: numpy loads on a thread once the plugin has
+    # described itself, and every Run waits for it (Plugin.execute).
+    defer_numpy()
 import grpc  # noqa: E402
 
 from . import log, shm, trace_marker  # noqa: E402
@@ -148,6 +152,7 @@ class Plugin:
 
     def execute(self, stage, req, sink, cancelled):
         """Runs one stage on the calling thread; returns None or (code, message)."""
+        ensure_loaded("numpy")  # whole before any array is made (see defer_numpy)
         name, kind = req.stage, req.kind
         data = RunData(stage, self.mailbox)
         try:
@@ -215,6 +220,27 @@ class Plugin:
 
 
 _DONE = object()
+_preloading = threading.Lock()
+_preload_started = False
+
+
+def _preload():
+    """Starts loading a deferred numpy on its own thread, once: the host
+    describes a plugin it is about to run, so numpy is usually whole by the
+    first Run, and a plugin only listed or checked never loads it."""
+    global _preload_started
+    with _preloading:
+        if _preload_started:
+            return
+        _preload_started = True
+    threading.Thread(target=_load_quietly, name="preload numpy", daemon=True).start()
+
+
+def _load_quietly():
+    try:
+        ensure_loaded("numpy")
+    except BaseException:  # noqa: BLE001 - the first Run loads it again and reports the error
+        pass
 
 
 class StageService(stage_pb2_grpc.StageServicer):
@@ -225,6 +251,7 @@ class StageService(stage_pb2_grpc.StageServicer):
         self.pool = futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="stage")
 
     def Describe(self, request, context):
+        _preload()
         return pb.DescribeResponse(stages=[s.descriptor() for s in self.plugin.order], sdk="python",
                                    sdk_version=SDK_VERSION, protocol_revision=PROTOCOL_REVISION)
 

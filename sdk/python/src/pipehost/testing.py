@@ -330,7 +330,7 @@ def run(stage, inputs=None, params=None, *, topology: str = "torus", width: int 
                     raise ValueError(f"pipehost.testing: input {k!r} is at pyramid level {p.level}; "
                                      f"pass levels={p.level} or more")
                 lv = lvls[p.level]
-                want = hd.DTYPES[hd.DTYPE_BY_NAME[p.dtype]][1]
+                want = hd.numpy_dtype(hd.DTYPE_BY_NAME[p.dtype])
                 a = np.asarray(v)
                 if a.shape != (lv.height, lv.width):
                     raise ValueError(f"pipehost.testing: input {k!r} has shape {a.shape}; level {p.level} of the "
@@ -387,7 +387,7 @@ def run(stage, inputs=None, params=None, *, topology: str = "torus", width: int 
                     "Result (a writable shared mapping of the segment still exists: EBUSY on F_SEAL_WRITE)")
                 result.close()
                 return result
-            result.outputs[port] = _map_ro(result, fd, h, hd.DTYPES[h.dtype][1])
+            result.outputs[port] = _map_ro(result, fd, h, hd.numpy_dtype(h.dtype))
         res = next(e.result for e in events if e.HasField("result"))
         declared = {p.name: p for p in st.outputs}
         for b in res.dynamic_outputs:
