@@ -14,7 +14,7 @@ import (
 
 // sealedSegment returns a filled, sealed segment of size bytes, as the
 // engine digests it.
-func sealedSegment(b *testing.B, size int64) *shm.Segment {
+func sealedSegment(b testing.TB, size int64) *shm.Segment {
 	b.Helper()
 	s, err := shm.Create("digest", size)
 	if err != nil {

@@ -78,7 +78,7 @@ func (e *Engine) digestOutputs(r *StageResult) {
 			continue
 		}
 		e.digests.Add(1)
-		goYielding(func() {
+		digestPool.run(func() {
 			defer e.digests.Done()
 			if digestGate != nil {
 				digestGate(r.Name)
@@ -88,49 +88,71 @@ func (e *Engine) digestOutputs(r *StageResult) {
 	}
 }
 
-// goYielding runs f on an OS thread of lowered priority (nice 10), so
-// digests and cache writes give way to stages when the CPUs are short. The
-// threads are kept by idle workers and never end: the runtime ends a locked
-// thread with its goroutine, and a thread that ends takes down every plugin
+// run runs f on an OS thread of the pool's lowered priority, so digests
+// and cache writes give way to stages when the CPUs are short. The threads
+// are kept by idle workers and never end: the runtime ends a locked thread
+// with its goroutine, and a thread that ends takes down every plugin
 // launched from it (Pdeathsig is per thread), so a one-off locked goroutine
 // could kill a running plugin.
-func goYielding(f func()) {
-	lowPrio.mu.Lock()
-	if n := len(lowPrio.idle); n > 0 {
-		w := lowPrio.idle[n-1]
-		lowPrio.idle = lowPrio.idle[:n-1]
-		lowPrio.mu.Unlock()
+func (p *yieldPool) run(f func()) {
+	if p.slots != nil {
+		p.slots <- struct{}{}
+		job := f
+		f = func() { defer func() { <-p.slots }(); job() }
+	}
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		w := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
 		w <- f
 		return
 	}
-	lowPrio.mu.Unlock()
+	p.mu.Unlock()
 	w := make(chan func(), 1)
 	go func() {
 		runtime.LockOSThread()
-		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 10)
+		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), p.nice)
 		for job := range w {
 			job()
-			lowPrio.mu.Lock()
-			lowPrio.idle = append(lowPrio.idle, w)
-			lowPrio.mu.Unlock()
+			p.mu.Lock()
+			p.idle = append(p.idle, w)
+			p.mu.Unlock()
 		}
 	}()
 	w <- f
 }
 
-// runYielding runs f like goYielding and waits for it.
-func runYielding(f func()) {
+// runYielding runs f on one of pool's threads and waits for it.
+func runYielding(pool *yieldPool, f func()) {
 	done := make(chan struct{})
-	goYielding(func() { defer close(done); f() })
+	pool.run(func() { defer close(done); f() })
 	<-done
 }
 
-// lowPrio holds the idle low-priority workers (their number is the most
-// background jobs ever run at once).
-var lowPrio struct {
-	mu   sync.Mutex
-	idle []chan func()
+// yieldPool keeps OS threads of lowered priority, each with an idle worker
+// (their number is the most jobs the pool ever ran at once).
+type yieldPool struct {
+	nice  int
+	slots chan struct{} // nil: no bound on the jobs run at once
+	mu    sync.Mutex
+	idle  []chan func()
 }
+
+var (
+	// digestPool hashes large outputs and writes them to the cache: work
+	// that holds memory until it ends, so it gives way to stages (nice 10)
+	// without waiting for an idle CPU.
+	digestPool = &yieldPool{nice: 10}
+	// writePool writes the entries of small outputs: file-system work no
+	// stage waits for and that holds next to no memory, done when a CPU
+	// has nothing better to do (nice 19). On a machine whose CPUs the
+	// stages keep busy it would otherwise slow every stage that follows.
+	// Four threads at most: more would not write faster, and a backlog
+	// waits as goroutines, not threads. (SCHED_IDLE was slower: the
+	// backlog then grows until the run's end.)
+	writePool = &yieldPool{nice: 19, slots: make(chan struct{}, 4)}
+)
 
 // store writes the stage's outputs to the cache in the background, once
 // their digests are known, and releases the host's claims on them when
@@ -198,9 +220,9 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 			}
 		}
 		if bytes >= inlineDigest {
-			runYielding(write)
+			runYielding(digestPool, write)
 		} else {
-			write()
+			runYielding(writePool, write)
 		}
 	}()
 }

@@ -256,8 +256,9 @@ func (e *Engine) explainMiss(n *plan.Node, r *StageResult, parts cache.Parts) {
 }
 
 // saveParts queues the stage's key parts for the next run's miss reasons.
-// One background writer stores them, off every stage's critical path; Run
-// returns only once they are written, as it does for the stores.
+// One background writer stores them, off every stage's critical path and
+// at the cache writes' low priority; Run returns only once they are
+// written, as it does for the stores.
 func (e *Engine) saveParts(stage string, parts cache.Parts) {
 	e.partsMu.Lock()
 	defer e.partsMu.Unlock()
@@ -267,7 +268,9 @@ func (e *Engine) saveParts(stage string, parts cache.Parts) {
 	}
 	e.partsWriting = true
 	e.stores.Add(1)
-	go func() {
+	// On its own goroutine: the pool may make it wait for a thread, and
+	// partsMu is held here.
+	go runYielding(writePool, func() {
 		defer e.stores.Done()
 		for {
 			e.partsMu.Lock()
@@ -283,7 +286,7 @@ func (e *Engine) saveParts(stage string, parts cache.Parts) {
 				_ = e.opts.Cache.SaveParts(e.plan.Config.RunID, b.stage, b.parts)
 			}
 		}
-	}()
+	})
 }
 
 // stagedParts is a stage's key parts waiting to be saved.

@@ -387,7 +387,7 @@ func (e *Engine) contentDigest(ctx context.Context, o *Output) (cache.Digest, er
 	}
 	var d cache.Digest
 	var err error
-	runYielding(func() { d, err = cache.SegmentDigest(o.Entry.Segment) })
+	runYielding(digestPool, func() { d, err = cache.SegmentDigest(o.Entry.Segment) })
 	return d, err
 }
 
