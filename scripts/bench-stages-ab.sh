@@ -4,10 +4,13 @@
 # two builds alternated ROUNDS times. Prints, per revision, the medians of
 # the command time per stage and of one stage's parts from the run log
 # (host start → stage function, the function, its end → host sealed, the
-# gap to the next stage), as in scripts/bench-stages.sh.
+# gap to the next stage), as in scripts/bench-stages.sh. CACHE=cold runs
+# with the cache on instead, each run in a cache directory of its own
+# (removed at exit, never just before a run: see scripts/bench-stages.sh).
 #
 #   scripts/bench-stages-ab.sh                 # HEAD~1 against the working tree
 #   scripts/bench-stages-ab.sh OLD_REV NEW_REV
+#   CACHE=cold scripts/bench-stages-ab.sh OLD_REV NEW_REV
 #   STAGES=300 ROUNDS=3 scripts/bench-stages-ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,8 @@ old_rev=${1:-HEAD~1}
 new_rev=${2:-}
 STAGES=${STAGES:-1000}
 ROUNDS=${ROUNDS:-5}
+CACHE=${CACHE:-off}
+case $CACHE in off | cold) ;; *) echo "bench-stages-ab: CACHE is off or cold, not $CACHE" >&2; exit 2 ;; esac
 work=$(mktemp -d)
 cleanup() {
   git worktree remove --force "$work/src-old" 2>/dev/null || true
@@ -45,12 +50,13 @@ fi
   done
 } >"$work/chain.toml"
 
-# once SIDE: one run; appends "side cmd_us dispatch run return gap" (µs) to results.
+# once SIDE ROUND: one run; appends "side cmd_us dispatch run return gap" (µs) to results.
 once() {
-  local out="$work/out-$1" t0 t1
+  local out="$work/out-$1" t0 t1 args=(--no-cache)
+  [ "$CACHE" = cold ] && args=(--cache-dir "$work/cache-$1-$2")
   rm -rf "$out"
   t0=$(date +%s%N)
-  "$work/$1/pipehost" run "$work/chain.toml" --plugin-dir "$work/$1/plugins" --out "$out" --quiet --no-cache
+  "$work/$1/pipehost" run "$work/chain.toml" --plugin-dir "$work/$1/plugins" --out "$out" --quiet "${args[@]}"
   t1=$(date +%s%N)
   python3 - "$1" $(((t1 - t0) / 1000 / STAGES)) "$out"/logs/run_*.jsonl <<'PY' | tee -a "$work/results" >&2
 import json, statistics, sys
@@ -73,9 +79,9 @@ PY
 
 echo "# $(date -u +%FT%TZ) $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg) at the start; old = $old_rev, new = $new_rev"
 for ((r = 0; r < ROUNDS; r++)); do
-  if ((r % 2 == 0)); then once old; once new; else once new; once old; fi
+  if ((r % 2 == 0)); then once old "$r"; once new "$r"; else once new "$r"; once old "$r"; fi
 done
-echo "# load $(cut -d' ' -f1-3 /proc/loadavg) at the end; medians of $ROUNDS alternated runs, $STAGES-stage chain, --no-cache"
+echo "# load $(cut -d' ' -f1-3 /proc/loadavg) at the end; medians of $ROUNDS alternated runs, $STAGES-stage chain, cache $CACHE"
 echo
 echo "| build | command µs/stage | host start → stage function | stage function | its end → host sealed | gap to the next stage |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
