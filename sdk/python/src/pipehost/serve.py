@@ -225,9 +225,10 @@ _preload_started = False
 
 
 def _preload():
-    """Starts loading a deferred numpy on its own thread, once: the host
-    describes a plugin it is about to run, so numpy is usually whole by the
-    first Run, and a plugin only listed or checked never loads it."""
+    """Starts loading a deferred numpy on its own thread, once, after the
+    first Describe: the host describes a plugin it is about to run, so the
+    load overlaps what the host does next, and a plugin only listed or
+    checked never needs numpy (it is stopped before the load matters)."""
     global _preload_started
     with _preloading:
         if _preload_started:
@@ -251,7 +252,10 @@ class StageService(stage_pb2_grpc.StageServicer):
         self.pool = futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="stage")
 
     def Describe(self, request, context):
-        _preload()
+        # Once the reply is out: loading numpy now would hold the GIL while
+        # the reply is serialized and sent.
+        if not context.add_callback(_preload):
+            _preload()
         return pb.DescribeResponse(stages=[s.descriptor() for s in self.plugin.order], sdk="python",
                                    sdk_version=SDK_VERSION, protocol_revision=PROTOCOL_REVISION)
 
