@@ -72,11 +72,16 @@ impl Mailbox {
                         Err(e) => break ChannelEnd::Broken(e.to_string()),
                     }
                 };
+                // The channel, and this thread's hold on the filed fds, go
+                // before anyone learns the channel ended: whoever waits for
+                // the end then finds no fd still open on this thread's behalf.
+                drop(ch);
                 {
                     let (lock, cv) = &*shared;
                     lock.lock().unwrap_or_else(|e| e.into_inner()).end = Some(end.clone());
                     cv.notify_all();
                 }
+                drop(shared);
                 on_end(end);
             })
             .expect("starting the fd channel reader");
