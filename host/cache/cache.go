@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -247,11 +246,11 @@ func SegmentDigest(seg *shm.Segment) (Digest, error) {
 	if !seg.Sealed() {
 		return Digest{}, fmt.Errorf("digest of segment %q: %w", seg.Name(), shm.ErrNotSealed)
 	}
-	h := sha256.New()
 	size := seg.Size()
 	if size <= smallDigest {
-		return smallSegmentDigest(seg, h)
+		return smallSegmentDigest(seg)
 	}
+	h := sha256.New()
 	err := seg.Use(func(fd int) error {
 		for off := int64(0); off < size; off += digestWindow {
 			n := min(digestWindow, size-off)
@@ -281,7 +280,7 @@ const smallDigest = 64 << 10
 
 var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallDigest); return &b }}
 
-func smallSegmentDigest(seg *shm.Segment, h hash.Hash) (Digest, error) {
+func smallSegmentDigest(seg *shm.Segment) (Digest, error) {
 	size := seg.Size()
 	bp := smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(bp)
@@ -305,8 +304,8 @@ func smallSegmentDigest(seg *shm.Segment, h hash.Hash) (Digest, error) {
 	if err != nil {
 		return Digest{}, err
 	}
-	h.Write(buf)
-	return Digest{Hash: hex.EncodeToString(h.Sum(nil)), Size: size}, nil
+	sum := sha256.Sum256(buf)
+	return Digest{Hash: hex.EncodeToString(sum[:]), Size: size}, nil
 }
 
 // kernelCopy copies n bytes from src to dst (both at offset 0, dst at its

@@ -219,11 +219,11 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 				}
 			}
 		}
+		pool := writePool
 		if bytes >= inlineDigest {
-			runYielding(digestPool, write)
-		} else {
-			runYielding(writePool, write)
+			pool = digestPool
 		}
+		runYielding(pool, write)
 	}()
 }
 

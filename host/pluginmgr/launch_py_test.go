@@ -38,19 +38,8 @@ func BenchmarkLaunchPythonFirstRun(b *testing.B) {
 }
 
 func benchFirstRun(b *testing.B, path string) {
-	m, err := pluginmgr.New(pluginmgr.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Close()
 	var total int64
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := clock.Now()
-		p, err := m.Launch(context.Background(), path)
-		if err != nil {
-			b.Fatal(err)
-		}
+	launches(b, path, func(p *pluginmgr.Plugin, start int64) {
 		stream, err := p.Client.Run(context.Background(), &pb.RunRequest{RunId: "bench", Stage: "s", Kind: "probe-py.noop"})
 		if err != nil {
 			b.Fatal(err)
@@ -70,9 +59,6 @@ func benchFirstRun(b *testing.B, path string) {
 			b.Fatal("the run ended without a result")
 		}
 		total += clock.Now() - start
-		b.StopTimer()
-		p.Stop()
-		b.StartTimer()
-	}
+	})
 	b.ReportMetric(float64(total)/float64(b.N)/1e6, "ms-to-first-run")
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/pipehost/pipehost/host/pluginmgr"
+	"github.com/pipehost/pipehost/internal/clock"
 	"github.com/pipehost/pipehost/internal/testbin"
 )
 
@@ -95,27 +96,37 @@ func nativeBinary(b testing.TB, lang, rel string) string {
 // benchLaunch launches the plugin at path, checks it speaks through the
 // given SDK and stops it, b.N times; only the launch is timed.
 func benchLaunch(b *testing.B, path, sdk string) {
+	var launchNs int64
+	launches(b, path, func(p *pluginmgr.Plugin, _ int64) {
+		launchNs += p.LaunchNs
+		if p.SDK != sdk {
+			b.Fatalf("sdk %q, want %q", p.SDK, sdk)
+		}
+	})
+	b.ReportMetric(float64(launchNs)/float64(b.N)/1e6, "ms-to-describe")
+}
+
+// launches launches the plugin at path b.N times, hands each launched
+// plugin and the clock.Now of its launch's start to measure, and stops it
+// outside the timer.
+func launches(b *testing.B, path string, measure func(p *pluginmgr.Plugin, start int64)) {
 	m, err := pluginmgr.New(pluginmgr.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer m.Close()
-	var launchNs int64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
+		start := clock.Now()
 		p, err := m.Launch(context.Background(), path)
 		if err != nil {
 			b.Fatal(err)
 		}
-		launchNs += p.LaunchNs
-		if p.SDK != sdk {
-			b.Fatalf("sdk %q, want %q", p.SDK, sdk)
-		}
+		measure(p, start)
 		b.StopTimer()
 		p.Stop()
 		b.StartTimer()
 	}
-	b.ReportMetric(float64(launchNs)/float64(b.N)/1e6, "ms-to-describe")
 }
 
 // BenchmarkLaunchTen starts ten plugin processes at once, as a run with ten

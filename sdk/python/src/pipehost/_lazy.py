@@ -77,7 +77,7 @@ def defer_numpy() -> None:
     Describe (which never touch an array) do not wait for numpy's import,
     the largest part of a Python plugin's start-up.
 
-    Unlike the placeholders above, this one has no ``__path__`` either:
+    Unlike the placeholders above, this one has no ``__path__``:
     importing a numpy submodule asks for it, which loads numpy first, so
     numpy's own ``__init__`` always runs before any part of it. The load
     holds a lock from start to end: ``ensure_loaded("numpy")`` returns only

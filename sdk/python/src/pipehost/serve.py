@@ -240,7 +240,7 @@ def _preload():
 def _load_quietly():
     try:
         ensure_loaded("numpy")
-    except BaseException:  # noqa: BLE001 - the first Run loads it again and reports the error
+    except BaseException:  # noqa: BLE001 - kept by the placeholder: the first Run raises it and reports it
         pass
 
 
