@@ -16,7 +16,9 @@ import (
 
 // The fd channel: a SOCK_SEQPACKET unix socketpair between the host and one
 // plugin process. Each message is a 32-byte header plus, for SEGMENT and
-// ADOPT, exactly one fd in SCM_RIGHTS. The layout is in docs/protocol.md.
+// ADOPT, exactly one fd in SCM_RIGHTS, and for RUN, EVENT and END a payload
+// cut into frames of at most MaxFrame bytes. The layout is in
+// docs/protocol.md.
 
 const (
 	// EnvFDChannel names the environment variable that tells a plugin which
@@ -30,8 +32,14 @@ const (
 	Magic uint32 = 0x44464850
 	// Version is the header version this package speaks.
 	Version uint16 = 1
-	// HeaderSize is the exact size of every fd channel message.
+	// HeaderSize is the size of every fd channel header, and the exact size
+	// of every message without a payload.
 	HeaderSize = 32
+	// MaxFrame is the most payload bytes one datagram carries after its
+	// header: far below any socket buffer, so a send never fails for size.
+	MaxFrame = 32 << 10
+	// MaxPayload bounds a whole payload (a RunRequest or a RunEvent).
+	MaxPayload = 64 << 20
 
 	// PluginTokenBit is set in every token a plugin allocates (ADOPT) and
 	// clear in every token the host allocates (SEGMENT), so the two
@@ -50,6 +58,16 @@ const (
 	MsgAdopt MsgType = 2
 	// MsgClose (either way, no fd) says the sender is shutting down cleanly.
 	MsgClose MsgType = 3
+	// MsgRun (host → plugin) carries a serialized RunRequest; its Token,
+	// a host token, names the run in every message about it.
+	MsgRun MsgType = 4
+	// MsgEvent (plugin → host) carries a serialized RunEvent of a run.
+	MsgEvent MsgType = 5
+	// MsgEnd (plugin → host) carries the serialized RunEnd of a run: the
+	// last message about it.
+	MsgEnd MsgType = 6
+	// MsgCancel (host → plugin, no payload) cancels a run.
+	MsgCancel MsgType = 7
 )
 
 func (t MsgType) String() string {
@@ -60,6 +78,14 @@ func (t MsgType) String() string {
 		return "ADOPT"
 	case MsgClose:
 		return "CLOSE"
+	case MsgRun:
+		return "RUN"
+	case MsgEvent:
+		return "EVENT"
+	case MsgEnd:
+		return "END"
+	case MsgCancel:
+		return "CANCEL"
 	}
 	return "type " + strconv.Itoa(int(t))
 }
@@ -67,13 +93,18 @@ func (t MsgType) String() string {
 // carriesFD reports whether messages of this type carry exactly one fd.
 func (t MsgType) carriesFD() bool { return t == MsgSegment || t == MsgAdopt }
 
+// carriesPayload reports whether messages of this type carry a payload.
+func (t MsgType) carriesPayload() bool { return t == MsgRun || t == MsgEvent || t == MsgEnd }
+
 // Message is a decoded fd channel header.
 type Message struct {
 	Type  MsgType
 	Token uint64
 	// SegmentID is the host's arena id (SEGMENT); 0 for ADOPT and CLOSE.
+	// In one frame of a payload it is the whole payload's length.
 	SegmentID uint64
-	// Size is the segment's size in bytes, as its fstat must report.
+	// Size is the segment's size in bytes, as its fstat must report. In one
+	// frame of a payload it is the payload bytes that frame carries.
 	Size uint64
 }
 
@@ -94,7 +125,17 @@ func EncodeHeader(m Message) []byte {
 
 // DecodeHeader parses one wire header and checks everything the header alone
 // can tell: length, magic, version, type, and the token space of the type.
-func DecodeHeader(b []byte) (Message, error) {
+// It speaks the base protocol (SEGMENT, ADOPT, CLOSE), which every SDK
+// shares; DecodeRunHeader also takes the messages of runs on the channel.
+func DecodeHeader(b []byte) (Message, error) { return decodeHeader(b, false) }
+
+// DecodeRunHeader is DecodeHeader for a side that takes runs on the
+// channel: RUN, EVENT, END and CANCEL are known types too, and for RUN,
+// EVENT and END the last two fields are a payload's length and the bytes of
+// it this frame carries, checked against MaxFrame and MaxPayload.
+func DecodeRunHeader(b []byte) (Message, error) { return decodeHeader(b, true) }
+
+func decodeHeader(b []byte, runs bool) (Message, error) {
 	if len(b) != HeaderSize {
 		return Message{}, fmt.Errorf("%w: message is %d bytes, want %d", ErrProtocol, len(b), HeaderSize)
 	}
@@ -109,6 +150,9 @@ func DecodeHeader(b []byte) (Message, error) {
 		Token:     binary.LittleEndian.Uint64(b[8:]),
 		SegmentID: binary.LittleEndian.Uint64(b[16:]),
 		Size:      binary.LittleEndian.Uint64(b[24:]),
+	}
+	if !runs && m.Type > MsgClose {
+		return Message{}, fmt.Errorf("%w: unknown message type %d", ErrProtocol, uint16(m.Type))
 	}
 	if err := checkToken(m); err != nil {
 		return Message{}, err
@@ -127,6 +171,20 @@ func checkToken(m Message) error {
 			return fmt.Errorf("%w: ADOPT token %#x is not a plugin token (top bit set)", ErrProtocol, m.Token)
 		}
 	case MsgClose:
+	case MsgRun, MsgEvent, MsgEnd, MsgCancel:
+		if m.Token == 0 || m.Token&PluginTokenBit != 0 {
+			return fmt.Errorf("%w: %v token %#x is not a run token (1 ≤ token < 2^63)", ErrProtocol, m.Type, m.Token)
+		}
+		switch {
+		case m.Type == MsgCancel && (m.SegmentID != 0 || m.Size != 0):
+			return fmt.Errorf("%w: CANCEL carries no payload, header says %d of %d bytes", ErrProtocol, m.Size, m.SegmentID)
+		case m.SegmentID > MaxPayload:
+			return fmt.Errorf("%w: %v payload of %d bytes, at most %d", ErrProtocol, m.Type, m.SegmentID, MaxPayload)
+		case m.Size > MaxFrame || m.Size > m.SegmentID:
+			return fmt.Errorf("%w: %v frame of %d bytes in a payload of %d (frames hold at most %d)", ErrProtocol, m.Type, m.Size, m.SegmentID, MaxFrame)
+		case m.Size == 0 && m.SegmentID > 0:
+			return fmt.Errorf("%w: empty %v frame in a payload of %d bytes", ErrProtocol, m.Type, m.SegmentID)
+		}
 	default:
 		return fmt.Errorf("%w: unknown message type %d", ErrProtocol, uint16(m.Type))
 	}
@@ -158,7 +216,12 @@ type Channel struct {
 	f      *os.File
 	rc     syscall.RawConn
 	sendMu sync.Mutex
-	closed atomic.Bool
+	// recvMu keeps one reader at a time: a payload's frames are joined
+	// in order, and the receive buffers are reused.
+	recvMu  sync.Mutex
+	recvBuf []byte
+	recvOOB []byte
+	closed  atomic.Bool
 }
 
 // NewChannelPair makes the fd channel for one plugin process. Pass remote as
@@ -243,6 +306,9 @@ func newChannel(f *os.File) (*Channel, error) {
 // ADOPT and -1 for CLOSE; the kernel passes a duplicate, and the caller keeps
 // its own fd.
 func (c *Channel) Send(m Message, fd int) error {
+	if m.Type.carriesPayload() {
+		return fmt.Errorf("fd channel: a %v message is sent with SendPayload", m.Type)
+	}
 	if err := checkToken(m); err != nil {
 		return err
 	}
@@ -280,13 +346,116 @@ func (c *Channel) Send(m Message, fd int) error {
 	return nil
 }
 
-// Recv reads one message and the fd it carries (-1 if none). The fd is
-// close-on-exec and owned by the caller. It returns io.EOF when the peer has
-// closed its end. A malformed message is an error wrapping ErrProtocol; any
-// fds it carried are closed, so nothing leaks.
+// SendPayload writes a RUN, EVENT or END message: payload cut into frames of
+// at most MaxFrame bytes, sent back to back under the send lock so no other
+// message of this side comes between them.
+func (c *Channel) SendPayload(t MsgType, token uint64, payload []byte) error {
+	if !t.carriesPayload() {
+		return fmt.Errorf("fd channel: a %v message has no payload", t)
+	}
+	total := uint64(len(payload))
+	if err := checkToken(Message{Type: t, Token: token, SegmentID: total, Size: min(total, MaxFrame)}); err != nil {
+		return err
+	}
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	for off := 0; off == 0 || off < len(payload); {
+		n := min(len(payload)-off, MaxFrame)
+		hdr := EncodeHeader(Message{Type: t, Token: token, SegmentID: total, Size: uint64(n)})
+		if err := c.sendLocked(t, token, [][]byte{hdr, payload[off : off+n]}); err != nil {
+			return err
+		}
+		off += n
+		if n == 0 {
+			break
+		}
+	}
+	return nil
+}
+
+func (c *Channel) sendLocked(t MsgType, token uint64, bufs [][]byte) error {
+	if c.closed.Load() {
+		return fmt.Errorf("fd channel: send %v: %w", t, ErrClosed)
+	}
+	var serr error
+	err := c.rc.Write(func(s uintptr) bool {
+		_, serr = unix.SendmsgBuffers(int(s), bufs, nil, nil, unix.MSG_NOSIGNAL)
+		return serr != unix.EAGAIN
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		if c.closed.Load() {
+			err = ErrClosed
+		}
+		return fmt.Errorf("fd channel: send %v token %#x: %w", t, token, err)
+	}
+	return nil
+}
+
+// Recv reads one message of the base protocol and the fd it carries (-1 if
+// none); RUN, EVENT, END and CANCEL are unknown types here (see
+// RecvPayload). The fd is close-on-exec and owned by the caller. It returns
+// io.EOF when the peer has closed its end. A malformed message is an error
+// wrapping ErrProtocol; any fds it carried are closed, so nothing leaks.
 func (c *Channel) Recv() (Message, int, error) {
-	buf := make([]byte, HeaderSize)
-	oob := make([]byte, unix.CmsgSpace(4*maxFDs))
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	m, fd, _, err := c.recvFrame(false)
+	return m, fd, err
+}
+
+// RecvPayload is Recv for a channel that also carries runs: a RUN, EVENT or
+// END message comes whole, its frames joined into payload (the caller's to
+// keep); its Message then has Size 0 and SegmentID the payload's length.
+func (c *Channel) RecvPayload() (m Message, payload []byte, fd int, err error) {
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	m, fd, frame, err := c.recvFrame(true)
+	if err != nil || !m.Type.carriesPayload() {
+		return m, nil, fd, err
+	}
+	if m.Size == m.SegmentID { // one frame: the common case
+		m.Size = 0
+		return m, append([]byte(nil), frame...), -1, nil
+	}
+	payload = make([]byte, 0, m.SegmentID)
+	payload = append(payload, frame...)
+	for uint64(len(payload)) < m.SegmentID {
+		next, nfd, frame, err := c.recvFrame(true)
+		if errors.Is(err, io.EOF) {
+			err = fmt.Errorf("fd channel: %w: the channel ended inside a %v payload", ErrProtocol, m.Type)
+		}
+		if err != nil {
+			return Message{}, nil, -1, err
+		}
+		if next.Type != m.Type || next.Token != m.Token || next.SegmentID != m.SegmentID {
+			if nfd >= 0 {
+				unix.Close(nfd)
+			}
+			return Message{}, nil, -1, fmt.Errorf("fd channel: %w: a %v message for token %#x came inside a %v payload for token %#x",
+				ErrProtocol, next.Type, next.Token, m.Type, m.Token)
+		}
+		if uint64(len(payload))+next.Size > m.SegmentID {
+			return Message{}, nil, -1, fmt.Errorf("fd channel: %w: %v frames add up to more than the %d bytes announced", ErrProtocol, m.Type, m.SegmentID)
+		}
+		payload = append(payload, frame...)
+	}
+	m.Size = 0
+	return m, payload, -1, nil
+}
+
+// recvFrame reads one datagram: a message, or one frame of a payload (then
+// the returned slice, valid until the next call, holds its bytes). Without
+// runs, it checks exactly what the shared vectors (testdata/fdchannel.json)
+// pin, in their order.
+func (c *Channel) recvFrame(runs bool) (Message, int, []byte, error) {
+	if c.recvBuf == nil {
+		c.recvBuf = make([]byte, HeaderSize+MaxFrame)
+		c.recvOOB = make([]byte, unix.CmsgSpace(4*maxFDs))
+	}
+	buf, oob := c.recvBuf, c.recvOOB
 	var n, oobn, flags int
 	var rerr error
 	err := c.rc.Read(func(s uintptr) bool {
@@ -300,30 +469,44 @@ func (c *Channel) Recv() (Message, int, error) {
 		if c.closed.Load() {
 			err = ErrClosed
 		}
-		return Message{}, -1, fmt.Errorf("fd channel: receive: %w", err)
+		return Message{}, -1, nil, fmt.Errorf("fd channel: receive: %w", err)
 	}
 	fds, cmsgErr := parseRights(oob[:oobn])
-	fail := func(format string, args ...any) (Message, int, error) {
+	fail := func(format string, args ...any) (Message, int, []byte, error) {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
-		return Message{}, -1, fmt.Errorf("fd channel: "+format, args...)
+		return Message{}, -1, nil, fmt.Errorf("fd channel: "+format, args...)
 	}
 	if cmsgErr != nil {
 		return fail("%w: bad control message: %v", ErrProtocol, cmsgErr)
 	}
 	if n == 0 && oobn == 0 && flags&unix.MSG_TRUNC == 0 {
-		return Message{}, -1, io.EOF
+		return Message{}, -1, nil, io.EOF
 	}
 	if flags&unix.MSG_CTRUNC != 0 {
 		return fail("%w: control data truncated (more than %d fds, or the fd limit is reached)", ErrProtocol, maxFDs)
 	}
-	if flags&unix.MSG_TRUNC != 0 {
-		return fail("%w: message longer than %d bytes", ErrProtocol, HeaderSize)
+	if flags&unix.MSG_TRUNC != 0 || (!runs && n > HeaderSize) {
+		longest := HeaderSize
+		if runs {
+			longest += MaxFrame
+		}
+		return fail("%w: message longer than %d bytes", ErrProtocol, longest)
 	}
-	m, err := DecodeHeader(buf[:n])
+	if n < HeaderSize {
+		return fail("%w: message is %d bytes, want %d", ErrProtocol, n, HeaderSize)
+	}
+	m, err := decodeHeader(buf[:HeaderSize], runs)
 	if err != nil {
 		return fail("%w", err)
+	}
+	var body uint64
+	if m.Type.carriesPayload() {
+		body = m.Size
+	}
+	if uint64(n) != HeaderSize+body {
+		return fail("%w: %v message is %d bytes, its header says %d", ErrProtocol, m.Type, n, HeaderSize+body)
 	}
 	want := 0
 	if m.Type.carriesFD() {
@@ -333,9 +516,9 @@ func (c *Channel) Recv() (Message, int, error) {
 		return fail("%w: %v message for token %#x carries %d fds, want %d", ErrProtocol, m.Type, m.Token, len(fds), want)
 	}
 	if want == 0 {
-		return m, -1, nil
+		return m, -1, buf[HeaderSize:n], nil
 	}
-	return m, fds[0], nil
+	return m, fds[0], nil, nil
 }
 
 // parseRights collects every fd in SCM_RIGHTS messages. Even on error it

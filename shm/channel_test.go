@@ -64,7 +64,8 @@ func TestDecodeHeaderRejects(t *testing.T) {
 		"magic":                {mod(func(b []byte) []byte { b[0] = 'X'; return b }), "bad magic"},
 		"version":              {mod(func(b []byte) []byte { b[4] = 2; return b }), "version 2"},
 		"type 0":               {mod(func(b []byte) []byte { b[6] = 0; return b }), "unknown message type 0"},
-		"type 4":               {mod(func(b []byte) []byte { b[6] = 4; return b }), "unknown message type 4"},
+		"type 8":               {mod(func(b []byte) []byte { b[6] = 8; return b }), "unknown message type 8"},
+		"type 4 (a RUN)":       {mod(func(b []byte) []byte { b[6] = 4; return b }), "unknown message type 4"},
 		"segment tok 0":        {mod(func(b []byte) []byte { clear(b[8:16]); return b }), "not a host token"},
 		"segment plugin token": {mod(func(b []byte) []byte { b[15] = 0x80; return b }), "not a host token"},
 		"adopt host token":     {mod(func(b []byte) []byte { b[6] = 2; return b }), "not a plugin token"},
@@ -206,6 +207,7 @@ func TestRecvRejectsAndClosesStrayFDs(t *testing.T) {
 			{"close with fd", closeMsg, []int{mk()}, "carries 1 fds, want 0"},
 			{"short", seg[:20], []int{mk()}, "20 bytes"},
 			{"long", append(bytes.Clone(seg), make([]byte, 100)...), []int{mk()}, "longer than 32"},
+			{"longer than a frame", append(bytes.Clone(seg), make([]byte, MaxFrame+1)...), []int{mk()}, "longer than 32"},
 			{"too many fds", seg, many, "control data truncated"},
 		}
 		for _, c := range cases {

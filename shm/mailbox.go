@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +25,8 @@ var ErrPeerGone = errors.New("fd channel: peer is gone (EOF)")
 // may have to wait for it.
 type Mailbox struct {
 	ch *Channel
+	// runs gets RUN, EVENT, END and CANCEL messages; nil until Route.
+	runs atomic.Pointer[func(Message, []byte) error]
 
 	mu      sync.Mutex
 	pending map[uint64]parcel
@@ -54,12 +57,26 @@ func NewMailbox(ch *Channel) *Mailbox {
 	return mb
 }
 
+// Route hands every RUN, EVENT, END and CANCEL message to f, called on the
+// reader goroutine in the order they arrive, with the message's payload
+// (the callee's to keep). f must not block: fds behind the message wait for
+// it. An error from f (a message this side never takes) ends the channel
+// like a protocol error. Until Route, every such message is one.
+func (mb *Mailbox) Route(f func(m Message, payload []byte) error) { mb.runs.Store(&f) }
+
 func (mb *Mailbox) read() {
 	defer close(mb.exited)
 	for {
-		m, fd, err := mb.ch.Recv()
+		m, payload, fd, err := mb.ch.RecvPayload()
 		if err == nil && m.Type == MsgClose {
 			err = ErrPeerClosed
+		}
+		if err == nil && (m.Type.carriesPayload() || m.Type == MsgCancel) {
+			if f := mb.runs.Load(); f == nil {
+				err = fmt.Errorf("%w: a %v message, and this side takes no runs on the channel", ErrProtocol, m.Type)
+			} else if err = (*f)(m, payload); err == nil {
+				continue
+			}
 		}
 		if errors.Is(err, io.EOF) {
 			err = ErrPeerGone

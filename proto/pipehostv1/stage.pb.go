@@ -437,8 +437,13 @@ type DescribeResponse struct {
 	Sdk              string `protobuf:"bytes,2,opt,name=sdk,proto3" json:"sdk,omitempty"`
 	SdkVersion       string `protobuf:"bytes,3,opt,name=sdk_version,json=sdkVersion,proto3" json:"sdk_version,omitempty"`
 	ProtocolRevision uint32 `protobuf:"varint,4,opt,name=protocol_revision,json=protocolRevision,proto3" json:"protocol_revision,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The plugin also takes runs on its fd channel: RUN, EVENT, END and
+	// CANCEL messages carrying a RunRequest, RunEvents and a RunEnd
+	// (docs/protocol.md, "Runs on the fd channel"). The host then uses that
+	// path instead of the Run call: one socket write and one wake-up each way.
+	ChannelRuns   bool `protobuf:"varint,5,opt,name=channel_runs,json=channelRuns,proto3" json:"channel_runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DescribeResponse) Reset() {
@@ -497,6 +502,13 @@ func (x *DescribeResponse) GetProtocolRevision() uint32 {
 		return x.ProtocolRevision
 	}
 	return 0
+}
+
+func (x *DescribeResponse) GetChannelRuns() bool {
+	if x != nil {
+		return x.ChannelRuns
+	}
+	return false
 }
 
 type Port struct {
@@ -1903,19 +1915,75 @@ func (*RunEvent_Span) isRunEvent_Event() {}
 
 func (*RunEvent_Result) isRunEvent_Event() {}
 
+// How a run sent on the fd channel ended: the END message's payload. code is
+// a gRPC status code (0 OK; ABORTED for the stage's own failure,
+// INVALID_ARGUMENT for params it refused, ...), message what the host shows.
+type RunEnd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunEnd) Reset() {
+	*x = RunEnd{}
+	mi := &file_pipehost_v1_stage_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunEnd) ProtoMessage() {}
+
+func (x *RunEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_pipehost_v1_stage_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunEnd.ProtoReflect.Descriptor instead.
+func (*RunEnd) Descriptor() ([]byte, []int) {
+	return file_pipehost_v1_stage_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RunEnd) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *RunEnd) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_pipehost_v1_stage_proto protoreflect.FileDescriptor
 
 const file_pipehost_v1_stage_proto_rawDesc = "" +
 	"\n" +
 	"\x17pipehost/v1/stage.proto\x12\vpipehost.v1\">\n" +
 	"\x0fDescribeRequest\x12+\n" +
-	"\x11protocol_revision\x18\x01 \x01(\rR\x10protocolRevision\"\xa8\x01\n" +
+	"\x11protocol_revision\x18\x01 \x01(\rR\x10protocolRevision\"\xcb\x01\n" +
 	"\x10DescribeResponse\x124\n" +
 	"\x06stages\x18\x01 \x03(\v2\x1c.pipehost.v1.StageDescriptorR\x06stages\x12\x10\n" +
 	"\x03sdk\x18\x02 \x01(\tR\x03sdk\x12\x1f\n" +
 	"\vsdk_version\x18\x03 \x01(\tR\n" +
 	"sdkVersion\x12+\n" +
-	"\x11protocol_revision\x18\x04 \x01(\rR\x10protocolRevision\"\xb3\x01\n" +
+	"\x11protocol_revision\x18\x04 \x01(\rR\x10protocolRevision\x12!\n" +
+	"\fchannel_runs\x18\x05 \x01(\bR\vchannelRuns\"\xb3\x01\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x15.pipehost.v1.PortKindR\x04kind\x12(\n" +
@@ -2029,7 +2097,10 @@ const file_pipehost_v1_stage_proto_rawDesc = "" +
 	"\x03log\x18\x02 \x01(\v2\x14.pipehost.v1.LogLineH\x00R\x03log\x12'\n" +
 	"\x04span\x18\x03 \x01(\v2\x11.pipehost.v1.SpanH\x00R\x04span\x12-\n" +
 	"\x06result\x18\x04 \x01(\v2\x13.pipehost.v1.ResultH\x00R\x06resultB\a\n" +
-	"\x05event*\xb2\x01\n" +
+	"\x05event\"6\n" +
+	"\x06RunEnd\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*\xb2\x01\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tDTYPE_F32\x10\x01\x12\r\n" +
@@ -2090,7 +2161,7 @@ func file_pipehost_v1_stage_proto_rawDescGZIP() []byte {
 }
 
 var file_pipehost_v1_stage_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_pipehost_v1_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_pipehost_v1_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_pipehost_v1_stage_proto_goTypes = []any{
 	(DType)(0),               // 0: pipehost.v1.DType
 	(PortKind)(0),            // 1: pipehost.v1.PortKind
@@ -2117,8 +2188,9 @@ var file_pipehost_v1_stage_proto_goTypes = []any{
 	(*StageStats)(nil),       // 22: pipehost.v1.StageStats
 	(*Result)(nil),           // 23: pipehost.v1.Result
 	(*RunEvent)(nil),         // 24: pipehost.v1.RunEvent
-	nil,                      // 25: pipehost.v1.RunRequest.ParamsEntry
-	nil,                      // 26: pipehost.v1.Result.MetricsEntry
+	(*RunEnd)(nil),           // 25: pipehost.v1.RunEnd
+	nil,                      // 26: pipehost.v1.RunRequest.ParamsEntry
+	nil,                      // 27: pipehost.v1.Result.MetricsEntry
 }
 var file_pipehost_v1_stage_proto_depIdxs = []int32{
 	13, // 0: pipehost.v1.DescribeResponse.stages:type_name -> pipehost.v1.StageDescriptor
@@ -2137,7 +2209,7 @@ var file_pipehost_v1_stage_proto_depIdxs = []int32{
 	1,  // 13: pipehost.v1.Handle.kind:type_name -> pipehost.v1.PortKind
 	2,  // 14: pipehost.v1.Handle.format:type_name -> pipehost.v1.Format
 	16, // 15: pipehost.v1.Binding.handle:type_name -> pipehost.v1.Handle
-	25, // 16: pipehost.v1.RunRequest.params:type_name -> pipehost.v1.RunRequest.ParamsEntry
+	26, // 16: pipehost.v1.RunRequest.params:type_name -> pipehost.v1.RunRequest.ParamsEntry
 	14, // 17: pipehost.v1.RunRequest.topology:type_name -> pipehost.v1.Topology
 	15, // 18: pipehost.v1.RunRequest.levels:type_name -> pipehost.v1.GridInfo
 	17, // 19: pipehost.v1.RunRequest.inputs:type_name -> pipehost.v1.Binding
@@ -2145,7 +2217,7 @@ var file_pipehost_v1_stage_proto_depIdxs = []int32{
 	5,  // 21: pipehost.v1.LogLine.level:type_name -> pipehost.v1.LogLevel
 	17, // 22: pipehost.v1.Result.dynamic_outputs:type_name -> pipehost.v1.Binding
 	22, // 23: pipehost.v1.Result.stats:type_name -> pipehost.v1.StageStats
-	26, // 24: pipehost.v1.Result.metrics:type_name -> pipehost.v1.Result.MetricsEntry
+	27, // 24: pipehost.v1.Result.metrics:type_name -> pipehost.v1.Result.MetricsEntry
 	19, // 25: pipehost.v1.RunEvent.progress:type_name -> pipehost.v1.Progress
 	20, // 26: pipehost.v1.RunEvent.log:type_name -> pipehost.v1.LogLine
 	21, // 27: pipehost.v1.RunEvent.span:type_name -> pipehost.v1.Span
@@ -2185,7 +2257,7 @@ func file_pipehost_v1_stage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pipehost_v1_stage_proto_rawDesc), len(file_pipehost_v1_stage_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
