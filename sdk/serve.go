@@ -58,6 +58,7 @@ func ServeWith(extra plugin.PluginSet, stages ...Stage) {
 			os.Exit(1)
 		}
 		srv.data = dp
+		dp.mb.Route(srv.route)
 	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: wire.Handshake,
@@ -73,6 +74,7 @@ type server struct {
 	stages map[string]Stage
 	order  []Stage
 	data   *dataPlane
+	runs   channelRuns
 	active atomic.Int32
 	// overlap is set while more than one Run is active, so each of them can
 	// say its peak RSS covers another stage too.
@@ -112,7 +114,8 @@ var restoreStdio = sync.OnceFunc(func() {
 
 func (s *server) Describe(_ context.Context, req *pb.DescribeRequest) (*pb.DescribeResponse, error) {
 	restoreStdio()
-	resp := &pb.DescribeResponse{Sdk: "go", SdkVersion: Version, ProtocolRevision: wire.ProtocolRevision}
+	resp := &pb.DescribeResponse{Sdk: "go", SdkVersion: Version, ProtocolRevision: wire.ProtocolRevision,
+		ChannelRuns: s.data != nil}
 	for _, st := range s.order {
 		resp.Stages = append(resp.Stages, st.desc)
 	}

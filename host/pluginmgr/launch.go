@@ -58,6 +58,10 @@ type Plugin struct {
 	Client  pb.StageClient
 	Channel *shm.Channel
 	Mailbox *shm.Mailbox
+	// ChannelRuns: the plugin takes runs on its fd channel (RunOnChannel),
+	// and EnvRunOverGRPC is not set.
+	ChannelRuns bool
+	chanRuns    channelRuns
 
 	client *plugin.Client
 	rpc    plugin.ClientProtocol
@@ -378,6 +382,7 @@ func (m *Manager) launch(ctx context.Context, path string) (*Plugin, error) {
 		p.Pid = cmd.Process.Pid
 	}
 	p.Mailbox = shm.NewMailbox(local)
+	p.Mailbox.Route(p.route)
 	p.rpc = rpc
 	raw, err := rpc.Dispense(wire.PluginName)
 	if err != nil {
@@ -394,6 +399,8 @@ func (m *Manager) launch(ctx context.Context, path string) (*Plugin, error) {
 		return fail(errors.New("the plugin offers no stages"))
 	}
 	p.Stages, p.SDK, p.SDKVersion = resp.GetStages(), resp.GetSdk(), resp.GetSdkVersion()
+	_, overGRPC := os.LookupEnv(EnvRunOverGRPC)
+	p.ChannelRuns = resp.GetChannelRuns() && !overGRPC
 	p.LaunchNs = clock.Now() - start
 	m.mu.Lock()
 	onLaunch := m.onLaunch

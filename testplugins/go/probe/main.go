@@ -23,6 +23,11 @@ import (
 	"github.com/pipehost/pipehost/testplugins/observe"
 )
 
+type sayParams struct {
+	Bytes int  `param:"bytes" default:"10"`
+	Wait  bool `param:"wait" default:"false"`
+}
+
 type sleepParams struct {
 	Ms    int    `param:"ms" default:"100"`
 	Trace string `param:"trace" default:""`
@@ -183,6 +188,16 @@ func main() {
 			}),
 		sdk.Define(sdk.Spec{Kind: "probe.noop", Version: "1", Concurrent: true, Doc: "Does nothing."},
 			func(c *sdk.Context, _ noParams) error { return nil }),
+		sdk.Define(sdk.Spec{Kind: "probe.say", Version: "1", Concurrent: true,
+			Doc: "Logs one line of bytes bytes (x, then its length), then waits for cancellation when wait is set."},
+			func(c *sdk.Context, p sayParams) error {
+				c.Infof("%s%d", strings.Repeat("x", p.Bytes), p.Bytes)
+				if p.Wait {
+					<-c.Done()
+					return c.Err()
+				}
+				return nil
+			}),
 		sealedBlob(), sealedTable(), blobSum(),
 	)
 }

@@ -1,0 +1,171 @@
+package pluginmgr_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/pipehost/pipehost/host/pluginmgr"
+	"github.com/pipehost/pipehost/internal/testbin"
+	pb "github.com/pipehost/pipehost/proto/pipehostv1"
+)
+
+// launchProbe starts the Go probe plugin, stopped at cleanup.
+func launchProbe(t *testing.T) *pluginmgr.Plugin {
+	t.Helper()
+	dir := testbin.Build(t, "testplugins/go")
+	m, err := pluginmgr.New(pluginmgr.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	p, err := m.Launch(context.Background(), testbin.Copy(t, dir, "probe")+"/probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// drain reads a run to its end: its events, and the error that ended it
+// (nil for a successful END).
+func drain(t *testing.T, r *pluginmgr.ChannelRun) ([]*pb.RunEvent, error) {
+	t.Helper()
+	var evs []*pb.RunEvent
+	for {
+		ev, err := r.Recv()
+		if errors.Is(err, io.EOF) {
+			return evs, nil
+		}
+		if err != nil {
+			return evs, err
+		}
+		evs = append(evs, ev)
+	}
+}
+
+func TestChannelRunCarriesEventsResultAndEnd(t *testing.T) {
+	p := launchProbe(t)
+	if !p.ChannelRuns {
+		t.Fatal("the Go SDK does not offer runs on the fd channel")
+	}
+	// An event of several frames (a 100 KB log line), then the result.
+	r, err := p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "s", Kind: "probe.say",
+		Params: map[string]*pb.Value{"bytes": {Kind: &pb.Value_IntValue{IntValue: 100_000}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := drain(t, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[1].GetResult() == nil {
+		t.Fatalf("events %v, want a log line then the result", evs)
+	}
+	if line := evs[0].GetLog().GetMessage(); len(line) != 100_006 || !strings.HasSuffix(line, "x100000") {
+		t.Errorf("log line of %d bytes ending %q", len(line), line[max(0, len(line)-10):])
+	}
+	// Spans and progress come in the order the stage sent them.
+	r, err = p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "s", Kind: "probe.spans"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err = drain(t, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, ev := range evs {
+		switch {
+		case ev.GetSpan() != nil:
+			kinds = append(kinds, "span:"+ev.GetSpan().GetName())
+		case ev.GetProgress() != nil:
+			kinds = append(kinds, "progress")
+		case ev.GetLog() != nil:
+			kinds = append(kinds, "log")
+		case ev.GetResult() != nil:
+			kinds = append(kinds, "result")
+		}
+	}
+	if got, want := strings.Join(kinds, " "), "span:inner span:outer progress log span:tail result"; got != want {
+		t.Errorf("events %q, want %q", got, want)
+	}
+}
+
+func TestChannelRunFailuresKeepTheirStatus(t *testing.T) {
+	p := launchProbe(t)
+	for _, c := range []struct {
+		req  *pb.RunRequest
+		code codes.Code
+		want string
+	}{
+		{&pb.RunRequest{Stage: "s", Kind: "probe.nosuch"}, codes.NotFound, `no stage kind "probe.nosuch"`},
+		{&pb.RunRequest{Stage: "s", Kind: "probe.say", Params: map[string]*pb.Value{"bytes": {Kind: &pb.Value_StringValue{StringValue: "many"}}}},
+			codes.InvalidArgument, "bytes"},
+	} {
+		r, err := p.RunOnChannel(context.Background(), c.req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = drain(t, r)
+		if status.Code(err) != c.code || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %v saying %q", c.req.Kind, err, c.code, c.want)
+		}
+	}
+}
+
+func TestChannelRunIsCancelledAndThePluginGoesOn(t *testing.T) {
+	p := launchProbe(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	wait := map[string]*pb.Value{"wait": {Kind: &pb.Value_BoolValue{BoolValue: true}}}
+	r, err := p.RunOnChannel(ctx, &pb.RunRequest{Stage: "s", Kind: "probe.say", Params: wait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = drain(t, r)
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("ended with %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the host waited %v past its deadline", d)
+	}
+	// The plugin cancelled that run and takes the next.
+	r, err = p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "t", Kind: "probe.noop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs, err := drain(t, r); err != nil || len(evs) != 1 || evs[0].GetResult() == nil {
+		t.Fatalf("next run: %v %v", evs, err)
+	}
+}
+
+func TestChannelRunFailsWhenThePluginDies(t *testing.T) {
+	p := launchProbe(t)
+	wait := map[string]*pb.Value{"wait": {Kind: &pb.Value_BoolValue{BoolValue: true}}}
+	r, err := p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "s", Kind: "probe.say", Params: wait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := r.Recv(); err != nil || ev.GetLog() == nil {
+		t.Fatalf("first event %v %v", ev, err)
+	}
+	p.Stop()
+	_, err = drain(t, r)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "fd channel ended") {
+		t.Fatalf("ended with %v, want Unavailable", err)
+	}
+}
+
+func TestRunOverGRPCTurnsChannelRunsOff(t *testing.T) {
+	t.Setenv(pluginmgr.EnvRunOverGRPC, "1")
+	if p := launchProbe(t); p.ChannelRuns {
+		t.Errorf("%s set, and the plugin still runs on the channel", pluginmgr.EnvRunOverGRPC)
+	}
+}
