@@ -20,6 +20,7 @@ if os.environ.get("PIPEHOST_PLUGIN_COOKIE"):
     # Under the host only: numpy loads on a thread once the plugin has
     # described itself, and every Run waits for it (Plugin.execute).
     defer_numpy()
+from google.protobuf.message import DecodeError  # noqa: E402
 import grpc  # noqa: E402
 
 from . import log, shm, trace_marker  # noqa: E402
@@ -250,6 +251,9 @@ class StageService(stage_pb2_grpc.StageServicer):
         # Stages run on pooled threads: starting a thread per run costs more
         # than a no-op stage. As many as the gRPC server has handlers.
         self.pool = futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="stage")
+        # Runs on the fd channel in flight: token → their cancelled event.
+        self._runs = {}
+        self._runs_lock = threading.Lock()
 
     def Describe(self, request, context):
         # Once the reply is out: loading numpy now would hold the GIL while
@@ -257,7 +261,8 @@ class StageService(stage_pb2_grpc.StageServicer):
         if not context.add_callback(_preload):
             _preload()
         return pb.DescribeResponse(stages=[s.descriptor() for s in self.plugin.order], sdk="python",
-                                   sdk_version=SDK_VERSION, protocol_revision=PROTOCOL_REVISION)
+                                   sdk_version=SDK_VERSION, protocol_revision=PROTOCOL_REVISION,
+                                   channel_runs=True)
 
     def Run(self, request, context):
         plugin = self.plugin
@@ -292,6 +297,66 @@ class StageService(stage_pb2_grpc.StageServicer):
         if err:
             context.set_code(err[0])
             context.set_details(err[1])
+
+    def channel_run(self, token, payload):
+        """A RUN from the fd channel (on its reader thread): the run is filed
+        for CANCEL at once, so a CANCEL right behind it finds it, and runs on
+        a pooled thread."""
+        cancelled = threading.Event()
+        with self._runs_lock:
+            if token in self._runs:
+                raise shm.ShmError(f"fd channel: RUN for token {token:#x}, which is already running")
+            self._runs[token] = cancelled
+        self.pool.submit(self._channel_run, token, payload, cancelled)
+
+    def channel_cancel(self, token):
+        """A CANCEL from the fd channel; one for a run that already ended is ignored."""
+        with self._runs_lock:
+            cancelled = self._runs.get(token)
+        if cancelled is not None:
+            cancelled.set()
+
+    def _channel_run(self, token, payload, cancelled):
+        """Runs as ``Run`` does, but each event goes out as an EVENT message
+        from the thread that made it, and the outcome as END."""
+        plugin = self.plugin
+        channel = plugin.mailbox.channel
+        lost = False
+
+        def send(typ, message):
+            nonlocal lost
+            if lost:
+                return
+            try:
+                channel.send_payload(typ, token, message.SerializeToString())
+            except OSError as e:
+                # The host is gone: the fd channel's end exits the process.
+                lost = True
+                cancelled.set()
+                log.error(f"fd channel: run {token:#x}: cannot send to the host: {e}")
+
+        err = None
+        try:
+            try:
+                req = pb.RunRequest.FromString(payload)
+            except DecodeError as e:
+                err = grpc.StatusCode.INVALID_ARGUMENT, f"RUN message for token {token:#x}: not a RunRequest ({e})"
+            else:
+                stage = plugin.by_kind.get(req.kind)
+                if stage is None:
+                    plugin.discard(req)
+                    err = grpc.StatusCode.NOT_FOUND, f"this plugin has no stage kind {req.kind!r}"
+                else:
+                    threading.current_thread().name = f"stage {req.stage}"
+                    err = plugin.execute(stage, req, lambda ev: send(shm.EVENT, ev), cancelled)
+        except BaseException as e:  # noqa: BLE001 - report, never kill the serving thread silently
+            log.error(f"fd channel run {token:#x}: internal error: {traceback.format_exc()}")
+            err = grpc.StatusCode.INTERNAL, f"pipehost SDK error: {type(e).__name__}: {e}"
+        # Forgotten before the END goes out: once the host has it, a CANCEL
+        # for the token is one for a run that ended.
+        with self._runs_lock:
+            del self._runs[token]
+        send(shm.END, pb.RunEnd(code=err[0].value[0], message=err[1]) if err else pb.RunEnd())
 
 
 class Health(health_pb2_grpc.HealthServicer):
@@ -386,13 +451,15 @@ def serve(stages=None):
 
     mailbox = shm.Mailbox(channel, on_end)
     plugin = Plugin(stages, mailbox)
+    service = StageService(plugin)
+    mailbox.accept_runs(service.channel_run, service.channel_cancel)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="grpc"),
         # No BDP probing: it answers each message with a ping the host must
         # wake up to acknowledge; a local socket has no bandwidth-delay to learn.
         options=[("grpc.max_receive_message_length", MAX_RECV), ("grpc.max_send_message_length", -1),
                  ("grpc.http2.bdp_probe", 0)])
-    stage_pb2_grpc.add_StageServicer_to_server(StageService(plugin), server)
+    stage_pb2_grpc.add_StageServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(Health(), server)
     controller_pb2_grpc.add_GRPCControllerServicer_to_server(Controller(), server)
     stdio_pb2_grpc.add_GRPCStdioServicer_to_server(Stdio(), server)
