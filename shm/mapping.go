@@ -12,7 +12,7 @@ import (
 
 // Mapping is a shared mapping of a whole segment.
 type Mapping struct {
-	name     string
+	seg      *Segment // for its name, in messages
 	writable bool
 
 	mu   sync.Mutex
@@ -57,7 +57,7 @@ func HugePagesEnabled() bool { return hugePages() }
 // touch of large grids an order of magnitude faster.
 func (s *Segment) MapRW() (*Mapping, error) {
 	if s.Sealed() {
-		return nil, fmt.Errorf("map segment %q read-write: it is write-sealed; map it read-only", s.name)
+		return nil, fmt.Errorf("map segment %q read-write: it is write-sealed; map it read-only", s.Name())
 	}
 	m, err := s.mmap(unix.PROT_READ|unix.PROT_WRITE, "read-write")
 	if err != nil {
@@ -79,25 +79,25 @@ func (s *Segment) MapRO() (*Mapping, error) {
 		return nil, err
 	}
 	if seals&unix.F_SEAL_WRITE == 0 {
-		return nil, fmt.Errorf("map segment %q read-only: %w (seals %s)", s.name, ErrNotSealed, SealString(seals))
+		return nil, fmt.Errorf("map segment %q read-only: %w (seals %s)", s.Name(), ErrNotSealed, SealString(seals))
 	}
 	return s.mmap(unix.PROT_READ, "read-only")
 }
 
 func (s *Segment) mmap(prot int, what string) (*Mapping, error) {
-	m := &Mapping{name: s.name, writable: prot&unix.PROT_WRITE != 0}
+	m := &Mapping{seg: s, writable: prot&unix.PROT_WRITE != 0}
 	if s.size == 0 {
 		// mmap refuses length 0; an empty segment is an empty view.
 		m.data = []byte{}
 		return m, nil
 	}
 	if int64(int(s.size)) != s.size {
-		return nil, fmt.Errorf("map segment %q %s: size %d does not fit in memory", s.name, what, s.size)
+		return nil, fmt.Errorf("map segment %q %s: size %d does not fit in memory", s.Name(), what, s.size)
 	}
 	err := s.use("map", func(fd int) error {
 		b, err := unix.Mmap(fd, 0, int(s.size), prot, unix.MAP_SHARED)
 		if err != nil {
-			return fmt.Errorf("map segment %q %s (%d bytes): %w", s.name, what, s.size, err)
+			return fmt.Errorf("map segment %q %s (%d bytes): %w", s.Name(), what, s.size, err)
 		}
 		m.data = b
 		return nil
@@ -136,7 +136,7 @@ func (m *Mapping) Unmap() error {
 		return nil
 	}
 	if err := unix.Munmap(b); err != nil {
-		return fmt.Errorf("unmap segment %q: %w", m.name, err)
+		return fmt.Errorf("unmap segment %q: %w", m.seg.Name(), err)
 	}
 	return nil
 }

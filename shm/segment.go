@@ -42,6 +42,9 @@ const maxNameLen = 249
 type Segment struct {
 	name string
 	size int64
+	// opened: the Segment wraps a received fd, whose name Name looks up.
+	opened   bool
+	nameOnce sync.Once
 
 	mu     sync.RWMutex // RLock: fd in use; Lock: closing
 	fd     int
@@ -113,17 +116,26 @@ func Open(fd int) (*Segment, error) {
 	if seals&sizeSeals != sizeSeals {
 		return nil, fmt.Errorf("open segment fd %d: size is not sealed (seals %s; need shrink,grow)", fd, SealString(seals))
 	}
-	name := "fd " + strconv.Itoa(fd)
-	if link, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); err == nil {
-		if n, ok := strings.CutPrefix(link, "/memfd:"); ok {
-			name = strings.TrimSuffix(n, " (deleted)")
-		}
-	}
-	return &Segment{name: name, size: st.Size, fd: fd}, nil
+	// The name only ever shows in messages: looked up when first asked for.
+	return &Segment{size: st.Size, fd: fd, opened: true}, nil
 }
 
 // Name is the name given to Create, or the memfd's name for an opened fd.
-func (s *Segment) Name() string { return s.name }
+func (s *Segment) Name() string {
+	if !s.opened {
+		return s.name
+	}
+	s.nameOnce.Do(func() {
+		fd := s.fd // fixed for the Segment's life; once closed, the lookup may fail
+		s.name = "fd " + strconv.Itoa(fd)
+		if link, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd)); err == nil {
+			if n, ok := strings.CutPrefix(link, "/memfd:"); ok {
+				s.name = strings.TrimSuffix(n, " (deleted)")
+			}
+		}
+	})
+	return s.name
+}
 
 // Size is the segment's size in bytes, fixed for its whole life.
 func (s *Segment) Size() int64 { return s.size }
@@ -144,7 +156,7 @@ func (s *Segment) use(op string, f func(fd int) error) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return fmt.Errorf("%s segment %q: %w", op, s.name, ErrClosed)
+		return fmt.Errorf("%s segment %q: %w", op, s.Name(), ErrClosed)
 	}
 	return f(s.fd)
 }
@@ -156,7 +168,7 @@ func (s *Segment) Seals() (int, error) {
 		var err error
 		seals, err = unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 		if err != nil {
-			return fmt.Errorf("segment %q: F_GET_SEALS: %w", s.name, err)
+			return fmt.Errorf("segment %q: F_GET_SEALS: %w", s.Name(), err)
 		}
 		return nil
 	})
@@ -171,20 +183,20 @@ func (s *Segment) SealWrite() error {
 	return s.use("seal", func(fd int) error {
 		seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 		if err != nil {
-			return fmt.Errorf("seal segment %q: F_GET_SEALS: %w", s.name, err)
+			return fmt.Errorf("seal segment %q: F_GET_SEALS: %w", s.Name(), err)
 		}
 		if seals&unix.F_SEAL_WRITE != 0 {
 			return nil
 		}
 		if seals&unix.F_SEAL_SEAL != 0 {
-			return fmt.Errorf("seal segment %q: its seals are frozen without F_SEAL_WRITE (seals %s)", s.name, SealString(seals))
+			return fmt.Errorf("seal segment %q: its seals are frozen without F_SEAL_WRITE (seals %s)", s.Name(), SealString(seals))
 		}
 		_, err = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, writeSeals)
 		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("seal segment %q: %w (%v)", s.name, ErrWritableMapping, err)
+			return fmt.Errorf("seal segment %q: %w (%v)", s.Name(), ErrWritableMapping, err)
 		}
 		if err != nil {
-			return fmt.Errorf("seal segment %q: F_ADD_SEALS: %w", s.name, err)
+			return fmt.Errorf("seal segment %q: F_ADD_SEALS: %w", s.Name(), err)
 		}
 		return nil
 	})
@@ -209,7 +221,7 @@ func (s *Segment) Prefault() error {
 	}
 	return s.use("prefault", func(fd int) error {
 		if err := unix.Fallocate(fd, 0, 0, s.size); err != nil {
-			return fmt.Errorf("prefault segment %q (%d bytes): fallocate: %w", s.name, s.size, err)
+			return fmt.Errorf("prefault segment %q (%d bytes): fallocate: %w", s.Name(), s.size, err)
 		}
 		return nil
 	})
@@ -225,7 +237,7 @@ func (s *Segment) Close() error {
 	}
 	s.closed = true
 	if err := unix.Close(s.fd); err != nil {
-		return fmt.Errorf("close segment %q: %w", s.name, err)
+		return fmt.Errorf("close segment %q: %w", s.Name(), err)
 	}
 	return nil
 }
@@ -275,5 +287,5 @@ func (s *Segment) Dup() (*Segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Segment{name: s.name, size: s.size, fd: dup}, nil
+	return &Segment{name: s.Name(), size: s.size, fd: dup}, nil
 }

@@ -4,7 +4,6 @@
 package procstat
 
 import (
-	"bufio"
 	"bytes"
 	"os"
 	"strconv"
@@ -16,7 +15,16 @@ import (
 // ResetPeak resets this process's VmHWM to its current RSS (Linux
 // /proc/self/clear_refs = 5). Errors are ignored: peaks are then since
 // process start.
-func ResetPeak() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+// Raw syscalls, as in RSS: it runs before every stage, and os.WriteFile
+// would register the file with the poller and stat it first.
+func ResetPeak() {
+	fd, err := unix.Open("/proc/self/clear_refs", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	_, _ = unix.Write(fd, []byte("5"))
+	unix.Close(fd)
+}
 
 // Peak is this process's VmHWM in bytes, 0 when unknown.
 func Peak() uint64 { return field("VmHWM:") }
@@ -65,16 +73,34 @@ func RSS() uint64 {
 	return pages * uint64(os.Getpagesize())
 }
 
+// field reads one "Name:   123 kB" line of /proc/self/status, through raw
+// syscalls into a stack buffer: it runs after most stages.
 func field(name string) uint64 {
-	b, err := os.ReadFile("/proc/self/status")
+	fd, err := unix.Open("/proc/self/status", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), name); ok {
-			if f := strings.Fields(rest); len(f) > 0 {
-				kb, _ := strconv.ParseUint(f[0], 10, 64)
+	defer unix.Close(fd)
+	var buf [4096]byte
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err != nil || m <= 0 {
+			break
+		}
+		n += m
+	}
+	b := buf[:n]
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if rest, ok := bytes.CutPrefix(line, []byte(name)); ok {
+			if f := bytes.Fields(rest); len(f) > 0 {
+				kb, _ := strconv.ParseUint(string(f[0]), 10, 64)
 				return kb * 1024
 			}
 		}
