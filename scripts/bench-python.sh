@@ -87,7 +87,7 @@ for round in 1 2 3 4 5; do
 done | median
 
 echo "== per-stage overhead: a chain of 20 stages, host µs per stage, 5 × 5 runs"
-go test -run '^$' -bench 'NativeStageOverhead/(noop|blur-chain)/(go|cpp|py)$' -benchtime 5x -count 5 ./host/runner/ \
+go test -run '^$' -bench 'NativeStageOverhead/(noop|noop-grpc|blur-chain)/(go|cpp|py)$' -benchtime 5x -count 5 ./host/runner/ \
   | grep 'µs/stage' | tee /tmp/bench-python-overhead.txt | awk '{for (i=1;i<=NF;i++) if ($i=="µs/stage") print $1, $(i-1)}' | median
 
 echo "== numpy kernel over a 1 GiB input view vs in-process copies (one run, ${KERNEL_REPEATS:-7} alternating passes each)"

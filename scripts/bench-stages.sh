@@ -2,7 +2,9 @@
 # Per-stage overhead of 1,000-stage no-op DAGs (chain and wide; probe.sleep with ms = 0, one
 # 256-byte grid output each) as a user sees it: the wall time of the whole `pipehost run`
 # command, divided by the number of stages, with the cache on and cold (a fresh cache
-# directory), on and warm (the same directory again: every stage hits) and off (--no-cache).
+# directory), on and warm (the same directory again: every stage hits) and off (--no-cache);
+# and off again with every run sent over the gRPC Run call (PIPEHOST_RUN_OVER_GRPC) instead
+# of the fd channel, the path before runs moved to the channel.
 # Also the engine-only figure (run_end.wall_ns: first admission to last stage done). The modes
 # alternate within every round, in an order that rotates from round to round.
 #
@@ -30,10 +32,11 @@ done
 
 # once SHAPE MODE: one `pipehost run`; appends "shape mode command_ms engine_ms" to results.
 once() {
-  local shape=$1 mode=$2 out="$work/out" args=()
+  local shape=$1 mode=$2 out="$work/out" args=() env=()
   rm -rf "$out"
   case $mode in
     off) args=(--no-cache) ;;
+    grpc) args=(--no-cache) env=(PIPEHOST_RUN_OVER_GRPC=1) ;;
     # A cache directory of its own per round, never one just emptied: ext4
     # without a journal (as here) passes over inodes freed in the last minute
     # when it allocates one, so deleting the last round's thousand entries
@@ -44,7 +47,7 @@ once() {
   esac
   local t0 t1
   t0=$(date +%s%N)
-  "$work/pipehost" run "$work/$shape.toml" --plugin-dir "$work/plugins" --out "$out" --quiet "${args[@]}"
+  env "${env[@]}" "$work/pipehost" run "$work/$shape.toml" --plugin-dir "$work/plugins" --out "$out" --quiet "${args[@]}"
   t1=$(date +%s%N)
   local engine
   engine=$(grep -ho '"wall_ns":[0-9]*' "$out"/logs/run_*.jsonl | tail -1 | cut -d: -f2)
@@ -63,8 +66,8 @@ echo "# $(date -u +%FT%TZ) $(go version | cut -d' ' -f3) $(nproc) CPUs; load $(c
 # Warm needs the cold run's cache, so each round runs cold then warm, with off before or after.
 for ((r = 0; r < ROUNDS; r++)); do
   for shape in chain wide; do
-    if ((r % 2 == 0)); then once "$shape" off; once "$shape" cold; once "$shape" warm
-    else once "$shape" cold; once "$shape" warm; once "$shape" off; fi
+    if ((r % 2 == 0)); then once "$shape" off; once "$shape" cold; once "$shape" warm; once "$shape" grpc
+    else once "$shape" grpc; once "$shape" cold; once "$shape" warm; once "$shape" off; fi
   done
 done
 echo "# load $(cut -d' ' -f1-3 /proc/loadavg) at the end; medians of $ROUNDS rounds, $STAGES stages"
@@ -73,10 +76,11 @@ echo "| DAG | cache | command ms/stage | engine ms/stage | command ms |"
 echo "| --- | --- | ---: | ---: | ---: |"
 med() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for shape in chain wide; do
-  for mode in off cold warm; do
+  for mode in off cold warm grpc; do
     cmd=$(awk -v s="$shape" -v m="$mode" '$1 == s && $2 == m { print $3 }' "$work/results" | med)
     eng=$(awk -v s="$shape" -v m="$mode" '$1 == s && $2 == m { print $4 }' "$work/results" | med)
     label=$mode; [ "$mode" = off ] && label="off (--no-cache)"
+    [ "$mode" = grpc ] && label="off, runs over the gRPC call"
     awk -v s="$shape" -v l="$label" -v c="$cmd" -v e="$eng" -v n="$STAGES" \
       'BEGIN { printf "| %s | %s | %.3f | %.3f | %.0f |\n", s, l, c / 1000 / n, e / 1000 / n, c / 1000 }'
   done
