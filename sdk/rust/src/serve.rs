@@ -275,6 +275,9 @@ impl pb::stage_server::Stage for StageService {
             sdk: "rust".into(),
             sdk_version: crate::VERSION.into(),
             protocol_revision: PROTOCOL_REVISION,
+            // Runs come over the gRPC call: this SDK does not take them on
+            // the fd channel (docs/protocol.md, "Runs on the fd channel").
+            channel_runs: false,
         }))
     }
 
