@@ -6,6 +6,9 @@
 //     sdk/internal/paramconv, which the Go SDK runs);
 //   - testdata/fdchannel.json: bytes and fds sent on a real fd channel →
 //     the message received, EOF, or the reason it is rejected (shm.Channel);
+//   - testdata/fdchannel-runs.json: the same for a receiver that takes runs
+//     on the channel: datagrams → one whole RUN, EVENT, END or CANCEL, or
+//     the reason they are rejected (shm.Channel.RecvPayload; runs.go);
 //   - testdata/adopted.json: the handle a plugin returns for a dynamic
 //     output it sent by ADOPT (shm.AdoptedHandle), field by field and as
 //     protobuf bytes;
@@ -50,7 +53,7 @@ import (
 )
 
 // Files lists what Build writes, in order.
-var Files = []string{"params.json", "fdchannel.json", "adopted.json", "handshake.json"}
+var Files = []string{"params.json", "fdchannel.json", "fdchannel-runs.json", "adopted.json", "handshake.json"}
 
 func u64s(v uint64) string { return fmt.Sprintf("0x%016x", v) }
 
@@ -665,7 +668,7 @@ func buildHandshake() ([]byte, error) {
 func Build() (map[string][]byte, error) {
 	out := map[string][]byte{}
 	for name, build := range map[string]func() ([]byte, error){
-		"params.json": buildParams, "fdchannel.json": buildFDChannel,
+		"params.json": buildParams, "fdchannel.json": buildFDChannel, "fdchannel-runs.json": buildFDChannelRuns,
 		"adopted.json": buildAdopted, "handshake.json": buildHandshake,
 	} {
 		b, err := build()

@@ -5,6 +5,7 @@ with real fds (fdchannel.json), the handle of an adopted dynamic output
 (handshake.json)."""
 
 import array
+import hashlib
 import importlib
 import math
 import os
@@ -126,6 +127,55 @@ def test_fdchannel_vectors():
                 with pytest.raises(shm.ShmError) as e:
                     ch.recv()
                 assert FRAME_PHRASES[c["reason"]] in str(e.value), (c["name"], str(e.value))
+            assert open_count(name) == 1, f"{c['name']}: every received fd is closed"
+        finally:
+            os.close(mem)
+            a.close()
+            b.close()
+    assert seen == set(v["reasons"])
+
+
+# The same reasons for a receiver that takes runs, in this SDK's words.
+RUN_PHRASES = {
+    "long": ("longer than 32800 bytes",), "short": ("bytes, want 32",), "unknown_type": ("unknown message type",),
+    "run_token": ("is not a host token",), "cancel_fields": ("want 0 and 0",),
+    "payload_too_big": ("more than the limit of",), "frame_size": ("more than a frame's", "are missing"),
+    "empty_frame": ("is empty, but its",), "length": ("want 32 + its size",), "interleaved": ("is incomplete",),
+    "truncated": ("the channel ended inside",), "fd_count": ("fds, want 0",),
+}
+
+
+def test_fdchannel_runs_vectors():
+    v = load("fdchannel-runs.json")
+    assert v["schema"] == "pipehost.fdchannel-runs/1"
+    assert set(v["reasons"]) == set(RUN_PHRASES)
+    seen = set()
+    for i, c in enumerate(v["cases"]):
+        name = f"py-run-frame-{i}"
+        mem = os.memfd_create(name, os.MFD_CLOEXEC)
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            for d in c["datagrams"]:
+                data = bytes.fromhex(d["data"]) + b"\xa5" * d.get("fill", 0)
+                anc = []
+                if d.get("fds"):
+                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [mem] * d["fds"]).tobytes())]
+                assert a.sendmsg([data], anc) == len(data), c["name"]
+            if c.get("close"):
+                a.close()
+            ch = shm.Channel(b, runs=True)
+            if c["outcome"] == "message":
+                msg, fds = ch.recv()
+                m = c["message"]
+                payload = msg.payload or b""
+                assert (str(msg.type), msg.token, len(payload)) == (m["type"], hx(m["token"]), int(m["length"])), c["name"]
+                assert hashlib.sha256(payload).hexdigest() == m["sha256"], c["name"]
+                assert fds == [], c["name"]
+            else:
+                seen.add(c["reason"])
+                with pytest.raises(shm.ShmError) as e:
+                    ch.recv()
+                assert any(p in str(e.value) for p in RUN_PHRASES[c["reason"]]), (c["name"], str(e.value))
             assert open_count(name) == 1, f"{c['name']}: every received fd is closed"
         finally:
             os.close(mem)
