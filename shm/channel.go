@@ -325,25 +325,7 @@ func (c *Channel) Send(m Message, fd int) error {
 	}
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
-	if c.closed.Load() {
-		return fmt.Errorf("fd channel: send %v: %w", m.Type, ErrClosed)
-	}
-	var serr error
-	err := c.rc.Write(func(s uintptr) bool {
-		// MSG_NOSIGNAL: a gone peer is an EPIPE error, not a signal.
-		serr = unix.Sendmsg(int(s), hdr, oob, nil, unix.MSG_NOSIGNAL)
-		return serr != unix.EAGAIN
-	})
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
-		if c.closed.Load() {
-			err = ErrClosed
-		}
-		return fmt.Errorf("fd channel: send %v token %#x: %w", m.Type, m.Token, err)
-	}
-	return nil
+	return c.sendLocked(m.Type, m.Token, [][]byte{hdr}, oob)
 }
 
 // SendPayload writes a RUN, EVENT or END message: payload cut into frames of
@@ -362,7 +344,7 @@ func (c *Channel) SendPayload(t MsgType, token uint64, payload []byte) error {
 	for off := 0; off == 0 || off < len(payload); {
 		n := min(len(payload)-off, MaxFrame)
 		hdr := EncodeHeader(Message{Type: t, Token: token, SegmentID: total, Size: uint64(n)})
-		if err := c.sendLocked(t, token, [][]byte{hdr, payload[off : off+n]}); err != nil {
+		if err := c.sendLocked(t, token, [][]byte{hdr, payload[off : off+n]}, nil); err != nil {
 			return err
 		}
 		off += n
@@ -373,13 +355,15 @@ func (c *Channel) SendPayload(t MsgType, token uint64, payload []byte) error {
 	return nil
 }
 
-func (c *Channel) sendLocked(t MsgType, token uint64, bufs [][]byte) error {
+// sendLocked writes one datagram, bufs joined, with oob; c.sendMu is held.
+func (c *Channel) sendLocked(t MsgType, token uint64, bufs [][]byte, oob []byte) error {
 	if c.closed.Load() {
 		return fmt.Errorf("fd channel: send %v: %w", t, ErrClosed)
 	}
 	var serr error
 	err := c.rc.Write(func(s uintptr) bool {
-		_, serr = unix.SendmsgBuffers(int(s), bufs, nil, nil, unix.MSG_NOSIGNAL)
+		// MSG_NOSIGNAL: a gone peer is an EPIPE error, not a signal.
+		_, serr = unix.SendmsgBuffers(int(s), bufs, oob, nil, unix.MSG_NOSIGNAL)
 		return serr != unix.EAGAIN
 	})
 	if err == nil {

@@ -451,22 +451,8 @@ func receive(fr frame) (frameCase, error) {
 	}
 	defer local.Close()
 	defer remote.Close()
-	fds := make([]int, fr.fds)
-	for i := range fds {
-		if fds[i], err = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
-			return c, err
-		}
-	}
-	var oob []byte
-	if len(fds) > 0 {
-		oob = unix.UnixRights(fds...)
-	}
-	err = sendRaw(int(remote.Fd()), fr.data, oob)
-	for _, fd := range fds {
-		unix.Close(fd)
-	}
-	if err != nil {
-		return c, fmt.Errorf("send: %w", err)
+	if err := sendWithFDs(int(remote.Fd()), fr.data, fr.fds); err != nil {
+		return c, err
 	}
 	m, fd, err := local.Recv()
 	switch {
@@ -495,7 +481,21 @@ func buildFDChannel() ([]byte, error) {
 		"data is the hex of the bytes sent in one sendmsg; fds is how many descriptors travel with it in one SCM_RIGHTS control message (any open fds; the receiver makes room for 16). outcome is message (fields of the decoded header: type in decimal, the uint64s as 0x and 16 lowercase hex digits; SEGMENT and ADOPT hand over exactly one fd), eof (a receive of zero bytes and no fds reads as the peer's end), or reject with the reason class of the first failing check, in the order of the reasons table. After a reject every fd that came with the message is closed.")
 	f.table("reasons", frameReasons)
 	// One pair first: the runtime's poller opens its own fds on first use.
-	if _, err := receive(frame{"warm-up", hdr(3, 0, 0, 0), 0}); err != nil {
+	warm := frame{"warm-up", hdr(3, 0, 0, 0), 0}
+	cs, err := receiveAll(frames(), warm, receive, func(c frameCase) string { return c.Reason },
+		func(fr frame) string { return fr.name }, frameReasons)
+	if err != nil {
+		return nil, fmt.Errorf("fd channel: %w", err)
+	}
+	f.cases("cases", cs)
+	return f.bytes(), nil
+}
+
+// receiveAll runs receive on every input after a warm-up, and checks that
+// nothing leaked and that every reason has a case.
+func receiveAll[In, Out any](ins []In, warm In, receive func(In) (Out, error), reason func(Out) string,
+	name func(In) string, reasons [][2]string) ([]any, error) {
+	if _, err := receive(warm); err != nil {
 		return nil, err
 	}
 	before, err := openFDs()
@@ -504,24 +504,50 @@ func buildFDChannel() ([]byte, error) {
 	}
 	var cs []any
 	used := map[string]bool{}
-	for _, fr := range frames() {
-		c, err := receive(fr)
+	for _, in := range ins {
+		c, err := receive(in)
 		if err != nil {
-			return nil, fmt.Errorf("fd channel case %q: %w", fr.name, err)
+			return nil, fmt.Errorf("case %q: %w", name(in), err)
 		}
-		used[c.Reason] = true
+		used[reason(c)] = true
 		cs = append(cs, c)
 	}
 	if after, err := openFDs(); err != nil || after != before {
-		return nil, fmt.Errorf("fd channel cases leaked descriptors: %d open before, %d after (%v)", before, after, err)
+		return nil, fmt.Errorf("the cases leaked descriptors: %d open before, %d after (%v)", before, after, err)
 	}
-	for _, r := range frameReasons {
+	for _, r := range reasons {
 		if !used[r[0]] {
-			return nil, fmt.Errorf("fd channel: no case for reason %s", r[0])
+			return nil, fmt.Errorf("no case for reason %s", r[0])
 		}
 	}
-	f.cases("cases", cs)
-	return f.bytes(), nil
+	return cs, nil
+}
+
+// sendWithFDs sends data in one sendmsg on fd with n descriptors (of
+// /dev/null) in one SCM_RIGHTS message.
+func sendWithFDs(fd int, data []byte, n int) error {
+	fds := make([]int, n)
+	for i := range fds {
+		var err error
+		if fds[i], err = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			for _, f := range fds[:i] {
+				unix.Close(f)
+			}
+			return err
+		}
+	}
+	var oob []byte
+	if n > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	err := sendRaw(fd, data, oob)
+	for _, f := range fds {
+		unix.Close(f)
+	}
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return nil
 }
 
 // ---------------------------------------------------------- adopted handles

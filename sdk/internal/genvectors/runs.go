@@ -149,22 +149,8 @@ func receiveRun(c runCase) (runCase, error) {
 		}
 	}()
 	for _, d := range c.Datagrams {
-		fds := make([]int, d.FDs)
-		for i := range fds {
-			if fds[i], err = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
-				return c, err
-			}
-		}
-		var oob []byte
-		if len(fds) > 0 {
-			oob = unix.UnixRights(fds...)
-		}
-		err = sendRaw(int(remote.Fd()), d.bytes(), oob)
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-		if err != nil {
-			return c, fmt.Errorf("send: %w", err)
+		if err := sendWithFDs(int(remote.Fd()), d.bytes(), d.FDs); err != nil {
+			return c, err
 		}
 	}
 	if c.Close {
@@ -198,30 +184,11 @@ func buildFDChannelRuns() ([]byte, error) {
 		"docs/protocol.md#runs-on-the-fd-channel",
 		"each datagram is one sendmsg of the bytes of data (hex) followed by fill bytes of 0xa5, with fds descriptors in one SCM_RIGHTS control message; with close set the sender closes its end after the last. outcome is message (type in decimal, token as 0x and 16 lowercase hex digits, the payload's length in bytes and its SHA-256 in hex) or reject with the reason class of the failing check. Each case has one failing check at most, so any order of checks gives its outcome. After a reject every fd that came is closed.")
 	f.table("reasons", runReasons)
-	if _, err := receiveRun(runCase{Datagrams: []datagram{{Data: hex.EncodeToString(hdr(7, 1, 0, 0))}}}); err != nil {
-		return nil, err
-	}
-	before, err := openFDs()
+	warm := runCase{Name: "warm-up", Datagrams: []datagram{{Data: hex.EncodeToString(hdr(7, 1, 0, 0))}}}
+	cs, err := receiveAll(runCases(), warm, receiveRun, func(c runCase) string { return c.Reason },
+		func(c runCase) string { return c.Name }, runReasons)
 	if err != nil {
-		return nil, err
-	}
-	var cs []any
-	used := map[string]bool{}
-	for _, c := range runCases() {
-		got, err := receiveRun(c)
-		if err != nil {
-			return nil, fmt.Errorf("fd channel runs case %q: %w", c.Name, err)
-		}
-		used[got.Reason] = true
-		cs = append(cs, got)
-	}
-	if after, err := openFDs(); err != nil || after != before {
-		return nil, fmt.Errorf("fd channel runs cases leaked descriptors: %d open before, %d after (%v)", before, after, err)
-	}
-	for _, r := range runReasons {
-		if !used[r[0]] {
-			return nil, fmt.Errorf("fd channel runs: no case for reason %s", r[0])
-		}
+		return nil, fmt.Errorf("fd channel runs: %w", err)
 	}
 	f.cases("cases", cs)
 	return f.bytes(), nil

@@ -16,6 +16,7 @@ from collections import defaultdict
 import grpc
 import numpy as np
 import pytest
+from conftest import open_count
 from test_runs import H, W, Host, make, request
 
 from pipehost import grid, param, shm
@@ -33,18 +34,6 @@ def frame(typ, token, total, size, body=None):
 
 def fd_rights(fd, n=1):
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd] * n).tobytes())] if n else []
-
-
-def open_count(name):
-    """How many fds of this process are the memfd called name."""
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{name} "):
-                n += 1
-        except OSError:
-            pass
-    return n
 
 
 def in_background(fn, *args):

@@ -5,6 +5,7 @@ with real fds (fdchannel.json), the handle of an adopted dynamic output
 (handshake.json)."""
 
 import array
+import contextlib
 import hashlib
 import importlib
 import math
@@ -17,7 +18,7 @@ import textwrap
 
 import grpc
 import pytest
-from conftest import ROOT, hx, load
+from conftest import ROOT, hx, load, open_count
 
 from pipehost import handle, shm
 from pipehost._proto.grpc.health.v1 import health_pb2
@@ -84,15 +85,23 @@ def test_param_vectors():
     assert ran > 100
 
 
-def open_count(name):
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{name} "):
-                n += 1
-        except OSError:
-            pass
-    return n
+@contextlib.contextmanager
+def memfd_and_pair(name):
+    """A memfd called name (the fd every case sends) and a SOCK_SEQPACKET pair."""
+    mem = os.memfd_create(name, os.MFD_CLOEXEC)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        yield mem, a, b
+    finally:
+        os.close(mem)
+        a.close()
+        b.close()
+
+
+def send_case(a, mem, data, fds):
+    """One sendmsg of data with fds copies of mem."""
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [mem] * fds).tobytes())] if fds else []
+    assert a.sendmsg([data], anc) == len(data)
 
 
 def test_fdchannel_vectors():
@@ -102,14 +111,8 @@ def test_fdchannel_vectors():
     seen = set()
     for i, c in enumerate(v["cases"]):
         name = f"py-frame-{i}"
-        mem = os.memfd_create(name, os.MFD_CLOEXEC)
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            anc = []
-            if c["fds"]:
-                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [mem] * c["fds"]).tobytes())]
-            data = bytes.fromhex(c["data"])
-            assert a.sendmsg([data], anc) == len(data)
+        with memfd_and_pair(name) as (mem, a, b):
+            send_case(a, mem, bytes.fromhex(c["data"]), c["fds"])
             ch = shm.Channel(b)
             if c["outcome"] == "eof":
                 assert ch.recv() == (None, []), c["name"]
@@ -128,10 +131,6 @@ def test_fdchannel_vectors():
                     ch.recv()
                 assert FRAME_PHRASES[c["reason"]] in str(e.value), (c["name"], str(e.value))
             assert open_count(name) == 1, f"{c['name']}: every received fd is closed"
-        finally:
-            os.close(mem)
-            a.close()
-            b.close()
     assert seen == set(v["reasons"])
 
 
@@ -152,15 +151,9 @@ def test_fdchannel_runs_vectors():
     seen = set()
     for i, c in enumerate(v["cases"]):
         name = f"py-run-frame-{i}"
-        mem = os.memfd_create(name, os.MFD_CLOEXEC)
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
+        with memfd_and_pair(name) as (mem, a, b):
             for d in c["datagrams"]:
-                data = bytes.fromhex(d["data"]) + b"\xa5" * d.get("fill", 0)
-                anc = []
-                if d.get("fds"):
-                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [mem] * d["fds"]).tobytes())]
-                assert a.sendmsg([data], anc) == len(data), c["name"]
+                send_case(a, mem, bytes.fromhex(d["data"]) + b"\xa5" * d.get("fill", 0), d.get("fds", 0))
             if c.get("close"):
                 a.close()
             ch = shm.Channel(b, runs=True)
@@ -177,10 +170,6 @@ def test_fdchannel_runs_vectors():
                     ch.recv()
                 assert any(p in str(e.value) for p in RUN_PHRASES[c["reason"]]), (c["name"], str(e.value))
             assert open_count(name) == 1, f"{c['name']}: every received fd is closed"
-        finally:
-            os.close(mem)
-            a.close()
-            b.close()
     assert seen == set(v["reasons"])
 
 
