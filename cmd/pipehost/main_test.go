@@ -234,7 +234,7 @@ func TestNoCacheRunUsesPluginCatalog(t *testing.T) {
 	if setup.FromCatalog != len(entries) || len(setup.Described) != 0 || len(setup.Started) != 2 {
 		t.Errorf("plugin_setup: %+v, want all %d from the catalog and 2 started", setup, len(entries))
 	}
-	if stored, _ := filepath.Glob(filepath.Join(cache, "v1", "entries", "*", "*")); len(stored) != 0 {
-		t.Errorf("--no-cache wrote stage-cache entries: %v", stored)
+	if st, err := os.Stat(filepath.Join(cache, "v1", "entries.log")); err == nil {
+		t.Errorf("--no-cache opened the stage cache (entries.log, %d bytes)", st.Size())
 	}
 }

@@ -15,16 +15,16 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/pipehost/pipehost/internal/atomicfile"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
 )
 
 // Layout under the cache root:
 //
-//	v1/entries/ab/<key>.json   manifest of one stage run (written last, atomically)
+//	v1/entries.log             the manifest of every stage run, one record each, appended last
 //	v1/cas/cd/<sha256>         output bytes, content-addressed
 //	v1/locks/keys              one byte per key range-locked while a run computes that key
+//	v1/locks/log               flock: shared while a Cache is open, exclusive to rewrite the log
 //	v1/stages/<run>.jsonl      the key parts of each stage's last run (miss reasons), appended
 //	v1/plugins/                the plugin catalog: binary digests and descriptors (host/pluginmgr)
 const layout = "v1"
@@ -47,8 +47,9 @@ type Cache struct {
 	root string
 	dir  string
 
-	locks keyLocks
-	parts partsLog
+	locks   keyLocks
+	parts   partsLog
+	entries entryLog
 }
 
 // Open prepares the cache at root. An error means the cache cannot be used
@@ -57,7 +58,7 @@ func Open(root string) (*Cache, error) {
 	c := &Cache{root: root, dir: filepath.Join(root, layout)}
 	c.locks.path = filepath.Join(c.dir, "locks", "keys")
 	c.parts.dir = filepath.Join(c.dir, "stages")
-	for _, d := range []string{"entries", "cas", "locks", "stages", "tmp"} {
+	for _, d := range []string{"cas", "locks", "stages", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("cache directory %s: %w", root, err)
 		}
@@ -69,6 +70,9 @@ func Open(root string) (*Cache, error) {
 	}
 	probe.Close()
 	os.Remove(probe.Name())
+	if err := c.entries.open(c.dir); err != nil {
+		return nil, fmt.Errorf("cache directory %s: %w", root, err)
+	}
 	return c, nil
 }
 
@@ -111,10 +115,6 @@ func shard(dir, name, ext string) string {
 	return filepath.Join(dir, name[:2], name+ext)
 }
 
-func (c *Cache) manifestPath(key string) string {
-	return shard(filepath.Join(c.dir, "entries"), key, ".json")
-}
-
 // BlobPath is where the bytes of d live.
 func (c *Cache) BlobPath(d Digest) string { return shard(filepath.Join(c.dir, "cas"), d.Hash, "") }
 
@@ -123,15 +123,15 @@ func (c *Cache) BlobPath(d Digest) string { return shard(filepath.Join(c.dir, "c
 // verified when bytes are read) and marks the entry used for LRU eviction.
 // A broken entry is removed and reported through the error.
 func (c *Cache) Lookup(key string) (*Manifest, error) {
-	b, err := os.ReadFile(c.manifestPath(key))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+	m, err := c.entries.get(key)
+	if errors.Is(err, ErrCorrupt) {
+		c.Invalidate(key)
+		return nil, fmt.Errorf("%w: entry %s has an unreadable manifest; removed", ErrCorrupt, key[:12])
 	}
-	if err != nil {
-		return nil, fmt.Errorf("reading cache entry %s: %w", key[:12], err)
+	if err != nil || m == nil {
+		return nil, err
 	}
-	var m Manifest
-	if err := json.Unmarshal(b, &m); err != nil || m.Key != key {
+	if m.Key != key {
 		c.Invalidate(key)
 		return nil, fmt.Errorf("%w: entry %s has an unreadable manifest; removed", ErrCorrupt, key[:12])
 	}
@@ -142,9 +142,7 @@ func (c *Cache) Lookup(key string) (*Manifest, error) {
 			return nil, fmt.Errorf("%w: entry %s: output %q is missing or truncated; removed", ErrCorrupt, key[:12], o.Port)
 		}
 	}
-	now := time.Now()
-	_ = os.Chtimes(c.manifestPath(key), now, now)
-	return &m, nil
+	return m, nil
 }
 
 // RemoveBlob deletes stored bytes found corrupt; content addressing would
@@ -152,12 +150,13 @@ func (c *Cache) Lookup(key string) (*Manifest, error) {
 func (c *Cache) RemoveBlob(d Digest) { _ = os.Remove(c.BlobPath(d)) }
 
 // Invalidate removes an entry (its blobs go at the next gc if unreferenced).
-func (c *Cache) Invalidate(key string) { _ = os.Remove(c.manifestPath(key)) }
+func (c *Cache) Invalidate(key string) { c.entries.del(key) }
 
 // Store writes an entry: each output's bytes (copied in the kernel from its
-// segment) into the content store, then the manifest. Every file is written
-// under a temporary name and renamed, so a crash never leaves a partial
-// entry under its final name.
+// segment) into the content store, each under a temporary name and renamed,
+// then the manifest, appended to the entry log in one checksummed record.
+// A crash at any point leaves no partial entry: a blob without a manifest is
+// no entry (gc removes it), a manifest cut short fails its checksum.
 func (c *Cache) Store(m *Manifest, segs map[string]*shm.Segment) error {
 	for _, o := range m.Outputs {
 		seg := segs[o.Port]
@@ -168,11 +167,7 @@ func (c *Cache) Store(m *Manifest, segs map[string]*shm.Segment) error {
 			return fmt.Errorf("cache store %s output %q: %w", m.Stage, o.Port, err)
 		}
 	}
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(c.manifestPath(m.Key), b)
+	return c.entries.put(m)
 }
 
 func (c *Cache) putBlob(d Digest, seg *shm.Segment) error {

@@ -1,11 +1,10 @@
 package cache
 
 import (
-	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 )
 
@@ -20,32 +19,25 @@ type EntryInfo struct {
 
 // List returns every entry, most recently used first.
 func (c *Cache) List() ([]EntryInfo, error) {
-	var out []EntryInfo
-	err := filepath.WalkDir(filepath.Join(c.dir, "entries"), func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".json") || strings.HasPrefix(d.Name(), ".") {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil
-		}
-		var m Manifest
-		if json.Unmarshal(b, &m) != nil {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		e := EntryInfo{Key: m.Key, Stage: m.Stage, Kind: m.Kind, LastUsed: info.ModTime()}
+	ms, used, err := c.entries.all()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]EntryInfo, len(ms))
+	for i, m := range ms {
+		out[i] = EntryInfo{Key: m.Key, Stage: m.Stage, Kind: m.Kind, LastUsed: used[i]}
 		for _, o := range m.Outputs {
-			e.Bytes += o.Digest.Size
+			out[i].Bytes += o.Digest.Size
 		}
-		out = append(out, e)
-		return nil
-	})
-	sort.Slice(out, func(i, j int) bool { return out[i].LastUsed.After(out[j].LastUsed) })
-	return out, err
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].LastUsed.After(out[j].LastUsed) })
+	return out, nil
+}
+
+// Manifests returns the manifest of every entry, ordered by key.
+func (c *Cache) Manifests() ([]*Manifest, error) {
+	ms, _, err := c.entries.all()
+	return ms, err
 }
 
 // Usage is the bytes held by the content store.
@@ -71,65 +63,71 @@ type GCResult struct {
 
 // GC evicts least-recently-used entries until the content store holds at
 // most maxBytes, then removes blobs no entry references and stale
-// temporary files. maxBytes < 0 keeps every entry (only unreferenced
-// blobs go).
+// temporary files, and rewrites the entry log without the records that no
+// longer count. maxBytes < 0 keeps every entry (only unreferenced blobs go).
+// It needs the cache to itself: while another process has it open, GC
+// returns ErrBusy and changes nothing.
 func (c *Cache) GC(maxBytes int64) (GCResult, error) {
 	var res GCResult
-	entries, err := c.List()
-	if err != nil {
-		return res, err
-	}
-	// Oldest last in entries; evict from the end while over the limit.
-	refs := map[string]int64{} // blob hash → size, for kept entries
-	manifests := make([]*Manifest, len(entries))
-	for i, e := range entries {
-		b, _ := os.ReadFile(c.manifestPath(e.Key))
-		var m Manifest
-		if json.Unmarshal(b, &m) == nil {
-			manifests[i] = &m
+	err := c.entries.exclusive(func() error {
+		res = GCResult{}
+		ms, used, err := c.entries.allLocked()
+		if err != nil {
+			return err
 		}
-	}
-	total := c.Usage()
-	keep := len(entries)
-	if maxBytes >= 0 {
-		for keep > 0 && total > maxBytes {
-			keep--
-			c.Invalidate(entries[keep].Key)
-			res.Entries++
-			// Bytes only come back once no kept entry shares the blobs.
-			total = c.referencedBytes(manifests[:keep])
+		order := make([]int, len(ms))
+		for i := range order {
+			order[i] = i
 		}
-	}
-	for _, m := range manifests[:keep] {
-		if m == nil {
-			continue
+		// Most recently used first; evict from the end while over the limit.
+		sort.SliceStable(order, func(i, j int) bool { return used[order[i]].After(used[order[j]]) })
+		sorted := make([]*Manifest, len(ms))
+		for i, o := range order {
+			sorted[i] = ms[o]
 		}
-		for _, o := range m.Outputs {
-			refs[o.Digest.Hash] = o.Digest.Size
+		total := c.Usage()
+		keep := len(sorted)
+		if maxBytes >= 0 {
+			for keep > 0 && total > maxBytes {
+				keep--
+				res.Entries++
+				// Bytes only come back once no kept entry shares the blobs.
+				total = c.referencedBytes(sorted[:keep])
+			}
 		}
-	}
-	filepath.WalkDir(filepath.Join(c.dir, "cas"), func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return nil
+		kept := map[string]bool{}
+		refs := map[string]bool{} // blob hashes of kept entries
+		for _, m := range sorted[:keep] {
+			kept[m.Key] = true
+			for _, o := range m.Outputs {
+				refs[o.Digest.Hash] = true
+			}
 		}
-		if _, ok := refs[d.Name()]; !ok {
+		if err := c.entries.rewrite(func(key string) bool { return kept[key] }); err != nil {
+			return fmt.Errorf("rewriting the cache entry log: %w", err)
+		}
+		filepath.WalkDir(filepath.Join(c.dir, "cas"), func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || refs[d.Name()] {
+				return nil
+			}
 			if info, err := d.Info(); err == nil {
 				res.Bytes += info.Size()
 			}
 			if os.Remove(p) == nil {
 				res.Blobs++
 			}
+			return nil
+		})
+		// Temporary files older than a day belong to runs that died mid-write.
+		tmps, _ := os.ReadDir(filepath.Join(c.dir, "tmp"))
+		for _, t := range tmps {
+			if info, err := t.Info(); err == nil && time.Since(info.ModTime()) > 24*time.Hour {
+				os.Remove(filepath.Join(c.dir, "tmp", t.Name()))
+			}
 		}
 		return nil
 	})
-	// Temporary files older than a day belong to runs that died mid-write.
-	tmps, _ := os.ReadDir(filepath.Join(c.dir, "tmp"))
-	for _, t := range tmps {
-		if info, err := t.Info(); err == nil && time.Since(info.ModTime()) > 24*time.Hour {
-			os.Remove(filepath.Join(c.dir, "tmp", t.Name()))
-		}
-	}
-	return res, nil
+	return res, err
 }
 
 func (c *Cache) referencedBytes(ms []*Manifest) int64 {
@@ -149,25 +147,34 @@ func (c *Cache) referencedBytes(ms []*Manifest) int64 {
 	return total
 }
 
-// Clear removes every entry and blob.
+// Clear removes every entry and blob. Like GC it needs the cache to
+// itself, and returns ErrBusy while another process has it open.
 func (c *Cache) Clear() error {
-	for _, d := range []string{"entries", "cas", "stages"} {
-		if err := os.RemoveAll(filepath.Join(c.dir, d)); err != nil {
-			return err
-		}
-		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
-			return err
-		}
-	}
-	// The key lock file stays: other runs may hold locks in it. Anything
-	// else under locks/ is from an older layout (a file per key).
-	ents, _ := os.ReadDir(filepath.Join(c.dir, "locks"))
-	for _, e := range ents {
-		if filepath.Join(c.dir, "locks", e.Name()) != c.locks.path {
-			if err := os.RemoveAll(filepath.Join(c.dir, "locks", e.Name())); err != nil {
+	return c.entries.exclusive(func() error {
+		for _, d := range []string{"cas", "stages"} {
+			if err := os.RemoveAll(filepath.Join(c.dir, d)); err != nil {
+				return err
+			}
+			if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
 				return err
 			}
 		}
-	}
-	return nil
+		c.parts.forget()
+		if err := c.entries.rewrite(func(string) bool { return false }); err != nil {
+			return err
+		}
+		// The lock files stay: other runs may take locks in them as soon as
+		// this one lets go. Anything else under locks/ is from an older
+		// layout (a file per key).
+		ents, _ := os.ReadDir(filepath.Join(c.dir, "locks"))
+		for _, e := range ents {
+			p := filepath.Join(c.dir, "locks", e.Name())
+			if p != c.locks.path && p != c.entries.lockPath {
+				if err := os.RemoveAll(p); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 }

@@ -130,9 +130,12 @@ func (c *Cache) Lock(ctx context.Context, key string) (func(), error) {
 	}, nil
 }
 
-// Close releases the cache's lock file. Locks still held are released with
-// it; the Cache must not be used afterwards.
+// Close writes what is pending, closes the cache's files and releases its
+// locks, including key locks still held; the Cache must not be used
+// afterwards.
 func (c *Cache) Close() error {
+	c.parts.forget()
+	c.entries.close()
 	l := &c.locks
 	l.mu.Lock()
 	defer l.mu.Unlock()

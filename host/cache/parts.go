@@ -27,7 +27,8 @@ type partsLog struct {
 
 type runParts struct {
 	last      map[string]Parts
-	compacted bool // this process has rewritten the file and now appends
+	compacted bool     // this process has rewritten the file and now appends
+	file      *os.File // open for appending once compacted, until Close
 }
 
 type partsLine struct {
@@ -102,17 +103,30 @@ func (c *Cache) SaveParts(run, stage string, p Parts) error {
 	}
 	var buf bytes.Buffer
 	appendLine(&buf, stage, p)
-	f, err := os.OpenFile(l.path(run), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err != nil {
-		return err
+	if rp.file == nil {
+		f, err := os.OpenFile(l.path(run), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return err
+		}
+		rp.file = f
 	}
 	// One write of a whole line: appends from concurrent runs interleave by
 	// line.
-	_, err = f.Write(buf.Bytes())
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	_, err := rp.file.Write(buf.Bytes())
 	return err
+}
+
+// forget closes the files and drops what was read (the files are gone or
+// the cache is closing).
+func (l *partsLog) forget() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, rp := range l.runs {
+		if rp.file != nil {
+			rp.file.Close()
+		}
+	}
+	l.runs = nil
 }
 
 func appendLine(buf *bytes.Buffer, stage string, p Parts) {

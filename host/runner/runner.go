@@ -395,7 +395,9 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 		s.Reports.Metadata = path
 	}
 	if s.Cache != nil && s.opts.CacheMax > 0 && s.Cache.Usage() > s.opts.CacheMax {
-		if _, err := s.Cache.GC(s.opts.CacheMax); err != nil {
+		if _, err := s.Cache.GC(s.opts.CacheMax); errors.Is(err, cache.ErrBusy) {
+			s.warn(fmt.Sprintf("the cache is over --cache-max but was not collected: %v; a later run collects it", err))
+		} else if err != nil {
 			s.warn(fmt.Sprintf("cache collection failed: %v", err))
 		}
 	}

@@ -72,16 +72,11 @@ func localReference(t *testing.T) *reference {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	manifests, _ := filepath.Glob(filepath.Join(cacheDir, "v1", "entries", "*", "*.json"))
-	for _, p := range manifests {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var m cache.Manifest
-		if err := json.Unmarshal(b, &m); err != nil {
-			t.Fatalf("%s: %v", p, err)
-		}
+	manifests, err := c.Manifests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range manifests {
 		for _, o := range m.Outputs {
 			if o.Port == "out" {
 				ref.records[m.Stage] = o
