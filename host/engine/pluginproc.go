@@ -26,14 +26,7 @@ func (pp pluginProcess) SendSegment(msg shm.Message, fd int) error {
 }
 
 func (pp pluginProcess) Run(ctx context.Context, req *pb.RunRequest) (RunStream, error) {
-	if pp.p.ChannelRuns {
-		r, err := pp.p.RunOnChannel(ctx, req)
-		if err != nil {
-			return nil, err
-		}
-		return r, nil
-	}
-	s, err := pp.p.Client.Run(ctx, req)
+	s, err := pp.p.Run(ctx, req)
 	if err != nil {
 		return nil, err
 	}

@@ -41,6 +41,30 @@ type ChannelRun struct {
 	closed bool // the host gave up on it (error, cancellation)
 }
 
+// RunEvents is a run's stream of events, whichever way it travels: Recv
+// returns them in order, then io.EOF, or the run's error as a gRPC status.
+type RunEvents interface {
+	Recv() (*pb.RunEvent, error)
+}
+
+// Run starts a run on the fd channel when the plugin takes runs there
+// (ChannelRuns), else over the gRPC Run call. The caller must have sent every
+// fd the request names first, and must Recv until an error or io.EOF.
+func (p *Plugin) Run(ctx context.Context, req *pb.RunRequest) (RunEvents, error) {
+	if p.ChannelRuns {
+		r, err := p.RunOnChannel(ctx, req)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return r, nil
+	}
+	s, err := p.Client.Run(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
 // RunOnChannel sends req as a RUN on the fd channel. The caller must have
 // sent every fd the request names first (they travel on the same socket,
 // so the plugin has them when it reads the RUN), and must Recv until an

@@ -303,9 +303,10 @@ func (s *run) collect(ctx context.Context, desc *pb.StageDescriptor, res *pb.Res
 	return nil
 }
 
-// call runs the RPC, passing log lines on, until the Result.
+// call runs the stage (on the plugin's fd channel when it takes runs
+// there, as the engine does), passing log lines on, until the Result.
 func call(ctx context.Context, p *pluginmgr.Plugin, req *pb.RunRequest, log io.Writer) (*pb.Result, error) {
-	stream, err := p.Client.Run(ctx, req)
+	stream, err := p.Run(ctx, req)
 	if err != nil {
 		return nil, rpcError(err)
 	}
