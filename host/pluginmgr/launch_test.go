@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pipehost/pipehost/host/pluginmgr"
 	"github.com/pipehost/pipehost/internal/clock"
@@ -320,5 +321,51 @@ func TestStaleSocketDirInFallbackIsRemoved(t *testing.T) {
 	}
 	if _, err := os.Stat(dead); !os.IsNotExist(err) {
 		t.Errorf("stale socket directory %s survived", dead)
+	}
+}
+
+// A plugin the catalog describes and a run then starts is not hashed again,
+// not even by the launch callback that records its digest (the run log's
+// plugin_launch does): its digest is the catalog's.
+func TestStartKeepsTheCatalogDigest(t *testing.T) {
+	dir := testbin.Build(t, "testplugins/go")
+	t.Setenv("TMPDIR", t.TempDir())
+	paths, err := pluginmgr.Discover([]string{testbin.Copy(t, dir, "transform")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	catDir := t.TempDir()
+	describe := func() (*pluginmgr.Manager, []*pluginmgr.Plugin) {
+		m, err := pluginmgr.New(pluginmgr.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		plugins, _, errs := m.Describe(context.Background(), paths, pluginmgr.OpenCatalog(catDir, func(string) {}))
+		if len(errs) > 0 {
+			t.Fatal(errs)
+		}
+		return m, plugins
+	}
+	first, _ := describe() // launched and recorded
+	first.Close()
+	time.Sleep(2100 * time.Millisecond) // past the catalog's racy window: the next run trusts the stat
+	describe()                          // remembers the digest
+	m, plugins := describe()
+	if plugins[0].Running() {
+		t.Fatal("the plugin was launched to be described; want it from the catalog")
+	}
+	var logged string
+	m.OnLaunch(func(p *pluginmgr.Plugin) { logged = p.Digest() })
+	before := pluginmgr.FileHashes()
+	live, changed, err := m.Start(context.Background(), plugins[0], pluginmgr.OpenCatalog(catDir, func(string) {}))
+	if err != nil || changed {
+		t.Fatalf("Start: changed %v, %v", changed, err)
+	}
+	if n := pluginmgr.FileHashes() - before; n != 0 {
+		t.Errorf("the started plugin was hashed %d times", n)
+	}
+	if logged != plugins[0].Digest() || live.Digest() != logged || len(logged) != 64 {
+		t.Errorf("digests: logged %q, live %q, catalog %q", logged, live.Digest(), plugins[0].Digest())
 	}
 }
