@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Per-stage overhead of 1,000-stage no-op DAGs (chain and wide; probe.sleep with ms = 0, one
 # 256-byte grid output each) as a user sees it: the wall time of the whole `pipehost run`
-# command, divided by the number of stages, with the cache on and cold (a fresh cache
-# directory), on and warm (the same directory again: every stage hits) and off (--no-cache);
-# and off again with every run sent over the gRPC Run call (PIPEHOST_RUN_OVER_GRPC) instead
-# of the fd channel, the path before runs moved to the channel.
-# Also the engine-only figure (run_end.wall_ns: first admission to last stage done). The modes
-# alternate within every round, in an order that rotates from round to round.
+# command, divided by the number of stages, with the cache on and cold (an empty stage cache),
+# on and warm (the same directory again: every stage hits) and off (--no-cache); off again with
+# every run sent over the gRPC Run call (PIPEHOST_RUN_OVER_GRPC) instead of the fd channel, the
+# path before runs moved to the channel; and cold in a new cache directory, where the plugin
+# catalog is empty too (the binary is hashed and launched to be described: a first run ever).
+# Every other mode sees the same plugin catalog, filled once before the rounds, so off and cold
+# differ only in the stage cache. Also the engine-only figure (run_end.wall_ns: first admission
+# to last stage done). The modes alternate within every round, in an order that rotates from
+# round to round.
 #
 #   scripts/bench-stages.sh            # 1,000 stages, 5 rounds
 #   STAGES=200 ROUNDS=3 scripts/bench-stages.sh
@@ -35,15 +38,18 @@ once() {
   local shape=$1 mode=$2 out="$work/out" args=() env=()
   rm -rf "$out"
   case $mode in
-    off) args=(--no-cache) ;;
-    grpc) args=(--no-cache) env=(PIPEHOST_RUN_OVER_GRPC=1) ;;
+    off) args=(--no-cache --cache-dir "$work/catalog") ;;
+    grpc) args=(--no-cache --cache-dir "$work/catalog") env=(PIPEHOST_RUN_OVER_GRPC=1) ;;
     # A cache directory of its own per round, never one just emptied: ext4
     # without a journal (as here) passes over inodes freed in the last minute
-    # when it allocates one, so deleting the last round's thousand entries
-    # right before a cold run would time that, not the cache. They all go
-    # at exit with $work.
-    cold) args=(--cache-dir "$work/cache-$shape-$r") ;;
+    # when it allocates one, so deleting the last round's files right before
+    # a cold run would time that, not the cache. They all go at exit with
+    # $work. The stage cache starts empty; the plugin catalog is the one the
+    # off runs use.
+    cold) mkdir -p "$work/cache-$shape-$r/v1"; cp -r "$work/catalog/v1/plugins" "$work/cache-$shape-$r/v1/"
+      args=(--cache-dir "$work/cache-$shape-$r") ;;
     warm) args=(--cache-dir "$work/cache-$shape-$r") ;;
+    new) args=(--cache-dir "$work/new-$shape-$r") ;;
   esac
   local t0 t1
   t0=$(date +%s%N)
@@ -63,11 +69,17 @@ once() {
 }
 
 echo "# $(date -u +%FT%TZ) $(go version | cut -d' ' -f3) $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg) at the start"
-# Warm needs the cold run's cache, so each round runs cold then warm, with off before or after.
+# The plugin catalog every mode but "new" starts from (kept as runs leave it).
+# The catalog does not remember the digest of a binary changed less than 2 s
+# before it hashed it (docs/cache.md, "Plugin catalog"): the plugin was just
+# built, so wait, as any installed plugin is older than that.
+sleep 2.5
+"$work/pipehost" run "$work/chain.toml" --plugin-dir "$work/plugins" --out "$work/out" --quiet --no-cache --cache-dir "$work/catalog"
+# Warm needs the cold run's cache, so each round runs cold then warm, the others before or after.
 for ((r = 0; r < ROUNDS; r++)); do
   for shape in chain wide; do
-    if ((r % 2 == 0)); then once "$shape" off; once "$shape" cold; once "$shape" warm; once "$shape" grpc
-    else once "$shape" grpc; once "$shape" cold; once "$shape" warm; once "$shape" off; fi
+    if ((r % 2 == 0)); then once "$shape" off; once "$shape" cold; once "$shape" warm; once "$shape" grpc; once "$shape" new
+    else once "$shape" new; once "$shape" grpc; once "$shape" cold; once "$shape" warm; once "$shape" off; fi
   done
 done
 echo "# load $(cut -d' ' -f1-3 /proc/loadavg) at the end; medians of $ROUNDS rounds, $STAGES stages"
@@ -76,11 +88,12 @@ echo "| DAG | cache | command ms/stage | engine ms/stage | command ms |"
 echo "| --- | --- | ---: | ---: | ---: |"
 med() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for shape in chain wide; do
-  for mode in off cold warm grpc; do
+  for mode in off cold warm grpc new; do
     cmd=$(awk -v s="$shape" -v m="$mode" '$1 == s && $2 == m { print $3 }' "$work/results" | med)
     eng=$(awk -v s="$shape" -v m="$mode" '$1 == s && $2 == m { print $4 }' "$work/results" | med)
     label=$mode; [ "$mode" = off ] && label="off (--no-cache)"
     [ "$mode" = grpc ] && label="off, runs over the gRPC call"
+    [ "$mode" = new ] && label="cold, in a new cache directory"
     awk -v s="$shape" -v l="$label" -v c="$cmd" -v e="$eng" -v n="$STAGES" \
       'BEGIN { printf "| %s | %s | %.3f | %.3f | %.0f |\n", s, l, c / 1000 / n, e / 1000 / n, c / 1000 }'
   done
@@ -93,7 +106,7 @@ done
 # function itself, its end → the host has the Result and has sealed, and
 # the host's gap until the next stage starts.
 rm -rf "$work/out"
-"$work/pipehost" run "$work/chain.toml" --plugin-dir "$work/plugins" --out "$work/out" --quiet --no-cache
+"$work/pipehost" run "$work/chain.toml" --plugin-dir "$work/plugins" --out "$work/out" --quiet --no-cache --cache-dir "$work/catalog"
 echo
 echo "One chain stage, --no-cache (µs, medians of $STAGES stages):"
 echo

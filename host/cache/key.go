@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -61,17 +62,29 @@ type Parts struct {
 // NewParts assembles the key parts of a stage run.
 func NewParts(desc *pb.StageDescriptor, pluginDigest string, params map[string]*pb.Value, seed uint64,
 	topo *pb.Topology, levels []*pb.GridInfo, inputs []Input) Parts {
-	sort.Slice(inputs, func(i, j int) bool { return inputs[i].Port < inputs[j].Port })
+	return StageParts(desc, pluginDigest, params, seed, GridDigest(topo, levels)).WithInputs(inputs)
+}
+
+// StageParts is every key part but the inputs' digests: what is known
+// before the producers have finished, so it can be worked out while they
+// run. grid is the plan's GridDigest.
+func StageParts(desc *pb.StageDescriptor, pluginDigest string, params map[string]*pb.Value, seed uint64, grid string) Parts {
 	return Parts{
 		Kind:    desc.GetKind(),
 		Version: desc.GetVersion(),
 		Plugin:  pluginDigest,
 		Params:  CanonicalParams(params),
 		Seed:    seed,
-		Grid:    gridDigest(topo, levels),
+		Grid:    grid,
 		Outputs: outputSignature(desc),
-		Inputs:  inputs,
 	}
+}
+
+// WithInputs returns p with the inputs' digests, in port order.
+func (p Parts) WithInputs(inputs []Input) Parts {
+	sort.Slice(inputs, func(i, j int) bool { return inputs[i].Port < inputs[j].Port })
+	p.Inputs = inputs
+	return p
 }
 
 // Key is the hex SHA-256 of the parts in a length-prefixed canonical
@@ -89,7 +102,7 @@ func (p Parts) Key() string {
 	put(p.Version)
 	put(p.Plugin)
 	put(p.Params)
-	put(fmt.Sprint(p.Seed))
+	put(strconv.FormatUint(p.Seed, 10))
 	put(p.Grid)
 	put(p.Outputs)
 	for _, in := range p.Inputs {
@@ -126,7 +139,9 @@ func CanonicalParams(params map[string]*pb.Value) string {
 	return b.String()
 }
 
-func gridDigest(topo *pb.Topology, levels []*pb.GridInfo) string {
+// GridDigest is the key part pinning the topology and the grid pyramid, the
+// same for every stage of a plan.
+func GridDigest(topo *pb.Topology, levels []*pb.GridInfo) string {
 	h := sha256.New()
 	opts := proto.MarshalOptions{Deterministic: true}
 	b, _ := opts.Marshal(topo)

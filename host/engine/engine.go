@@ -294,6 +294,9 @@ type Engine struct {
 	digests sync.WaitGroup // background output digests
 	stores  sync.WaitGroup // background cache writes
 	// Key parts waiting for the background writer (saveParts).
+	stageKeys    []stageKey // by node index
+	gridOnce     sync.Once
+	grid         string
 	partsMu      sync.Mutex
 	partsQueue   []stagedParts
 	partsWriting bool
@@ -321,7 +324,8 @@ func NewWith(p *plan.Plan, procs Processes, a *arena.Arena, opts Options) *Engin
 		opts.Observer = nopObserver{}
 	}
 	return &Engine{plan: p, procs: procs, launcher: opts.Launcher, arena: a, opts: opts, tokens: shm.HostTokens(),
-		wake: make(chan struct{}), respawn: map[string]Process{}, res: newResources(opts.Resources)}
+		wake: make(chan struct{}), respawn: map[string]Process{}, res: newResources(opts.Resources),
+		stageKeys: make([]stageKey, len(p.Nodes))}
 }
 
 type nopObserver struct{}
@@ -386,6 +390,10 @@ func (e *Engine) Run(ctx context.Context) *Result {
 					<-started[in.From.Index]
 				}
 				e.preallocate(n, r)
+			}
+			// The key but its inputs' digests, while the producers run.
+			if len(n.Inputs) > 0 && e.cacheable(n) {
+				e.stageParts(n)
 			}
 			// Wait for every producer, so a stage that will not run can
 			// release what the successful ones made for it.

@@ -438,10 +438,27 @@ func (e *Engine) waitInputDigests(ctx context.Context, n *plan.Node, results []*
 
 // keyParts builds the stage's cache key parts from its input digests.
 func (e *Engine) keyParts(n *plan.Node, inputs []cache.Input) cache.Parts {
-	var digest string
-	if p, ok := e.procs.Process(n.Kind); ok {
-		// Remembered per process (and across runs by the plugin catalog).
-		digest = p.Digest()
-	}
-	return cache.NewParts(n.Desc, digest, n.Params, n.Seed, e.plan.Topology, e.plan.Levels, inputs)
+	return e.stageParts(n).WithInputs(inputs)
+}
+
+// stageParts is the stage's key parts but its inputs, worked out once (the
+// run goroutine of a stage with inputs does it while the producers run).
+func (e *Engine) stageParts(n *plan.Node) cache.Parts {
+	k := &e.stageKeys[n.Index]
+	k.once.Do(func() {
+		e.gridOnce.Do(func() { e.grid = cache.GridDigest(e.plan.Topology, e.plan.Levels) })
+		var digest string
+		if p, ok := e.procs.Process(n.Kind); ok {
+			// Remembered per process (and across runs by the plugin catalog).
+			digest = p.Digest()
+		}
+		k.parts = cache.StageParts(n.Desc, digest, n.Params, n.Seed, e.grid)
+	})
+	return k.parts
+}
+
+// stageKey memoises a stage's key parts but its inputs.
+type stageKey struct {
+	once  sync.Once
+	parts cache.Parts
 }
