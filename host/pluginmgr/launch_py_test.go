@@ -62,3 +62,36 @@ func benchFirstRun(b *testing.B, path string) {
 	})
 	b.ReportMetric(float64(total)/float64(b.N)/1e6, "ms-to-first-run")
 }
+
+// A launcher pauses the garbage collector while the interpreter imports;
+// serve() must have frozen the start-up's objects and resumed collection
+// before any stage runs.
+func TestPythonLauncherResumesGC(t *testing.T) {
+	path := nativeBinary(t, "py", "testplugins/misbehave-py")
+	t.Setenv("TMPDIR", t.TempDir())
+	m, err := pluginmgr.New(pluginmgr.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	p, err := m.Launch(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := p.Run(context.Background(), &pb.RunRequest{RunId: "gc", Stage: "s", Kind: "probe-py.gc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			t.Fatal("the run ended without a result")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.GetResult() != nil {
+			return
+		}
+	}
+}

@@ -279,6 +279,16 @@ def probe_kernel(ctx, in_, repeats, report):
             json.dump(res, f, indent=1)
 
 
+@pipehost.stage("probe-py.gc", version="1.0.0",
+                doc="Fails unless the garbage collector runs again and holds the start-up's objects frozen.")
+def probe_gc(ctx):
+    import gc
+    if not gc.isenabled():
+        raise pipehost.StageError("the garbage collector is still off")
+    if gc.get_freeze_count() == 0:
+        raise pipehost.StageError("nothing was frozen after start-up")
+
+
 @pipehost.stage("probe-py.noop", version="1.0.0", doc="Does nothing: the per-run cost of the SDK.")
 def probe_noop(ctx):
     pass

@@ -3,6 +3,7 @@ channel, and running stages on their own threads."""
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import resource
@@ -484,6 +485,13 @@ def serve(stages=None):
     else:
         sys.stdout.flush()
         os.dup2(2, 1)  # from here on stray prints go to stderr
+    # A launcher pauses the garbage collector while the interpreter imports
+    # (scripts/build-python.sh). What the imports made lives as long as the
+    # process: it goes to the permanent generation, out of every later
+    # collection's way, and collection resumes.
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
     # Like go-plugin's own servers: a Ctrl-C at a terminal is the host's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server.wait_for_termination()
