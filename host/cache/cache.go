@@ -158,6 +158,15 @@ func (c *Cache) Invalidate(key string) { c.entries.del(key) }
 // A crash at any point leaves no partial entry: a blob without a manifest is
 // no entry (gc removes it), a manifest cut short fails its checksum.
 func (c *Cache) Store(m *Manifest, segs map[string]*shm.Segment) error {
+	if err := c.StoreBlobs(m, segs); err != nil {
+		return err
+	}
+	return c.entries.put(m)
+}
+
+// StoreBlobs is the first half of Store: each output's bytes into the
+// content store. PutManifests then makes the entries, several at once.
+func (c *Cache) StoreBlobs(m *Manifest, segs map[string]*shm.Segment) error {
 	for _, o := range m.Outputs {
 		seg := segs[o.Port]
 		if seg == nil {
@@ -167,8 +176,12 @@ func (c *Cache) Store(m *Manifest, segs map[string]*shm.Segment) error {
 			return fmt.Errorf("cache store %s output %q: %w", m.Stage, o.Port, err)
 		}
 	}
-	return c.entries.put(m)
+	return nil
 }
+
+// PutManifests is the second half of Store for several entries whose bytes
+// StoreBlobs has stored: their records go to the entry log in one write.
+func (c *Cache) PutManifests(ms []*Manifest) error { return c.entries.put(ms...) }
 
 func (c *Cache) putBlob(d Digest, seg *shm.Segment) error {
 	dst := c.BlobPath(d)

@@ -313,14 +313,19 @@ func (l *entryLog) write(recs ...logRecord) error {
 	return nil
 }
 
-func (l *entryLog) put(m *Manifest) error {
-	js, err := json.Marshal(m)
-	if err != nil {
-		return err
+func (l *entryLog) put(ms ...*Manifest) error {
+	now := time.Now().UnixNano()
+	recs := make([]logRecord, len(ms))
+	for i, m := range ms {
+		js, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		recs[i] = logRecord{Op: "put", Key: m.Key, At: now, Manifest: js}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.write(logRecord{Op: "put", Key: m.Key, At: time.Now().UnixNano(), Manifest: js})
+	return l.write(recs...)
 }
 
 func (l *entryLog) del(key string) {

@@ -163,6 +163,10 @@ var (
 func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts cache.Parts, unlock func()) {
 	e.stores.Add(1)
 	e.storing.Add(1)
+	if unlock != nil && e.opts.Remote == nil && smallAndDigested(r) {
+		e.queueSmallStore(&smallStore{n: n, r: r, parts: parts, unlock: unlock})
+		return
+	}
 	go func() {
 		defer e.stores.Done()
 		defer func() {
@@ -225,6 +229,90 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 		}
 		runYielding(pool, write)
 	}()
+}
+
+// smallAndDigested reports whether every output of r is small and hashed
+// already, so its entry can be written at once.
+func smallAndDigested(r *StageResult) bool {
+	for _, o := range r.Outputs {
+		if o.Entry == nil || o.Entry.Segment.Size() >= inlineDigest {
+			return false
+		}
+		if d, ok := o.digestNow(); !ok || d.IsZero() {
+			return false
+		}
+	}
+	return true
+}
+
+// smallStore is the entry of a stage whose outputs are all small and
+// digested, waiting for the batch writer; the stage holds its key's lock.
+type smallStore struct {
+	n      *plan.Node
+	r      *StageResult
+	parts  cache.Parts
+	unlock func()
+}
+
+// queueSmallStore hands an entry to the batch writer: one writer at a time,
+// on writePool, stores every entry queued since it last looked and appends
+// their records to the entry log in one write, instead of a goroutine and a
+// thread hand-off per entry (most stages of a many-stage DAG have only
+// small outputs).
+func (e *Engine) queueSmallStore(s *smallStore) {
+	e.smallMu.Lock()
+	defer e.smallMu.Unlock()
+	e.smallQueue = append(e.smallQueue, s)
+	if e.smallWriting {
+		return
+	}
+	e.smallWriting = true
+	// On its own goroutine: the pool may make it wait for a thread.
+	go runYielding(writePool, e.writeSmallStores)
+}
+
+func (e *Engine) writeSmallStores() {
+	for {
+		e.smallMu.Lock()
+		batch := e.smallQueue
+		e.smallQueue = nil
+		if len(batch) == 0 {
+			e.smallWriting = false
+			e.smallMu.Unlock()
+			return
+		}
+		e.smallMu.Unlock()
+		now := time.Now().UTC()
+		var ms []*cache.Manifest
+		var stored []*smallStore
+		for _, s := range batch {
+			m := &cache.Manifest{Key: s.r.Key, Stage: s.n.Name, Kind: s.n.Kind, Parts: s.parts, Created: now}
+			segs := map[string]*shm.Segment{}
+			for port, o := range s.r.Outputs {
+				d, _ := o.digestNow()
+				segs[port] = o.Entry.Segment
+				m.Outputs = append(m.Outputs, cache.OutputRecord{Port: port, Digest: d, Handle: cache.EncodeHandle(o.Handle)})
+			}
+			if err := e.opts.Cache.StoreBlobs(m, segs); err != nil {
+				e.opts.Observer.StageEvent(s.n, logEvent("could not store cache entry: "+err.Error()))
+				continue
+			}
+			ms = append(ms, m)
+			stored = append(stored, s)
+		}
+		if err := e.opts.Cache.PutManifests(ms); err != nil {
+			for _, s := range stored {
+				e.opts.Observer.StageEvent(s.n, logEvent("could not store cache entry: "+err.Error()))
+			}
+		}
+		for _, s := range batch {
+			s.unlock()
+			e.releaseHostClaims(s.r)
+			e.storing.Add(-1)
+			e.stores.Done()
+		}
+		e.wakeAdmission()
+	}
 }
 
 // materialize makes a cached output's bytes available as an arena segment

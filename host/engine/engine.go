@@ -295,6 +295,9 @@ type Engine struct {
 	stores  sync.WaitGroup // background cache writes
 	// Key parts waiting for the background writer (saveParts).
 	stageKeys    []stageKey // by node index
+	smallMu      sync.Mutex // the batch writer of small entries (cached.go)
+	smallQueue   []*smallStore
+	smallWriting bool
 	gridOnce     sync.Once
 	grid         string
 	partsMu      sync.Mutex
