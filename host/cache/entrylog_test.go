@@ -97,11 +97,7 @@ func TestEntryLogSeesOtherWriters(t *testing.T) {
 // Records cut short by a crash are skipped wherever they are, and never
 // take the record after them along: each record starts with its own newline.
 func TestEntryLogTornRecords(t *testing.T) {
-	dir := t.TempDir()
-	a := open(t, dir)
-	store(t, a, 1)
-	a.Close()
-	whole := mustRead(t, logPath(dir))
+	dir, whole := logOfOneEntry(t)
 	rec := whole[:len(whole)*2/3] // the first two thirds of entry 1's record
 
 	// A torn record, then a good one from another writer, then a torn one at
@@ -142,11 +138,7 @@ func TestEntryLogTornRecords(t *testing.T) {
 // A record at the end that is still being written (half of its bytes are
 // there) is not an entry yet, and is one once the rest arrives.
 func TestEntryLogRecordBeingWritten(t *testing.T) {
-	dir := t.TempDir()
-	a := open(t, dir)
-	store(t, a, 1)
-	a.Close()
-	rec := mustRead(t, logPath(dir))
+	dir, rec := logOfOneEntry(t)
 	if err := os.WriteFile(logPath(dir), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -338,6 +330,17 @@ func TestEntryLogMigratesFilePerEntry(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, layout, "entries")); !os.IsNotExist(err) {
 		t.Errorf("entries/ still there: %v", err)
 	}
+}
+
+// logOfOneEntry makes a cache holding entry 1 and returns its directory and
+// the bytes of its log: that one record.
+func logOfOneEntry(t *testing.T) (string, []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	a := open(t, dir)
+	store(t, a, 1)
+	a.Close()
+	return dir, mustRead(t, logPath(dir))
 }
 
 func mustRead(t *testing.T, p string) []byte {

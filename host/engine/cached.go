@@ -254,65 +254,83 @@ type smallStore struct {
 	unlock func()
 }
 
-// queueSmallStore hands an entry to the batch writer: one writer at a time,
-// on writePool, stores every entry queued since it last looked and appends
-// their records to the entry log in one write, instead of a goroutine and a
-// thread hand-off per entry (most stages of a many-stage DAG have only
-// small outputs).
+// queueSmallStore hands an entry to the batch writer of small entries: it
+// stores every entry queued since it last looked and appends their records
+// to the entry log in one write, instead of a goroutine and a thread
+// hand-off per entry (most stages of a many-stage DAG have only small
+// outputs).
 func (e *Engine) queueSmallStore(s *smallStore) {
-	e.smallMu.Lock()
-	defer e.smallMu.Unlock()
-	e.smallQueue = append(e.smallQueue, s)
-	if e.smallWriting {
-		return
-	}
-	e.smallWriting = true
-	// On its own goroutine: the pool may make it wait for a thread.
-	go runYielding(writePool, e.writeSmallStores)
+	e.smallBatch.add(s, e.writeSmallStores)
 }
 
-func (e *Engine) writeSmallStores() {
-	for {
-		e.smallMu.Lock()
-		batch := e.smallQueue
-		e.smallQueue = nil
-		if len(batch) == 0 {
-			e.smallWriting = false
-			e.smallMu.Unlock()
-			return
+func (e *Engine) writeSmallStores(batch []*smallStore) {
+	now := time.Now().UTC()
+	var ms []*cache.Manifest
+	var stored []*smallStore
+	for _, s := range batch {
+		m := &cache.Manifest{Key: s.r.Key, Stage: s.n.Name, Kind: s.n.Kind, Parts: s.parts, Created: now}
+		segs := map[string]*shm.Segment{}
+		for port, o := range s.r.Outputs {
+			d, _ := o.digestNow()
+			segs[port] = o.Entry.Segment
+			m.Outputs = append(m.Outputs, cache.OutputRecord{Port: port, Digest: d, Handle: cache.EncodeHandle(o.Handle)})
 		}
-		e.smallMu.Unlock()
-		now := time.Now().UTC()
-		var ms []*cache.Manifest
-		var stored []*smallStore
-		for _, s := range batch {
-			m := &cache.Manifest{Key: s.r.Key, Stage: s.n.Name, Kind: s.n.Kind, Parts: s.parts, Created: now}
-			segs := map[string]*shm.Segment{}
-			for port, o := range s.r.Outputs {
-				d, _ := o.digestNow()
-				segs[port] = o.Entry.Segment
-				m.Outputs = append(m.Outputs, cache.OutputRecord{Port: port, Digest: d, Handle: cache.EncodeHandle(o.Handle)})
-			}
-			if err := e.opts.Cache.StoreBlobs(m, segs); err != nil {
-				e.opts.Observer.StageEvent(s.n, logEvent("could not store cache entry: "+err.Error()))
-				continue
-			}
-			ms = append(ms, m)
-			stored = append(stored, s)
+		if err := e.opts.Cache.StoreBlobs(m, segs); err != nil {
+			e.opts.Observer.StageEvent(s.n, logEvent("could not store cache entry: "+err.Error()))
+			continue
 		}
-		if err := e.opts.Cache.PutManifests(ms); err != nil {
-			for _, s := range stored {
-				e.opts.Observer.StageEvent(s.n, logEvent("could not store cache entry: "+err.Error()))
-			}
-		}
-		for _, s := range batch {
-			s.unlock()
-			e.releaseHostClaims(s.r)
-			e.storing.Add(-1)
-			e.stores.Done()
-		}
-		e.wakeAdmission()
+		ms = append(ms, m)
+		stored = append(stored, s)
 	}
+	if err := e.opts.Cache.PutManifests(ms); err != nil {
+		for _, s := range stored {
+			e.opts.Observer.StageEvent(s.n, logEvent("could not store cache entry: "+err.Error()))
+		}
+	}
+	for _, s := range batch {
+		s.unlock()
+		e.releaseHostClaims(s.r)
+		e.storing.Add(-1)
+		e.stores.Done()
+	}
+	e.wakeAdmission()
+}
+
+// batcher hands items to one writer at a time, on writePool: the writer
+// takes everything queued since it last looked, so a burst of items costs
+// one thread hand-off, not one each.
+type batcher[T any] struct {
+	mu      sync.Mutex
+	queue   []T
+	writing bool
+}
+
+// add queues item and, unless a writer is running, starts one that calls
+// write with each batch until the queue is empty.
+func (b *batcher[T]) add(item T, write func([]T)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.queue = append(b.queue, item)
+	if b.writing {
+		return
+	}
+	b.writing = true
+	// On its own goroutine: the pool may make it wait for a thread, and
+	// b.mu is held here.
+	go runYielding(writePool, func() {
+		for {
+			b.mu.Lock()
+			batch := b.queue
+			b.queue = nil
+			if len(batch) == 0 {
+				b.writing = false
+				b.mu.Unlock()
+				return
+			}
+			b.mu.Unlock()
+			write(batch)
+		}
+	})
 }
 
 // materialize makes a cached output's bytes available as an arena segment

@@ -291,21 +291,15 @@ type Engine struct {
 	launching sync.Map           // plugin path → *sync.Mutex held while it is (re)started
 	respawn   map[string]Process // crashed process's path → replacement
 
-	digests sync.WaitGroup // background output digests
-	stores  sync.WaitGroup // background cache writes
-	// Key parts waiting for the background writer (saveParts).
-	stageKeys    []stageKey // by node index
-	smallMu      sync.Mutex // the batch writer of small entries (cached.go)
-	smallQueue   []*smallStore
-	smallWriting bool
-	gridOnce     sync.Once
-	grid         string
-	partsMu      sync.Mutex
-	partsQueue   []stagedParts
-	partsWriting bool
-	// Plugin path → binary digest, asked of the cache once per run.
-	storing     atomic.Int64 // cache writes in progress (they hold memory)
-	recomputing sync.Map     // *StageResult → *sync.Mutex, one recomputation at a time
+	digests     sync.WaitGroup // background output digests
+	stores      sync.WaitGroup // background cache writes
+	stageKeys   []stageKey     // by node index: key parts but the inputs
+	gridOnce    sync.Once      // grid: the plan's GridDigest
+	grid        string
+	smallBatch  batcher[*smallStore] // entries of small outputs (cached.go)
+	partsBatch  batcher[stagedParts] // key parts for the next run's miss reasons
+	storing     atomic.Int64         // cache writes in progress (they hold memory)
+	recomputing sync.Map             // *StageResult → *sync.Mutex, one recomputation at a time
 	res         *resources
 }
 

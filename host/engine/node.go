@@ -260,31 +260,11 @@ func (e *Engine) explainMiss(n *plan.Node, r *StageResult, parts cache.Parts) {
 // at the cache writes' low priority; Run returns only once they are
 // written, as it does for the stores.
 func (e *Engine) saveParts(stage string, parts cache.Parts) {
-	e.partsMu.Lock()
-	defer e.partsMu.Unlock()
-	e.partsQueue = append(e.partsQueue, stagedParts{stage, parts})
-	if e.partsWriting {
-		return
-	}
-	e.partsWriting = true
 	e.stores.Add(1)
-	// On its own goroutine: the pool may make it wait for a thread, and
-	// partsMu is held here.
-	go runYielding(writePool, func() {
-		defer e.stores.Done()
-		for {
-			e.partsMu.Lock()
-			batch := e.partsQueue
-			e.partsQueue = nil
-			if len(batch) == 0 {
-				e.partsWriting = false
-				e.partsMu.Unlock()
-				return
-			}
-			e.partsMu.Unlock()
-			for _, b := range batch {
-				_ = e.opts.Cache.SaveParts(e.plan.Config.RunID, b.stage, b.parts)
-			}
+	e.partsBatch.add(stagedParts{stage, parts}, func(batch []stagedParts) {
+		for _, b := range batch {
+			_ = e.opts.Cache.SaveParts(e.plan.Config.RunID, b.stage, b.parts)
+			e.stores.Done()
 		}
 	})
 }

@@ -116,9 +116,8 @@ func checkCacheWhole(t *testing.T, dir string) {
 	}
 }
 
-// cacheEntriesFor counts the cache's entries for stage (entries record the
-// stage they came from).
-func cacheEntriesFor(t *testing.T, dir, stage string) int {
+// cacheEntries lists the entries of the cache in dir (no run may be using it).
+func cacheEntries(t *testing.T, dir string) []cache.EntryInfo {
 	t.Helper()
 	c, err := cache.Open(dir)
 	if err != nil {
@@ -129,8 +128,15 @@ func cacheEntriesFor(t *testing.T, dir, stage string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return entries
+}
+
+// cacheEntriesFor counts the cache's entries for stage (entries record the
+// stage they came from).
+func cacheEntriesFor(t *testing.T, dir, stage string) int {
+	t.Helper()
 	n := 0
-	for _, e := range entries {
+	for _, e := range cacheEntries(t, dir) {
 		if e.Stage == stage {
 			n++
 		}

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pipehost/pipehost/host/cache"
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/runner"
 	"github.com/pipehost/pipehost/internal/testbin"
@@ -86,16 +85,7 @@ func countSoak(t *testing.T, tmp, cacheDir string) soakCounts {
 		}
 		return nil
 	})
-	cc, err := cache.Open(cacheDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	entries, err := cc.List()
-	cc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.CacheEntries = len(entries)
+	c.CacheEntries = len(cacheEntries(t, cacheDir))
 	return c
 }
 
