@@ -90,7 +90,7 @@ echo "== per-stage overhead: a chain of 20 stages, host µs per stage, 5 × 5 ru
 go test -run '^$' -bench 'NativeStageOverhead/(noop|noop-grpc|blur-chain)/(go|cpp|py)$' -benchtime 5x -count 5 ./host/runner/ \
   | grep 'µs/stage' | tee /tmp/bench-python-overhead.txt | awk '{for (i=1;i<=NF;i++) if ($i=="µs/stage") print $1, $(i-1)}' | median
 
-echo "== numpy kernel over a 1 GiB input view vs in-process copies (one run, ${KERNEL_REPEATS:-7} alternating passes each)"
+echo "== numpy kernel over a 1 GiB input view vs in-process copies (one run, ${KERNEL_REPEATS:-15} alternating passes each)"
 cat > "$tmp/kernel.toml" <<TOML
 [grid]
 topology = "plane"
@@ -102,7 +102,7 @@ params = { octaves = 1, cell = 64 }
 [stages.kernel]
 kind = "probe-py.kernel"
 inputs = { in = "src.out" }
-params = { repeats = ${KERNEL_REPEATS:-7}, report = "$tmp/kernel.json" }
+params = { repeats = ${KERNEL_REPEATS:-15}, report = "$tmp/kernel.json" }
 TOML
 bin/pipehost run "$tmp/kernel.toml" --out "$tmp/out" --plugin-dir bin/plugins --plugin-dir bin/testplugins >/dev/null
 .tools/venv/bin/python - "$tmp/kernel.json" <<'PY'
