@@ -90,15 +90,27 @@ func (l *entryLog) open(dir string) error {
 			err = l.migrate(legacy)
 		}
 		if err != nil {
-			l.close()
-			return err
+			return l.abandon(err)
 		}
 	}
 	if err := flock(lk, unix.LOCK_SH); err != nil {
-		lk.Close()
-		return fmt.Errorf("locking the cache: %w", err)
+		return l.abandon(fmt.Errorf("locking the cache: %w", err))
 	}
-	return l.reopen()
+	if err := l.reopen(); err != nil {
+		return l.abandon(err)
+	}
+	return nil
+}
+
+// abandon closes what a failed open opened (the lock goes with its file).
+func (l *entryLog) abandon(err error) error {
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+	l.lock.Close()
+	l.lock = nil
+	return err
 }
 
 func flock(f *os.File, how int) error {

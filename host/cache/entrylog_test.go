@@ -372,3 +372,35 @@ func fileSize(t *testing.T, p string) int64 {
 	}
 	return st.Size()
 }
+
+// A log that cannot be opened fails Open with a message that names it, and
+// leaves no descriptor (nor the shared lock) behind.
+func TestEntryLogUnopenable(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, layout, logName), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fds := func() int { ents, _ := os.ReadDir("/proc/self/fd"); return len(ents) }
+	before := fds()
+	c, err := Open(dir)
+	if err == nil {
+		c.Close()
+		t.Fatal("Open succeeded with a directory where the entry log goes")
+	}
+	if !strings.Contains(err.Error(), "cache entry log") {
+		t.Errorf("error %q does not name the entry log", err)
+	}
+	if after := fds(); after != before {
+		t.Errorf("%d descriptors before Open, %d after it failed", before, after)
+	}
+	// The lock is free: once the log is a file again, the cache works and
+	// can be rewritten (which needs the lock to itself).
+	if err := os.Remove(filepath.Join(dir, layout, logName)); err != nil {
+		t.Fatal(err)
+	}
+	d := open(t, dir)
+	defer d.Close()
+	if _, err := d.GC(-1); err != nil {
+		t.Errorf("GC after the failed Open: %v", err)
+	}
+}
