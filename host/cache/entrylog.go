@@ -161,41 +161,44 @@ func (l *entryLog) catchUp() error {
 			return fmt.Errorf("reading the cache entry log: %w", err)
 		}
 		more := l.off+n < st.Size // the chunk ends before the file
-		pos := bytes.IndexByte(buf, '\n')
-		if pos < 0 {
+		consumed := l.applyRecords(buf, l.off, !more)
+		if consumed == 0 {
 			if !more {
 				return nil
 			}
 			chunk *= 2 // one record longer than the chunk
 			continue
 		}
-		consumed := int64(pos) // bytes before the first record: not a record
-		for {
-			next := bytes.IndexByte(buf[pos+1:], '\n')
-			if next < 0 {
-				// The last record: whole only if the file ends with it. One
-				// that does not check out may still be being written.
-				if !more && l.apply(buf[pos+1:], l.off+int64(pos)+1) {
-					consumed = n
-				}
-				break
-			}
-			end := pos + 1 + next
-			if !l.apply(buf[pos+1:end], l.off+int64(pos)+1) {
-				l.dead += int64(end - pos) // cut short by a crash
-			}
-			consumed, pos = int64(end), end
-		}
-		if consumed == 0 {
-			if !more {
-				return nil
-			}
-			chunk *= 2
-			continue
-		}
-		l.off += consumed
+		l.off += int64(consumed)
 	}
 	return nil
+}
+
+// applyRecords indexes the records in buf, read at base: each starts at a
+// newline (bytes before the first are no record). The last one counts only
+// if atEnd says nothing follows buf; one that does not check out there may
+// still be being written. It returns how many bytes were consumed: what is
+// left starts a record to read again later.
+func (l *entryLog) applyRecords(buf []byte, base int64, atEnd bool) int {
+	pos := bytes.IndexByte(buf, '\n')
+	if pos < 0 {
+		return 0
+	}
+	consumed := pos
+	for {
+		next := bytes.IndexByte(buf[pos+1:], '\n')
+		if next < 0 {
+			if atEnd && l.apply(buf[pos+1:], base+int64(pos)+1) {
+				consumed = len(buf)
+			}
+			return consumed
+		}
+		end := pos + 1 + next
+		if !l.apply(buf[pos+1:end], base+int64(pos)+1) {
+			l.dead += int64(end - pos) // cut short by a crash
+		}
+		consumed, pos = end, end
+	}
 }
 
 // apply indexes one record (the bytes after its newline) found at off,
@@ -310,17 +313,7 @@ func (l *entryLog) write(recs ...logRecord) error {
 	}
 	// O_APPEND leaves the offset at the end of this write.
 	if end, err := l.f.Seek(0, io.SeekCurrent); err == nil && end-int64(len(buf)) == l.off {
-		base := l.off
-		for pos := 0; pos < len(buf); {
-			next := bytes.IndexByte(buf[pos+1:], '\n')
-			end := len(buf)
-			if next >= 0 {
-				end = pos + 1 + next
-			}
-			l.apply(buf[pos+1:end], base+int64(pos)+1)
-			pos = end
-		}
-		l.off = end
+		l.off += int64(l.applyRecords(buf, l.off, true))
 	}
 	return nil
 }
@@ -379,12 +372,13 @@ func (l *entryLog) read(e *logEntry) (*Manifest, error) {
 	if _, err := l.f.ReadAt(b, e.off); err != nil {
 		return nil, fmt.Errorf("reading the cache entry log: %w", err)
 	}
-	var r logRecord
-	var m Manifest
-	if err := json.Unmarshal(b, &r); err != nil || json.Unmarshal(r.Manifest, &m) != nil {
+	var r struct {
+		Manifest *Manifest `json:"manifest"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil || r.Manifest == nil {
 		return nil, fmt.Errorf("%w: an unreadable manifest in the entry log", ErrCorrupt)
 	}
-	return &m, nil
+	return r.Manifest, nil
 }
 
 func (l *entryLog) flushUses() {
@@ -394,35 +388,37 @@ func (l *entryLog) flushUses() {
 	}
 }
 
-// all returns every entry's manifest and last use.
-func (l *entryLog) all() ([]*Manifest, []time.Time, error) {
+// usedManifest is an entry's manifest and its last use.
+type usedManifest struct {
+	m    *Manifest
+	used time.Time
+}
+
+// all returns every entry, most recently used first (ties by key).
+func (l *entryLog) all() ([]usedManifest, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.allLocked()
 }
 
 // allLocked is all, called with l.mu held (from within exclusive).
-func (l *entryLog) allLocked() ([]*Manifest, []time.Time, error) {
+func (l *entryLog) allLocked() ([]usedManifest, error) {
 	if err := l.catchUp(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	keys := make([]string, 0, len(l.index))
-	for k := range l.index {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var ms []*Manifest
-	var used []time.Time
-	for _, k := range keys {
-		e := l.index[k]
-		m, err := l.read(e)
-		if err != nil {
-			continue
+	var out []usedManifest
+	for _, e := range l.index {
+		if m, err := l.read(e); err == nil {
+			out = append(out, usedManifest{m, time.Unix(0, e.used)})
 		}
-		ms = append(ms, m)
-		used = append(used, time.Unix(0, e.used))
 	}
-	return ms, used, nil
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].used.Equal(out[j].used) {
+			return out[i].used.After(out[j].used)
+		}
+		return out[i].m.Key < out[j].m.Key
+	})
+	return out, nil
 }
 
 // exclusive runs f with the cache to this process alone, or returns

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 )
 
@@ -19,24 +18,27 @@ type EntryInfo struct {
 
 // List returns every entry, most recently used first.
 func (c *Cache) List() ([]EntryInfo, error) {
-	ms, used, err := c.entries.all()
+	all, err := c.entries.all()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]EntryInfo, len(ms))
-	for i, m := range ms {
-		out[i] = EntryInfo{Key: m.Key, Stage: m.Stage, Kind: m.Kind, LastUsed: used[i]}
-		for _, o := range m.Outputs {
+	out := make([]EntryInfo, len(all))
+	for i, u := range all {
+		out[i] = EntryInfo{Key: u.m.Key, Stage: u.m.Stage, Kind: u.m.Kind, LastUsed: u.used}
+		for _, o := range u.m.Outputs {
 			out[i].Bytes += o.Digest.Size
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].LastUsed.After(out[j].LastUsed) })
 	return out, nil
 }
 
-// Manifests returns the manifest of every entry, ordered by key.
+// Manifests returns the manifest of every entry, most recently used first.
 func (c *Cache) Manifests() ([]*Manifest, error) {
-	ms, _, err := c.entries.all()
+	all, err := c.entries.all()
+	ms := make([]*Manifest, len(all))
+	for i, u := range all {
+		ms[i] = u.m
+	}
 	return ms, err
 }
 
@@ -71,19 +73,14 @@ func (c *Cache) GC(maxBytes int64) (GCResult, error) {
 	var res GCResult
 	err := c.entries.exclusive(func() error {
 		res = GCResult{}
-		ms, used, err := c.entries.allLocked()
+		// Most recently used first: evict from the end while over the limit.
+		all, err := c.entries.allLocked()
 		if err != nil {
 			return err
 		}
-		order := make([]int, len(ms))
-		for i := range order {
-			order[i] = i
-		}
-		// Most recently used first; evict from the end while over the limit.
-		sort.SliceStable(order, func(i, j int) bool { return used[order[i]].After(used[order[j]]) })
-		sorted := make([]*Manifest, len(ms))
-		for i, o := range order {
-			sorted[i] = ms[o]
+		sorted := make([]*Manifest, len(all))
+		for i, u := range all {
+			sorted[i] = u.m
 		}
 		total := c.Usage()
 		keep := len(sorted)

@@ -174,27 +174,18 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 			e.storing.Add(-1)
 			e.wakeAdmission()
 		}()
-		warn := func(err error) {
-			e.opts.Observer.StageEvent(n, logEvent("could not store cache entry: "+err.Error()))
-		}
-		m := &cache.Manifest{Key: r.Key, Stage: n.Name, Kind: n.Kind, Parts: parts}
-		segs := map[string]*shm.Segment{}
-		for port, o := range r.Outputs {
-			d, err := o.waitDigest(ctx)
-			if err != nil {
-				if unlock != nil {
-					unlock()
-				}
-				warn(fmt.Errorf("output %q: %w", port, err))
-				return
+		m, segs, err := entryOf(ctx, n, r, parts)
+		if err != nil {
+			if unlock != nil {
+				unlock()
 			}
-			segs[port] = o.Entry.Segment
-			m.Outputs = append(m.Outputs, cache.OutputRecord{Port: port, Digest: d, Handle: cache.EncodeHandle(o.Handle)})
+			e.warnStore(n, err)
+			return
 		}
 		if unlock == nil {
 			u, err := e.opts.Cache.Lock(ctx, r.Key)
 			if err != nil {
-				warn(err)
+				e.warnStore(n, err)
 				return
 			}
 			unlock = u
@@ -211,7 +202,7 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 		write := func() {
 			m.Created = time.Now().UTC()
 			if err := e.opts.Cache.Store(m, segs); err != nil {
-				warn(err)
+				e.warnStore(n, err)
 			}
 			if e.opts.Remote != nil {
 				// Still within the store: the host's claims (released when it
@@ -229,6 +220,27 @@ func (e *Engine) store(ctx context.Context, n *plan.Node, r *StageResult, parts 
 		}
 		runYielding(pool, write)
 	}()
+}
+
+// entryOf is the cache entry of a finished stage, once its outputs' digests
+// are known: the manifest (Created is set when it is written) and the
+// outputs' segments.
+func entryOf(ctx context.Context, n *plan.Node, r *StageResult, parts cache.Parts) (*cache.Manifest, map[string]*shm.Segment, error) {
+	m := &cache.Manifest{Key: r.Key, Stage: n.Name, Kind: n.Kind, Parts: parts}
+	segs := map[string]*shm.Segment{}
+	for port, o := range r.Outputs {
+		d, err := o.waitDigest(ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("output %q: %w", port, err)
+		}
+		segs[port] = o.Entry.Segment
+		m.Outputs = append(m.Outputs, cache.OutputRecord{Port: port, Digest: d, Handle: cache.EncodeHandle(o.Handle)})
+	}
+	return m, segs, nil
+}
+
+func (e *Engine) warnStore(n *plan.Node, err error) {
+	e.opts.Observer.StageEvent(n, logEvent("could not store cache entry: "+err.Error()))
 }
 
 // smallAndDigested reports whether every output of r is small and hashed
@@ -268,15 +280,14 @@ func (e *Engine) writeSmallStores(batch []*smallStore) {
 	var ms []*cache.Manifest
 	var stored []*smallStore
 	for _, s := range batch {
-		m := &cache.Manifest{Key: s.r.Key, Stage: s.n.Name, Kind: s.n.Kind, Parts: s.parts, Created: now}
-		segs := map[string]*shm.Segment{}
-		for port, o := range s.r.Outputs {
-			d, _ := o.digestNow()
-			segs[port] = o.Entry.Segment
-			m.Outputs = append(m.Outputs, cache.OutputRecord{Port: port, Digest: d, Handle: cache.EncodeHandle(o.Handle)})
+		// The digests are known (smallAndDigested): this does not wait.
+		m, segs, err := entryOf(context.Background(), s.n, s.r, s.parts)
+		if err == nil {
+			m.Created = now
+			err = e.opts.Cache.StoreBlobs(m, segs)
 		}
-		if err := e.opts.Cache.StoreBlobs(m, segs); err != nil {
-			e.opts.Observer.StageEvent(s.n, logEvent("could not store cache entry: "+err.Error()))
+		if err != nil {
+			e.warnStore(s.n, err)
 			continue
 		}
 		ms = append(ms, m)
@@ -284,7 +295,7 @@ func (e *Engine) writeSmallStores(batch []*smallStore) {
 	}
 	if err := e.opts.Cache.PutManifests(ms); err != nil {
 		for _, s := range stored {
-			e.opts.Observer.StageEvent(s.n, logEvent("could not store cache entry: "+err.Error()))
+			e.warnStore(s.n, err)
 		}
 	}
 	for _, s := range batch {
