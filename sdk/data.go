@@ -90,15 +90,29 @@ func (dp *dataPlane) bind(ctx context.Context, req *pb.RunRequest) (*runData, er
 	if dp == nil {
 		return nil, errors.New("the run has buffers but this plugin has no fd channel")
 	}
-	ctx, cancel := context.WithTimeout(ctx, fdWait)
-	defer cancel()
+	// On the fd channel the fds came before the RUN and are here; over the
+	// gRPC call they may still be on their way. Only then is there a wait,
+	// bounded by fdWait.
+	var wait context.Context
+	var cancel context.CancelFunc
+	defer func() {
+		if cancel != nil {
+			cancel()
+		}
+	}()
+	waitCtx := func() context.Context {
+		if wait == nil {
+			wait, cancel = context.WithTimeout(ctx, fdWait)
+		}
+		return wait
+	}
 	for _, set := range []struct {
 		list  []*pb.Binding
 		dst   map[string]*buffer
 		input bool
 	}{{req.GetInputs(), rd.inputs, true}, {req.GetOutputs(), rd.outputs, false}} {
 		for _, b := range set.list {
-			buf, err := dp.open(ctx, b, set.input)
+			buf, err := dp.open(waitCtx, b, set.input)
 			if err != nil {
 				rd.release()
 				return nil, err
@@ -119,10 +133,13 @@ func (dp *dataPlane) handOff(port string, seg *shm.Segment) (uint64, error) {
 	return tok, nil
 }
 
-func (dp *dataPlane) open(ctx context.Context, b *pb.Binding, input bool) (*buffer, error) {
-	_, fd, err := dp.mb.Take(ctx, b.GetFdToken())
-	if err != nil {
-		return nil, fmt.Errorf("port %q: %w", b.GetPort(), err)
+func (dp *dataPlane) open(waitCtx func() context.Context, b *pb.Binding, input bool) (*buffer, error) {
+	_, fd, ok := dp.mb.TryTake(b.GetFdToken())
+	if !ok {
+		var err error
+		if _, fd, err = dp.mb.Take(waitCtx(), b.GetFdToken()); err != nil {
+			return nil, fmt.Errorf("port %q: %w", b.GetPort(), err)
+		}
 	}
 	seg, err := shm.Open(fd)
 	if err != nil {

@@ -222,6 +222,9 @@ type Channel struct {
 	recvBuf []byte
 	recvOOB []byte
 	closed  atomic.Bool
+	// idle runs on the reader when no message is waiting, before it waits
+	// (Mailbox.OnIdle).
+	idle atomic.Pointer[func()]
 }
 
 // NewChannelPair makes the fd channel for one plugin process. Pass remote as
@@ -444,7 +447,13 @@ func (c *Channel) recvFrame(runs bool) (Message, int, []byte, error) {
 	var rerr error
 	err := c.rc.Read(func(s uintptr) bool {
 		n, oobn, flags, _, rerr = unix.Recvmsg(int(s), buf, oob, unix.MSG_CMSG_CLOEXEC)
-		return rerr != unix.EAGAIN
+		if rerr != unix.EAGAIN {
+			return true
+		}
+		if idle := c.idle.Load(); idle != nil {
+			(*idle)()
+		}
+		return false
 	})
 	if err == nil {
 		err = rerr

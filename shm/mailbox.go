@@ -64,6 +64,13 @@ func NewMailbox(ch *Channel) *Mailbox {
 // like a protocol error. Until Route, every such message is one.
 func (mb *Mailbox) Route(f func(m Message, payload []byte) error) { mb.runs.Store(&f) }
 
+// OnIdle sets f to run on the reader goroutine each time it has read every
+// message that arrived and is about to wait for more. A Route handler can
+// leave its wake-ups to f: messages that arrive together (a Result and its
+// END) then wake their reader once, after the last of them. f must not
+// block.
+func (mb *Mailbox) OnIdle(f func()) { mb.ch.idle.Store(&f) }
+
 func (mb *Mailbox) read() {
 	defer close(mb.exited)
 	for {
@@ -105,6 +112,20 @@ func (mb *Mailbox) read() {
 		}
 		mb.mu.Unlock()
 	}
+}
+
+// TryTake hands over the fd sent under token if it has arrived; ok is
+// false if it has not (yet). On the fd channel a run's fds come before the
+// RUN, so they are there and no wait (and no timer) is needed.
+func (mb *Mailbox) TryTake(token uint64) (msg Message, fd int, ok bool) {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	p, ok := mb.pending[token]
+	if !ok {
+		return Message{}, -1, false
+	}
+	delete(mb.pending, token)
+	return p.msg, p.fd, true
 }
 
 // Take waits for the fd sent under token and hands it over: the caller owns

@@ -141,6 +141,15 @@ func (e *Engine) preallocate(n *plan.Node, r *StageResult) {
 	}
 	r.prefaulted = true
 	for _, o := range r.Outputs {
-		go o.Entry.Segment.Prefault() // best effort; the stage writes the pages either way
+		// Best effort; the stage writes the pages either way. A small
+		// segment costs one quick call, less than a goroutine would.
+		if o.Entry.Size <= prefaultInline {
+			_ = o.Entry.Segment.Prefault()
+		} else {
+			go o.Entry.Segment.Prefault()
+		}
 	}
 }
+
+// prefaultInline is the largest output prefaulted on the caller's goroutine.
+const prefaultInline = 256 << 10

@@ -174,9 +174,9 @@ func (p *fakeProc) Path() string   { return p.path }
 func (p *fakeProc) Pid() int       { return p.pid }
 func (p *fakeProc) Digest() string { return "digest-of-" + filepath.Base(p.path) }
 
-// SendSegment keeps a duplicate of fd, as the kernel gives the receiving
+// sendSegment keeps a duplicate of fd, as the kernel gives the receiving
 // process its own descriptor.
-func (p *fakeProc) SendSegment(msg shm.Message, fd int) error {
+func (p *fakeProc) sendSegment(msg shm.Message, fd int) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.exit != "" {
@@ -267,6 +267,15 @@ func (p *fakeProc) wasKilled() bool {
 
 // Run starts the body on its own goroutine, as a plugin runs a stage
 // while the host waits on the stream.
+func (p *fakeProc) SendSegments(fds []shm.Outgoing) error {
+	for _, o := range fds {
+		if err := p.sendSegment(o.Msg, o.FD); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (p *fakeProc) Run(ctx context.Context, req *pb.RunRequest) (RunStream, error) {
 	p.mu.Lock()
 	if p.exit != "" {

@@ -93,16 +93,21 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 		return
 	}
 	e.execute(runCtx, n, r, results, slots)
-	releaseInputs()
 	if r.Status != StatusOK {
+		releaseInputs()
 		e.cutOff(ctx, runCtx, n, r, later)
 		return
 	}
+	// Consumers start first: closing the inputs' segments (the kernel frees
+	// their pages then) and the stage's record need not delay them.
+	if c != nil {
+		e.digestOutputs(r)
+	}
+	publish()
+	releaseInputs()
 	if c == nil {
 		return
 	}
-	e.digestOutputs(r)
-	publish()
 	if later != nil {
 		l := <-later
 		if !l.ok {

@@ -21,8 +21,8 @@ func (pp pluginProcess) Path() string   { return pp.p.Path }
 func (pp pluginProcess) Pid() int       { return pp.p.Pid }
 func (pp pluginProcess) Digest() string { return pp.p.Digest() }
 
-func (pp pluginProcess) SendSegment(msg shm.Message, fd int) error {
-	return pp.p.Channel.Send(msg, fd)
+func (pp pluginProcess) SendSegments(fds []shm.Outgoing) error {
+	return pp.p.Channel.SendBatch(fds)
 }
 
 func (pp pluginProcess) Run(ctx context.Context, req *pb.RunRequest) (RunStream, error) {

@@ -23,9 +23,10 @@ type Process interface {
 	Pid() int
 	// Digest is the executable's content digest, part of every cache key.
 	Digest() string
-	// SendSegment hands the process a segment's fd with its announcement;
-	// the RunRequest then refers to it by msg.Token.
-	SendSegment(msg shm.Message, fd int) error
+	// SendSegments hands the process segments' fds with their
+	// announcements (SEGMENT messages), in one write; the RunRequest then
+	// refers to them by token.
+	SendSegments(fds []shm.Outgoing) error
 	// Run starts a stage. The stream yields its events, then its Result,
 	// then io.EOF; a failed stage ends it with a gRPC status error.
 	Run(ctx context.Context, req *pb.RunRequest) (RunStream, error)

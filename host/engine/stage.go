@@ -61,17 +61,15 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		Levels:   e.plan.Levels,
 	}
 	req.TraceMarker = tracemark.Path()
+	// The segments' fds go in one write, before the request is encoded:
+	// the plugin wakes up to file them meanwhile.
+	var fds []shm.Outgoing
 	for _, op := range n.Desc.GetOutputs() {
 		o := r.Outputs[op.GetName()]
 		if o == nil {
 			continue
 		}
-		b, err := e.sendFD(p, o.Entry, o.Handle, op.GetName())
-		if err != nil {
-			fail(err)
-			return
-		}
-		req.Outputs = append(req.Outputs, b)
+		req.Outputs = append(req.Outputs, e.bind(&fds, o.Entry, o.Handle, op.GetName()))
 	}
 	for _, in := range n.Inputs {
 		o := results[in.From.Index].Outputs[in.Output.GetName()]
@@ -79,12 +77,11 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 			fail(fmt.Errorf("input %q: %s produced no %q", in.Input.GetName(), in.From.Name, in.Output.GetName()))
 			return
 		}
-		b, err := e.sendFD(p, o.Entry, o.Handle, in.Input.GetName())
-		if err != nil {
-			fail(err)
-			return
-		}
-		req.Inputs = append(req.Inputs, b)
+		req.Inputs = append(req.Inputs, e.bind(&fds, o.Entry, o.Handle, in.Input.GetName()))
+	}
+	if err := p.SendSegments(fds); err != nil {
+		fail(err)
+		return
 	}
 
 	timeout := n.Config.Timeout
@@ -139,14 +136,13 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 	r.EndNs = clock.Now()
 }
 
-// sendFD announces a segment to the plugin under a fresh token.
-func (e *Engine) sendFD(p Process, ent *arena.Entry, h *pb.Handle, port string) (*pb.Binding, error) {
+// bind names a segment for the plugin under a fresh token: the binding for
+// the request, and the SEGMENT message (with its fd) added to fds.
+func (e *Engine) bind(fds *[]shm.Outgoing, ent *arena.Entry, h *pb.Handle, port string) *pb.Binding {
 	tok := e.tokens.Next()
 	msg := shm.Message{Type: shm.MsgSegment, Token: tok, SegmentID: ent.ID, Size: uint64(ent.Size)}
-	if err := p.SendSegment(msg, ent.Segment.FD()); err != nil {
-		return nil, fmt.Errorf("sending %q to the plugin: %w", port, err)
-	}
-	return &pb.Binding{Port: port, Handle: h, FdToken: tok}, nil
+	*fds = append(*fds, shm.Outgoing{Msg: msg, FD: ent.Segment.FD()})
+	return &pb.Binding{Port: port, Handle: h, FdToken: tok}
 }
 
 // call runs the RPC and forwards events until the Result.

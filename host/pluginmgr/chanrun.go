@@ -25,7 +25,14 @@ type channelRuns struct {
 	mu   sync.Mutex
 	next uint64
 	runs map[uint64]*ChannelRun
+	// news lists the runs that got messages since the reader last ran
+	// dry; they are woken then (wakeRuns), once each.
+	news []*ChannelRun
 }
+
+// wakeAfter bounds how many runs' news wait for the reader to run dry: a
+// plugin that never pauses still has its events read.
+const wakeAfter = 32
 
 // ChannelRun is one run sent on a plugin's fd channel: the stream of its
 // events, as the gRPC Run call's would be.
@@ -39,6 +46,7 @@ type ChannelRun struct {
 	end    *pb.RunEnd
 	wake   chan struct{}
 	closed bool // the host gave up on it (error, cancellation)
+	news   bool // listed in channelRuns.news; under channelRuns.mu
 }
 
 // RunEvents is a run's stream of events, whichever way it travels: Recv
@@ -115,11 +123,36 @@ func (p *Plugin) route(m shm.Message, payload []byte) error {
 		}
 	}
 	r.mu.Unlock()
-	select {
-	case r.wake <- struct{}{}:
-	default:
+	p.chanRuns.mu.Lock()
+	if !r.news {
+		r.news = true
+		p.chanRuns.news = append(p.chanRuns.news, r)
+	}
+	full := len(p.chanRuns.news) >= wakeAfter
+	p.chanRuns.mu.Unlock()
+	if full {
+		p.wakeRuns()
 	}
 	return nil
+}
+
+// wakeRuns wakes every run with news. It runs on the channel's reader when
+// it has read everything that arrived (Mailbox.OnIdle), so a Result and the
+// END sent with it wake the run's reader once, after both are queued.
+func (p *Plugin) wakeRuns() {
+	p.chanRuns.mu.Lock()
+	news := p.chanRuns.news
+	p.chanRuns.news = nil
+	for _, r := range news {
+		r.news = false
+	}
+	p.chanRuns.mu.Unlock()
+	for _, r := range news {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Recv returns the run's next event; io.EOF after a successful END; a gRPC

@@ -390,6 +390,7 @@ func (m *Manager) launchKnown(ctx context.Context, path string, known func(p *Pl
 	}
 	p.Mailbox = shm.NewMailbox(local)
 	p.Mailbox.Route(p.route)
+	p.Mailbox.OnIdle(p.wakeRuns)
 	p.rpc = rpc
 	raw, err := rpc.Dispense(wire.PluginName)
 	if err != nil {

@@ -46,12 +46,20 @@ func (c *Collector) StageStart(n *plan.Node, r *engine.StageResult) {
 	c.mu.Lock()
 	c.running[n.Name] = r.StartNs
 	c.mu.Unlock()
-	data := map[string]any{
-		"kind": n.Kind, "plugin": r.Plugin, "pid": r.Pid, "slot": r.Slot,
-		"cache": r.Cache, "miss_reason": r.MissReason, "bytes_in": r.BytesIn,
-	}
+	// Members in key order, as for every record's data.
+	data := &runlog.Object{}
+	data.Int("bytes_in", r.BytesIn)
+	data.String("cache", string(r.Cache))
 	if r.Remote != nil {
-		data["where"], data["executor"] = "remote", r.Remote.Executor
+		data.String("executor", r.Remote.Executor)
+	}
+	data.String("kind", n.Kind)
+	data.String("miss_reason", r.MissReason)
+	data.Int("pid", int64(r.Pid))
+	data.String("plugin", r.Plugin)
+	data.Int("slot", int64(r.Slot))
+	if r.Remote != nil {
+		data.String("where", "remote")
 	}
 	c.emit(runlog.Event{Type: "stage_start", TimeNs: r.StartNs, Stage: n.Name, Data: data})
 }
@@ -90,53 +98,80 @@ func (c *Collector) StageEnd(n *plan.Node, r *engine.StageResult) {
 	delete(c.running, n.Name)
 	c.results[n.Name] = r
 	c.mu.Unlock()
-	data := map[string]any{
-		"kind": n.Kind, "status": r.Status, "cache": r.Cache, "slot": r.Slot,
-		"start_ns": r.StartNs, "end_ns": r.EndNs, "dur_ns": r.EndNs - r.StartNs,
-		"bytes_in": r.BytesIn, "bytes_out": r.BytesOut,
+	// Members in key order, as for every record's data.
+	rr, st := r.Remote, r.Stats
+	data := &runlog.Object{}
+	if rr != nil {
+		data.String("action_digest", rr.Action)
 	}
-	if r.Plugin != "" {
-		data["plugin"], data["pid"] = r.Plugin, r.Pid
+	data.Int("bytes_in", r.BytesIn)
+	data.Int("bytes_out", r.BytesOut)
+	data.String("cache", string(r.Cache))
+	if r.Key != "" {
+		data.String("cache_key", r.Key)
+	}
+	if st != nil {
+		data.Uint("cpu_ns", st.GetCpuNs())
+	}
+	data.Int("dur_ns", r.EndNs-r.StartNs)
+	data.Int("end_ns", r.EndNs)
+	if r.Err != nil {
+		data.String("error", r.Err.Error())
+	}
+	if rr != nil {
+		data.String("executor", rr.Executor)
+	}
+	data.String("kind", n.Kind)
+	if len(r.Metrics) > 0 {
+		data.Floats("metrics", r.Metrics)
 	}
 	if r.MissReason != "" {
-		data["miss_reason"] = r.MissReason
+		data.String("miss_reason", r.MissReason)
 	}
 	if r.Note != "" {
-		data["note"] = r.Note
-	}
-	if r.Key != "" {
-		data["cache_key"] = r.Key
-	}
-	if rr := r.Remote; rr != nil {
-		data["where"], data["executor"], data["action_digest"] = "remote", rr.Executor, rr.Action
-		data["remote_upload_ns"], data["remote_exec_ns"], data["remote_download_ns"] = rr.UploadNs, rr.ExecNs, rr.DownloadNs
-		if rr.Worker != "" {
-			data["remote_worker"] = rr.Worker
-		}
-	}
-	if st := r.Stats; st != nil {
-		data["peak_rss_bytes"] = st.GetPeakRssBytes()
-		data["peak_rss_shared"] = st.GetPeakShared()
-		data["cpu_ns"] = st.GetCpuNs()
-		data["plugin_start_ns"], data["plugin_end_ns"] = st.GetStartNs(), st.GetEndNs()
-	}
-	if len(r.Metrics) > 0 {
-		data["metrics"] = r.Metrics
+		data.String("note", r.Note)
 	}
 	if len(r.Outputs) > 0 {
-		outs := map[string]any{}
+		outs := &runlog.Object{}
 		for _, port := range sortedPorts(r.Outputs) {
 			o := r.Outputs[port]
-			rec := map[string]any{"sha256": o.Digest.Hash, "size": o.Digest.Size}
+			rec := &runlog.Object{}
+			size := o.Digest.Size
 			if o.Entry != nil {
-				rec["segment"], rec["size"] = o.Entry.ID, o.Entry.Size
+				rec.Uint("segment", o.Entry.ID)
+				size = o.Entry.Size
 			}
-			outs[port] = rec
+			rec.String("sha256", o.Digest.Hash)
+			rec.Int("size", size)
+			outs.Object(port, rec)
 		}
-		data["outputs"] = outs
+		data.Object("outputs", outs)
 	}
-	if r.Err != nil {
-		data["error"] = r.Err.Error()
+	if st != nil {
+		data.Uint("peak_rss_bytes", st.GetPeakRssBytes())
+		data.Bool("peak_rss_shared", st.GetPeakShared())
+	}
+	if r.Plugin != "" {
+		data.Int("pid", int64(r.Pid))
+		data.String("plugin", r.Plugin)
+	}
+	if st != nil {
+		data.Int("plugin_end_ns", st.GetEndNs())
+		data.Int("plugin_start_ns", st.GetStartNs())
+	}
+	if rr != nil {
+		data.Int("remote_download_ns", rr.DownloadNs)
+		data.Int("remote_exec_ns", rr.ExecNs)
+		data.Int("remote_upload_ns", rr.UploadNs)
+		if rr.Worker != "" {
+			data.String("remote_worker", rr.Worker)
+		}
+	}
+	data.Int("slot", int64(r.Slot))
+	data.Int("start_ns", r.StartNs)
+	data.String("status", string(r.Status))
+	if rr != nil {
+		data.String("where", "remote")
 	}
 	end := r.EndNs
 	if end == 0 {

@@ -3,6 +3,7 @@ package report
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -58,8 +59,9 @@ func CriticalPath(p *plan.Plan, res *engine.Result) ([]string, int64) {
 	}
 	var path []string
 	for s := best; s != ""; s = prev[s] {
-		path = append([]string{s}, path...)
+		path = append(path, s)
 	}
+	slices.Reverse(path)
 	return path, finish[best]
 }
 

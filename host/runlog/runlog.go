@@ -38,22 +38,34 @@ type Event struct {
 	Value  float64
 	Msg    string
 	Level  string
-	Data   any
+	// Data is encoded under "data": an *Object as it was built, anything
+	// else with encoding/json.
+	Data any
 }
 
-// Writer is the background JSON Lines writer.
+// Writer is the background JSON Lines writer. Callers append events to a
+// bounded list under a lock; the writer takes the whole list when it wakes,
+// which is every FlushEvery, when the list holds kickAt events, or on
+// Flush and Close. A caller thus never wakes another goroutine for an
+// ordinary event: on a busy run that costs more than the event.
 type Writer struct {
 	path    string
 	f       *os.File
-	ch      chan Event
-	done    chan struct{}
-	flushCh chan chan struct{}
+	every   time.Duration
+	queue   int
+	mu      sync.Mutex
+	pending []Event
+	closed  bool
+	kick    chan struct{}      // buffered: the list is long, write it
+	flushCh chan chan struct{} // write everything now and say so
+	done    chan struct{}      // closed when the writer has finished
 	dropped atomic.Int64
 	written atomic.Int64
-	closeMu sync.Mutex
-	closed  bool
 	err     error
 }
+
+// kickAt is how many waiting events wake the writer before its next tick.
+const kickAt = 512
 
 // Options tune a Writer.
 type Options struct {
@@ -61,7 +73,8 @@ type Options struct {
 	// 1<<16). When it is full, events are dropped and counted, never
 	// blocking the caller.
 	Queue int
-	// FlushEvery bounds how long an event stays in the buffer (default 200ms).
+	// FlushEvery bounds how long an event waits before it is written to
+	// the file (default 200ms).
 	FlushEvery time.Duration
 }
 
@@ -80,8 +93,9 @@ func Create(path string, opts Options) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("run log: %w", err)
 	}
-	w := &Writer{path: path, f: f, ch: make(chan Event, opts.Queue), done: make(chan struct{}), flushCh: make(chan chan struct{})}
-	go w.loop(opts.FlushEvery)
+	w := &Writer{path: path, f: f, every: opts.FlushEvery, queue: opts.Queue,
+		kick: make(chan struct{}, 1), flushCh: make(chan chan struct{}), done: make(chan struct{})}
+	go w.loop()
 	return w, nil
 }
 
@@ -89,22 +103,32 @@ func Create(path string, opts Options) (*Writer, error) {
 func (w *Writer) Path() string { return w.path }
 
 // Log enqueues an event. It never blocks: with the queue full the event is
-// dropped and counted (reported in the final record).
+// dropped and counted (reported in the final record), and after Close it
+// is dropped too.
 func (w *Writer) Log(e Event) {
 	if e.TimeNs == 0 {
 		e.TimeNs = clock.Now()
 	}
-	select {
-	case w.ch <- e:
-	default:
+	w.mu.Lock()
+	if w.closed || len(w.pending) >= w.queue {
+		w.mu.Unlock()
 		w.dropped.Add(1)
+		return
 	}
+	w.pending = append(w.pending, e)
+	if n := len(w.pending); n == kickAt || n == w.queue {
+		select { // under mu: Close closes kick under it too
+		case w.kick <- struct{}{}:
+		default:
+		}
+	}
+	w.mu.Unlock()
 }
 
 // Dropped is the number of events lost to a full queue.
 func (w *Writer) Dropped() int64 { return w.dropped.Load() }
 
-// Flush waits until everything queued so far is on disk (in the page
+// Flush waits until everything logged so far is on disk (in the page
 // cache).
 func (w *Writer) Flush() {
 	ack := make(chan struct{})
@@ -115,58 +139,62 @@ func (w *Writer) Flush() {
 	}
 }
 
-// Close drains the queue, writes everything and closes the file. The last
-// event a caller logs before Close is in the file when Close returns.
+// Close writes everything logged before it, closes the file and stops the
+// writer. The last event a caller logs before Close is in the file when
+// Close returns.
 func (w *Writer) Close() error {
-	w.closeMu.Lock()
-	defer w.closeMu.Unlock()
-	if w.closed {
-		return w.err
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.kick)
 	}
-	w.closed = true
-	close(w.ch)
+	w.mu.Unlock()
 	<-w.done
 	return w.err
 }
 
-func (w *Writer) loop(every time.Duration) {
+func (w *Writer) loop() {
 	defer close(w.done)
 	bw := bufio.NewWriterSize(w.f, 256<<10)
-	tick := time.NewTicker(every)
+	tick := time.NewTicker(w.every)
 	defer tick.Stop()
-	buf := make([]byte, 0, 1024)
+	var buf []byte
+	var batch []Event
+	keep := func(err error) {
+		if err != nil && w.err == nil {
+			w.err = err
+		}
+	}
+	// drain writes every waiting event into bw.
+	drain := func() {
+		w.mu.Lock()
+		batch, w.pending = w.pending, batch[:0]
+		w.mu.Unlock()
+		for i := range batch {
+			buf = append(Append(buf[:0], batch[i]), '\n')
+			_, err := bw.Write(buf)
+			keep(err)
+			batch[i] = Event{} // let its Data go
+		}
+		w.written.Add(int64(len(batch)))
+	}
 	for {
 		select {
-		case e, ok := <-w.ch:
-			if !ok {
-				if err := bw.Flush(); err != nil && w.err == nil {
-					w.err = err
-				}
-				if err := w.f.Close(); err != nil && w.err == nil {
-					w.err = err
-				}
+		case _, open := <-w.kick:
+			drain()
+			if !open {
+				keep(bw.Flush())
+				keep(w.f.Close())
 				return
 			}
-			buf = Append(buf[:0], e)
-			buf = append(buf, '\n')
-			if _, err := bw.Write(buf); err != nil && w.err == nil {
-				w.err = err
-			}
-			w.written.Add(1)
 		case ack := <-w.flushCh:
-			// Drain what is queued now, then flush.
-			for n := len(w.ch); n > 0; n-- {
-				e := <-w.ch
-				buf = append(Append(buf[:0], e), '\n')
-				bw.Write(buf)
-			}
-			bw.Flush()
+			drain()
+			keep(bw.Flush())
 			close(ack)
 		case <-tick.C:
+			drain()
 			if bw.Buffered() > 0 {
-				if err := bw.Flush(); err != nil && w.err == nil {
-					w.err = err
-				}
+				keep(bw.Flush())
 			}
 		}
 	}
@@ -216,7 +244,10 @@ func Append(b []byte, e Event) []byte {
 		b = append(b, `,"msg":`...)
 		b = appendString(b, e.Msg)
 	}
-	if e.Data != nil {
+	if o, ok := e.Data.(*Object); ok {
+		b = append(b, `,"data":`...)
+		b = o.appendJSON(b)
+	} else if e.Data != nil {
 		if raw, err := json.Marshal(e.Data); err == nil {
 			b = append(b, `,"data":`...)
 			b = append(b, raw...)

@@ -2,11 +2,13 @@ package runlog
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 )
 
 func TestEveryLineIsValidJSON(t *testing.T) {
@@ -93,7 +95,7 @@ func BenchmarkSustained(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		for len(w.ch) == cap(w.ch) {
+		for w.backlog() >= kickAt {
 			// Pace the producer to the writer so nothing is dropped.
 			runtime.Gosched()
 		}
@@ -112,4 +114,49 @@ func BenchmarkAppend(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		buf = Append(buf[:0], Event{Type: "span", Stage: "erode", Name: "tile", ID: uint64(i), Parent: 1, Start: 1, End: 2, TimeNs: 1})
 	}
+}
+
+func (w *Writer) backlog() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.pending)
+}
+
+// An event waits at most FlushEvery before it is in the file, without
+// Flush or Close; Flush writes at once; events after Close are dropped.
+func TestEventsReachTheFileWithoutAKick(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "run.jsonl")
+	w, err := Create(p, Options{FlushEvery: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := func() int {
+		b, _ := os.ReadFile(p)
+		return bytes.Count(b, []byte("\n"))
+	}
+	w.Log(Event{Type: "progress"})
+	deadline := time.Now().Add(5 * time.Second)
+	for lines() != 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := lines(); n != 1 {
+		t.Fatalf("%d lines after the flush interval, want 1", n)
+	}
+	w2, err := Create(filepath.Join(t.TempDir(), "b.jsonl"), Options{FlushEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		w2.Log(Event{Type: "progress"})
+	}
+	w2.Flush()
+	if b, _ := os.ReadFile(w2.Path()); bytes.Count(b, []byte("\n")) != 3 {
+		t.Errorf("Flush left events unwritten: %q", b)
+	}
+	w2.Close()
+	w2.Log(Event{Type: "late"})
+	if w2.Dropped() != 1 {
+		t.Errorf("an event after Close: dropped %d, want 1", w2.Dropped())
+	}
+	w.Close()
 }

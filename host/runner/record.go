@@ -151,14 +151,14 @@ func (s *Session) finishRecording(w *runlog.Writer, col *report.Collector, res *
 	s.mgr.OnStderr(nil)
 	s.mgr.OnLaunch(nil)
 	hostPeak := procstat.Peak()
-	if err := col.WriteTrace(rep.Trace, s.Plan, res, startNs); err != nil {
-		s.warn(fmt.Sprintf("writing %s: %v", rep.Trace, err))
-		rep.Trace = ""
-	}
+	// The trace is written while the run log is closed; the summary, which
+	// links the trace only if it was written, waits for it.
+	traced := make(chan error, 1)
+	go func() { traced <- col.WriteTrace(rep.Trace, s.Plan, res, startNs) }()
 	info := report.RunInfo{
 		Plan: s.Plan, Result: res, ConfigPath: s.Config.File, Status: status,
 		StartNs: startNs, EndNs: endNs, SetupNs: startNs - s.openNs,
-		HostPeakRSS: hostPeak, ArenaPeak: s.Arena.Peak(), TracePath: rep.Trace, Previews: s.previews,
+		HostPeakRSS: hostPeak, ArenaPeak: s.Arena.Peak(), Previews: s.previews,
 	}
 	counts := map[engine.Status]int{}
 	hits := 0
@@ -185,6 +185,11 @@ func (s *Session) finishRecording(w *runlog.Writer, col *report.Collector, res *
 		}
 		info.Dropped = w.Dropped()
 	}
+	if err := <-traced; err != nil {
+		s.warn(fmt.Sprintf("writing %s: %v", rep.Trace, err))
+		rep.Trace = ""
+	}
+	info.TracePath = rep.Trace
 	if err := col.WriteSummary(rep.Summary, info); err != nil {
 		s.warn(fmt.Sprintf("writing %s: %v", rep.Summary, err))
 		rep.Summary = ""

@@ -388,11 +388,22 @@ func (s *Session) Run(ctx context.Context) *engine.Result {
 		status = "failed"
 	}
 	s.Artifacts = artifacts
+	// metadata.json is written while the run log, trace and summary are:
+	// they only read the results.
+	type written struct {
+		path string
+		err  error
+	}
+	meta := make(chan written, 1)
+	go func() {
+		path, err := s.writeMetadata(res, status, artifacts)
+		meta <- written{path, err}
+	}()
 	s.Reports = s.finishRecording(w, col, res, startNs, endNs, status)
-	if path, err := s.writeMetadata(res, status, artifacts); err != nil {
-		s.warn(fmt.Sprintf("writing metadata.json: %v", err))
+	if m := <-meta; m.err != nil {
+		s.warn(fmt.Sprintf("writing metadata.json: %v", m.err))
 	} else {
-		s.Reports.Metadata = path
+		s.Reports.Metadata = m.path
 	}
 	if s.Cache != nil && s.opts.CacheMax > 0 && s.Cache.Usage() > s.opts.CacheMax {
 		if _, err := s.Cache.GC(s.opts.CacheMax); errors.Is(err, cache.ErrBusy) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,15 +16,34 @@ import (
 // ResetPeak resets this process's VmHWM to its current RSS (Linux
 // /proc/self/clear_refs = 5). Errors are ignored: peaks are then since
 // process start.
-// Raw syscalls, as in RSS: it runs before every stage, and os.WriteFile
-// would register the file with the poller and stat it first.
 func ResetPeak() {
-	fd, err := unix.Open("/proc/self/clear_refs", unix.O_WRONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
+	if fd := clearRefs.get("/proc/self/clear_refs", unix.O_WRONLY); fd >= 0 {
+		_, _ = unix.Write(fd, []byte("5"))
 	}
-	_, _ = unix.Write(fd, []byte("5"))
-	unix.Close(fd)
+}
+
+// The /proc files read or written around every stage stay open: opening
+// one walks /proc and allocates a file, which costs more than the read.
+// Raw syscalls, not os.File: nothing is registered with the poller. A
+// /proc/self file opened once keeps describing this process (its threads
+// share the one memory map it reports), and pread at offset 0 makes the
+// kernel render it afresh each time.
+type keptFile struct {
+	once sync.Once
+	fd   int // -1 when it cannot be opened
+}
+
+var clearRefs, statm, status keptFile
+
+func (k *keptFile) get(path string, mode int) int {
+	k.once.Do(func() {
+		fd, err := unix.Open(path, mode|unix.O_CLOEXEC, 0)
+		if err != nil {
+			fd = -1
+		}
+		k.fd = fd
+	})
+	return k.fd
 }
 
 // Peak is this process's VmHWM in bytes, 0 when unknown.
@@ -48,16 +68,14 @@ func PeakSince(startMaxRSS int64, rss uint64, endMaxRSS int64) uint64 {
 }
 
 // RSS is this process's current VmRSS in bytes, 0 when unknown. It reads
-// /proc/self/statm (a few µs, against tens for /proc/self/status), through
-// raw syscalls: no descriptor is kept, none is registered with the poller.
+// /proc/self/statm (a few µs, against tens for /proc/self/status).
 func RSS() uint64 {
-	fd, err := unix.Open("/proc/self/statm", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	fd := statm.get("/proc/self/statm", unix.O_RDONLY)
+	if fd < 0 {
 		return field("VmRSS:")
 	}
 	var buf [128]byte
-	n, err := unix.Read(fd, buf[:])
-	unix.Close(fd)
+	n, err := unix.Pread(fd, buf[:], 0)
 	if err != nil || n <= 0 {
 		return field("VmRSS:")
 	}
@@ -73,18 +91,17 @@ func RSS() uint64 {
 	return pages * uint64(os.Getpagesize())
 }
 
-// field reads one "Name:   123 kB" line of /proc/self/status, through raw
-// syscalls into a stack buffer: it runs after most stages.
+// field reads one "Name:   123 kB" line of /proc/self/status into a stack
+// buffer: it runs after most stages.
 func field(name string) uint64 {
-	fd, err := unix.Open("/proc/self/status", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	fd := status.get("/proc/self/status", unix.O_RDONLY)
+	if fd < 0 {
 		return 0
 	}
-	defer unix.Close(fd)
 	var buf [4096]byte
 	n := 0
 	for n < len(buf) {
-		m, err := unix.Read(fd, buf[n:])
+		m, err := unix.Pread(fd, buf[n:], int64(n))
 		if err != nil || m <= 0 {
 			break
 		}
