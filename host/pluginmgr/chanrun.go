@@ -26,12 +26,15 @@ type channelRuns struct {
 	next uint64
 	runs map[uint64]*ChannelRun
 	// news lists the runs that got messages since the reader last ran
-	// dry; they are woken then (wakeRuns), once each.
+	// dry; they are woken then (wakeRuns), once each. held counts those
+	// messages.
 	news []*ChannelRun
+	held int
 }
 
-// wakeAfter bounds how many runs' news wait for the reader to run dry: a
-// plugin that never pauses still has its events read.
+// wakeAfter bounds how many messages wait for the reader to run dry: the
+// events of a plugin that sends without pause are still taken as they
+// come, and never pile up unread.
 const wakeAfter = 32
 
 // ChannelRun is one run sent on a plugin's fd channel: the stream of its
@@ -128,7 +131,8 @@ func (p *Plugin) route(m shm.Message, payload []byte) error {
 		r.news = true
 		p.chanRuns.news = append(p.chanRuns.news, r)
 	}
-	full := len(p.chanRuns.news) >= wakeAfter
+	p.chanRuns.held++
+	full := p.chanRuns.held >= wakeAfter
 	p.chanRuns.mu.Unlock()
 	if full {
 		p.wakeRuns()
@@ -142,7 +146,7 @@ func (p *Plugin) route(m shm.Message, payload []byte) error {
 func (p *Plugin) wakeRuns() {
 	p.chanRuns.mu.Lock()
 	news := p.chanRuns.news
-	p.chanRuns.news = nil
+	p.chanRuns.news, p.chanRuns.held = nil, 0
 	for _, r := range news {
 		r.news = false
 	}
