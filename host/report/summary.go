@@ -31,6 +31,10 @@ type RunInfo struct {
 	// Previews are PNG files (relative to the summary) by artifact name.
 	Previews map[string]string
 	Dropped  int64
+	// Critical and CriticalNs are CriticalPath's answer, when the caller
+	// has it already; nil means WriteSummary works it out.
+	Critical   []string
+	CriticalNs int64
 }
 
 // CriticalPath returns the chain of stages whose plugin-side durations add
@@ -90,7 +94,10 @@ func (c *Collector) WriteSummary(path string, info RunInfo) error {
 			hits++
 		}
 	}
-	crit, critNs := CriticalPath(p, res)
+	crit, critNs := info.Critical, info.CriticalNs
+	if crit == nil {
+		crit, critNs = CriticalPath(p, res)
+	}
 	fmt.Fprintf(&b, "# Run %s\n\n", p.Config.RunID)
 	fmt.Fprintf(&b, "| | |\n|---|---|\n")
 	fmt.Fprintf(&b, "| status | **%s** |\n", info.Status)

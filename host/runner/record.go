@@ -170,7 +170,8 @@ func (s *Session) finishRecording(w *runlog.Writer, col *report.Collector, res *
 			}
 		}
 	}
-	_, critNs := report.CriticalPath(s.Plan, res)
+	crit, critNs := report.CriticalPath(s.Plan, res)
+	info.Critical, info.CriticalNs = crit, critNs
 	if w != nil {
 		rep.Log = w.Path()
 		info.LogPath = w.Path()
