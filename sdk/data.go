@@ -168,12 +168,21 @@ func openBuffer(b *pb.Binding, seg *shm.Segment, input bool) (*buffer, error) {
 	return buf, nil
 }
 
+// populateMin is the smallest output whose pages are made present when it
+// is mapped (shm.Mapping.Populate); a smaller one takes few page faults.
+const populateMin = 1 << 20
+
 // bytes returns the buffer's bytes, mapping an output on first use.
 func (b *buffer) bytes() ([]byte, error) {
 	if b.m == nil {
 		m, err := b.seg.MapRW()
 		if err != nil {
 			return nil, fmt.Errorf("output %q: %w", b.binding.GetPort(), err)
+		}
+		if b.seg.Size() >= populateMin {
+			// The stage is about to write it all: pages in two system
+			// calls, not a page fault each.
+			m.Populate()
 		}
 		b.m = m
 	}

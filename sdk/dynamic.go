@@ -78,6 +78,9 @@ func (c *Context) NewBlob(name string, size int) ([]byte, error) {
 		seg.Close()
 		return nil, err
 	}
+	if int64(size) >= populateMin {
+		m.Populate()
+	}
 	c.data.dynamic = append(c.data.dynamic, &dynOutput{port: name, format: pb.Format_FORMAT_RAW, seg: seg, m: m})
 	return m.Bytes(), nil
 }
