@@ -213,6 +213,8 @@ class RunData:
             return d.value
         import mmap
         d.map = mmap.mmap(d.fd, d.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        if d.size >= shm.POPULATE_MIN:
+            shm.populate(d.fd, d.map, d.size)
         d.value = np.frombuffer(d.map, dtype=np.uint8)
         return d.value
 
