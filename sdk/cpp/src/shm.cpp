@@ -208,6 +208,30 @@ bool huge_pages_enabled() {
   return enabled;
 }
 
+namespace {
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
+
+// The smallest writable mapping populated: a smaller one takes few page faults.
+constexpr uint64_t kPopulateMin = 1 << 20;
+
+// Makes every page of a fresh writable mapping present now: fallocate for
+// the pages the segment lacks (none when the host prefaulted it, which fstat
+// tells), then madvise(MADV_POPULATE_WRITE), instead of a page fault per 4 KiB
+// page as the stage first writes each (as the Go SDK's shm.Mapping.Populate).
+// Best effort: an older kernel, or memory too short, leaves it to the faults.
+void populate(int fd, void* p, uint64_t size) {
+  struct stat st;
+  if (::fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_blocks) * 512 < size) {
+    (void)::fallocate(fd, 0, 0, static_cast<off_t>(size));
+  }
+  (void)::madvise(p, size, MADV_POPULATE_WRITE);
+}
+
+}  // namespace
+
 Mapping Mapping::map_rw(const Segment& seg) {
   if (seg.write_sealed()) {
     throw Error("map segment \"" + seg.name() + "\" read-write: it is write-sealed; map it read-only");
@@ -219,6 +243,7 @@ Mapping Mapping::map_rw(const Segment& seg) {
                 " bytes): " + errstr(errno));
   }
   if (huge_pages_enabled()) ::madvise(p, seg.size(), MADV_HUGEPAGE);  // advice only
+  if (seg.size() >= kPopulateMin) populate(seg.fd(), p, seg.size());
   return Mapping(static_cast<uint8_t*>(p), seg.size(), true);
 }
 

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <future>
 #include <sys/syscall.h>
 #include <linux/memfd.h>
@@ -156,6 +158,33 @@ TEST(Mapping, EmptySegmentIsAnEmptyView) {
   Mapping w = Mapping::map_rw(s);
   EXPECT_EQ(w.data(), nullptr);
   EXPECT_EQ(w.size(), 0u);
+}
+
+// RssShmem of this process in bytes: the shared pages it has mapped.
+int64_t rss_shmem() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("RssShmem:", 0) == 0) return std::stoll(line.substr(9)) * 1024;
+  }
+  return -1;
+}
+
+// A writable mapping of 1 MiB or more has every page present at once (zero),
+// before the stage writes anything; a smaller one is left to the faults.
+TEST(Mapping, LargeWritableMappingIsPopulated) {
+  constexpr uint64_t size = 32 << 20;
+  Segment s = Segment::create("test.populate", size);
+  const int64_t before = rss_shmem();
+  ASSERT_GE(before, 0) << "no RssShmem in /proc/self/status";
+  Mapping w = Mapping::map_rw(s);
+  EXPECT_GE(rss_shmem() - before, static_cast<int64_t>(size * 9 / 10));
+  EXPECT_EQ(w.data()[0], 0);
+  EXPECT_EQ(w.data()[size - 1], 0);
+  Segment small = Segment::create("test.small", 256 << 10);
+  const int64_t mid = rss_shmem();
+  Mapping ws = Mapping::map_rw(small);
+  EXPECT_LT(rss_shmem() - mid, 128 << 10);
 }
 
 TEST(Mapping, ShmemThpSettingIsParsed) {

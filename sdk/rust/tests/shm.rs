@@ -120,6 +120,39 @@ fn empty_segments_map_to_empty_views() {
     assert!(seg.map_ro().unwrap().bytes().is_empty());
 }
 
+/// RssShmem of this process in bytes: the shared pages it has mapped.
+fn rss_shmem() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("RssShmem:"))
+        .expect("no RssShmem in /proc/self/status");
+    let kb: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// A writable mapping of 1 MiB or more has every page present at once
+/// (zero), before the stage writes anything; a smaller one is left to the
+/// faults.
+#[test]
+fn large_writable_mappings_are_populated() {
+    let _serial = serial();
+    let size: u64 = 32 << 20;
+    let seg = Segment::create("populate", size).unwrap();
+    let before = rss_shmem();
+    let m = seg.map_rw().unwrap();
+    let grew = rss_shmem() - before;
+    assert!(
+        grew >= (size * 9 / 10) as i64,
+        "RssShmem grew by {grew} on mapping, want about {size}"
+    );
+    assert_eq!(m.len(), size as usize);
+    let small = Segment::create("small", 256 << 10).unwrap();
+    let mid = rss_shmem();
+    let _ms = small.map_rw().unwrap();
+    assert!(rss_shmem() - mid < 128 << 10);
+}
+
 fn memfd(flags: libc::c_uint, size: i64) -> OwnedFd {
     let fd = unsafe { libc::memfd_create(c"raw".as_ptr(), flags) };
     assert!(fd >= 0);
