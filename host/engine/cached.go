@@ -462,7 +462,10 @@ func (e *Engine) recompute(ctx context.Context, n *plan.Node, up *StageResult, r
 	}
 	if inputs, ok := e.inputDigests(n, results); ok {
 		fresh.Key = up.Key
-		e.store(ctx, n, fresh, e.keyParts(n, inputs), nil)
+		// ctx is the run of the consumer that found the entry corrupt, which
+		// may well end before the store does: the repaired entry must not
+		// be lost with it.
+		e.store(context.WithoutCancel(ctx), n, fresh, e.keyParts(n, inputs), nil)
 	} else {
 		e.releaseHostClaims(fresh)
 	}

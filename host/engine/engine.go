@@ -213,10 +213,16 @@ func (o *Output) setDigest(d cache.Digest, err error) {
 
 // waitDigest waits until the output's digest is known.
 func (o *Output) waitDigest(ctx context.Context) (cache.Digest, error) {
+	// A digest already known is the answer even when ctx has ended: a
+	// select over both would pick either at random.
 	select {
 	case <-o.digested:
-	case <-ctx.Done():
-		return cache.Digest{}, context.Cause(ctx)
+	default:
+		select {
+		case <-o.digested:
+		case <-ctx.Done():
+			return cache.Digest{}, context.Cause(ctx)
+		}
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
