@@ -91,28 +91,16 @@ func (dp *dataPlane) bind(ctx context.Context, req *pb.RunRequest) (*runData, er
 		return nil, errors.New("the run has buffers but this plugin has no fd channel")
 	}
 	// On the fd channel the fds came before the RUN and are here; over the
-	// gRPC call they may still be on their way. Only then is there a wait,
-	// bounded by fdWait.
-	var wait context.Context
-	var cancel context.CancelFunc
-	defer func() {
-		if cancel != nil {
-			cancel()
-		}
-	}()
-	waitCtx := func() context.Context {
-		if wait == nil {
-			wait, cancel = context.WithTimeout(ctx, fdWait)
-		}
-		return wait
-	}
+	// gRPC call they may still be on their way, and are waited for until
+	// fdWait from now.
+	deadline := time.Now().Add(fdWait)
 	for _, set := range []struct {
 		list  []*pb.Binding
 		dst   map[string]*buffer
 		input bool
 	}{{req.GetInputs(), rd.inputs, true}, {req.GetOutputs(), rd.outputs, false}} {
 		for _, b := range set.list {
-			buf, err := dp.open(waitCtx, b, set.input)
+			buf, err := dp.open(ctx, deadline, b, set.input)
 			if err != nil {
 				rd.release()
 				return nil, err
@@ -133,11 +121,14 @@ func (dp *dataPlane) handOff(port string, seg *shm.Segment) (uint64, error) {
 	return tok, nil
 }
 
-func (dp *dataPlane) open(waitCtx func() context.Context, b *pb.Binding, input bool) (*buffer, error) {
+func (dp *dataPlane) open(ctx context.Context, deadline time.Time, b *pb.Binding, input bool) (*buffer, error) {
 	_, fd, ok := dp.mb.TryTake(b.GetFdToken())
 	if !ok {
+		// Only a wait needs a timer.
+		ctx, cancel := context.WithDeadline(ctx, deadline)
+		defer cancel()
 		var err error
-		if _, fd, err = dp.mb.Take(waitCtx(), b.GetFdToken()); err != nil {
+		if _, fd, err = dp.mb.Take(ctx, b.GetFdToken()); err != nil {
 			return nil, fmt.Errorf("port %q: %w", b.GetPort(), err)
 		}
 	}

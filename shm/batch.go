@@ -34,43 +34,11 @@ type datagram struct {
 func (c *Channel) SendBatch(batch []Outgoing) error {
 	var grams []datagram
 	for _, o := range batch {
-		m := o.Msg
-		if m.Type.carriesPayload() {
-			if o.FD >= 0 {
-				return fmt.Errorf("fd channel: a %v message must not carry an fd", m.Type)
-			}
-			total := uint64(len(o.Payload))
-			if err := checkToken(Message{Type: m.Type, Token: m.Token, SegmentID: total, Size: min(total, MaxFrame)}); err != nil {
-				return err
-			}
-			for off := 0; ; {
-				n := min(len(o.Payload)-off, MaxFrame)
-				hdr := EncodeHeader(Message{Type: m.Type, Token: m.Token, SegmentID: total, Size: uint64(n)})
-				grams = append(grams, datagram{bufs: [][]byte{hdr, o.Payload[off : off+n]}})
-				off += n
-				if off >= len(o.Payload) {
-					break
-				}
-			}
-			continue
-		}
-		if o.Payload != nil {
-			return fmt.Errorf("fd channel: a %v message has no payload", m.Type)
-		}
-		if err := checkToken(m); err != nil {
+		g, err := o.datagrams()
+		if err != nil {
 			return err
 		}
-		if m.Type.carriesFD() != (o.FD >= 0) {
-			if o.FD >= 0 {
-				return fmt.Errorf("fd channel: %v message must not carry an fd", m.Type)
-			}
-			return fmt.Errorf("fd channel: %v message for token %#x needs an fd", m.Type, m.Token)
-		}
-		g := datagram{bufs: [][]byte{EncodeHeader(m)}}
-		if o.FD >= 0 {
-			g.oob = unix.UnixRights(o.FD)
-		}
-		grams = append(grams, g)
+		grams = append(grams, g...)
 	}
 	if len(grams) == 0 {
 		return nil
@@ -111,9 +79,55 @@ func (c *Channel) SendBatch(batch []Outgoing) error {
 		if c.closed.Load() {
 			err = ErrClosed
 		}
-		return fmt.Errorf("fd channel: send %v token %#x and %d more: %w", first.Type, first.Token, len(batch)-1, err)
+		if len(batch) > 1 {
+			return fmt.Errorf("fd channel: send %v token %#x and %d more: %w", first.Type, first.Token, len(batch)-1, err)
+		}
+		return fmt.Errorf("fd channel: send %v token %#x: %w", first.Type, first.Token, err)
 	}
 	return nil
+}
+
+// datagrams checks o as every receiver would and lays it out: one datagram
+// for a base message, a frame per MaxFrame bytes (at least one) for a
+// payload.
+func (o Outgoing) datagrams() ([]datagram, error) {
+	m := o.Msg
+	if m.Type.carriesPayload() {
+		if o.FD >= 0 {
+			return nil, fmt.Errorf("fd channel: a %v message must not carry an fd", m.Type)
+		}
+		total := uint64(len(o.Payload))
+		if err := checkToken(Message{Type: m.Type, Token: m.Token, SegmentID: total, Size: min(total, MaxFrame)}); err != nil {
+			return nil, err
+		}
+		var grams []datagram
+		for off := 0; ; {
+			n := min(len(o.Payload)-off, MaxFrame)
+			hdr := EncodeHeader(Message{Type: m.Type, Token: m.Token, SegmentID: total, Size: uint64(n)})
+			grams = append(grams, datagram{bufs: [][]byte{hdr, o.Payload[off : off+n]}})
+			off += n
+			if off >= len(o.Payload) {
+				return grams, nil
+			}
+		}
+	}
+	if o.Payload != nil {
+		return nil, fmt.Errorf("fd channel: a %v message has no payload", m.Type)
+	}
+	if err := checkToken(m); err != nil {
+		return nil, err
+	}
+	if m.Type.carriesFD() != (o.FD >= 0) {
+		if o.FD >= 0 {
+			return nil, fmt.Errorf("fd channel: %v message must not carry an fd", m.Type)
+		}
+		return nil, fmt.Errorf("fd channel: %v message for token %#x needs an fd", m.Type, m.Token)
+	}
+	g := datagram{bufs: [][]byte{EncodeHeader(m)}}
+	if o.FD >= 0 {
+		g.oob = unix.UnixRights(o.FD)
+	}
+	return []datagram{g}, nil
 }
 
 // mmsghdr is struct mmsghdr: a msghdr and the bytes the kernel sent of it.

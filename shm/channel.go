@@ -312,23 +312,7 @@ func (c *Channel) Send(m Message, fd int) error {
 	if m.Type.carriesPayload() {
 		return fmt.Errorf("fd channel: a %v message is sent with SendPayload", m.Type)
 	}
-	if err := checkToken(m); err != nil {
-		return err
-	}
-	if m.Type.carriesFD() != (fd >= 0) {
-		if fd >= 0 {
-			return fmt.Errorf("fd channel: %v message must not carry an fd", m.Type)
-		}
-		return fmt.Errorf("fd channel: %v message for token %#x needs an fd", m.Type, m.Token)
-	}
-	hdr := EncodeHeader(m)
-	var oob []byte
-	if fd >= 0 {
-		oob = unix.UnixRights(fd)
-	}
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	return c.sendLocked(m.Type, m.Token, [][]byte{hdr}, oob)
+	return c.SendBatch([]Outgoing{{Msg: m, FD: fd}})
 }
 
 // SendPayload writes a RUN, EVENT or END message: payload cut into frames of
@@ -338,47 +322,7 @@ func (c *Channel) SendPayload(t MsgType, token uint64, payload []byte) error {
 	if !t.carriesPayload() {
 		return fmt.Errorf("fd channel: a %v message has no payload", t)
 	}
-	total := uint64(len(payload))
-	if err := checkToken(Message{Type: t, Token: token, SegmentID: total, Size: min(total, MaxFrame)}); err != nil {
-		return err
-	}
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	for off := 0; off == 0 || off < len(payload); {
-		n := min(len(payload)-off, MaxFrame)
-		hdr := EncodeHeader(Message{Type: t, Token: token, SegmentID: total, Size: uint64(n)})
-		if err := c.sendLocked(t, token, [][]byte{hdr, payload[off : off+n]}, nil); err != nil {
-			return err
-		}
-		off += n
-		if n == 0 {
-			break
-		}
-	}
-	return nil
-}
-
-// sendLocked writes one datagram, bufs joined, with oob; c.sendMu is held.
-func (c *Channel) sendLocked(t MsgType, token uint64, bufs [][]byte, oob []byte) error {
-	if c.closed.Load() {
-		return fmt.Errorf("fd channel: send %v: %w", t, ErrClosed)
-	}
-	var serr error
-	err := c.rc.Write(func(s uintptr) bool {
-		// MSG_NOSIGNAL: a gone peer is an EPIPE error, not a signal.
-		_, serr = unix.SendmsgBuffers(int(s), bufs, oob, nil, unix.MSG_NOSIGNAL)
-		return serr != unix.EAGAIN
-	})
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
-		if c.closed.Load() {
-			err = ErrClosed
-		}
-		return fmt.Errorf("fd channel: send %v token %#x: %w", t, token, err)
-	}
-	return nil
+	return c.SendBatch([]Outgoing{{Msg: Message{Type: t, Token: token}, FD: -1, Payload: payload}})
 }
 
 // Recv reads one message of the base protocol and the fd it carries (-1 if

@@ -120,12 +120,19 @@ func (mb *Mailbox) read() {
 func (mb *Mailbox) TryTake(token uint64) (msg Message, fd int, ok bool) {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
+	p, ok := mb.takeLocked(token)
+	return p.msg, p.fd, ok
+}
+
+// takeLocked removes and returns the parcel filed under token; mb.mu is
+// held. Its fd is -1 when there is none.
+func (mb *Mailbox) takeLocked(token uint64) (parcel, bool) {
 	p, ok := mb.pending[token]
 	if !ok {
-		return Message{}, -1, false
+		return parcel{fd: -1}, false
 	}
 	delete(mb.pending, token)
-	return p.msg, p.fd, true
+	return p, true
 }
 
 // Take waits for the fd sent under token and hands it over: the caller owns
@@ -134,8 +141,7 @@ func (mb *Mailbox) TryTake(token uint64) (msg Message, fd int, ok bool) {
 func (mb *Mailbox) Take(ctx context.Context, token uint64) (Message, int, error) {
 	for {
 		mb.mu.Lock()
-		if p, ok := mb.pending[token]; ok {
-			delete(mb.pending, token)
+		if p, ok := mb.takeLocked(token); ok {
 			mb.mu.Unlock()
 			return p.msg, p.fd, nil
 		}
