@@ -1,27 +1,67 @@
 package report
 
 import (
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"sort"
 
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/host/runlog"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 )
 
 // traceEvent is one Chrome Trace Event (the JSON format Perfetto and
 // chrome://tracing open). Times are microseconds since the run started.
+// Events are encoded by hand (appendJSON): a trace has several per stage,
+// and encoding/json's reflection over maps cost more than building them.
 type traceEvent struct {
-	Name string         `json:"name"`
-	Cat  string         `json:"cat,omitempty"`
-	Ph   string         `json:"ph"`
-	Ts   float64        `json:"ts"`
-	Dur  *float64       `json:"dur,omitempty"`
-	Pid  int            `json:"pid"`
-	Tid  int            `json:"tid"`
-	Args map[string]any `json:"args,omitempty"`
+	Name string
+	Cat  string // omitted when empty
+	Ph   string
+	Ts   float64
+	Dur  float64 // omitted when not positive (metadata events)
+	Pid  int
+	Tid  int
+	Args []arg // keys sorted, as encoding/json writes a map
+}
+
+// arg is one member of an event's args: a string, an int64 or a uint64.
+type arg struct {
+	key string
+	val any
+}
+
+func (e *traceEvent) appendJSON(b []byte) []byte {
+	o := runlog.Open(b)
+	o.String("name", e.Name)
+	if e.Cat != "" {
+		o.String("cat", e.Cat)
+	}
+	o.String("ph", e.Ph)
+	o.Float("ts", e.Ts)
+	if e.Dur > 0 {
+		o.Float("dur", e.Dur)
+	}
+	o.Int("pid", int64(e.Pid))
+	o.Int("tid", int64(e.Tid))
+	if len(e.Args) > 0 {
+		a := o.Begin("args")
+		for _, kv := range e.Args {
+			switch v := kv.val.(type) {
+			case string:
+				a.String(kv.key, v)
+			case int64:
+				a.Int(kv.key, v)
+			case uint64:
+				a.Uint(kv.key, v)
+			default:
+				panic(fmt.Sprintf("report: trace arg %q of type %T", kv.key, kv.val))
+			}
+		}
+		o.End(&a)
+	}
+	return o.Close()
 }
 
 // hostPid is the trace's process id for pipehost itself; its threads are
@@ -37,10 +77,12 @@ const (
 // cache hits.
 func (c *Collector) Trace(p *plan.Plan, res *engine.Result, startNs int64) ([]byte, error) {
 	us := func(ns int64) float64 { return float64(ns-startNs) / 1e3 }
-	dur := func(a, b int64) *float64 { d := max(float64(b-a)/1e3, 0.001); return &d }
-	var evs []traceEvent
+	dur := func(a, b int64) float64 { return max(float64(b-a)/1e3, 0.001) }
+	// Metadata events (names of processes and threads) come first.
+	var metas []traceEvent
+	evs := make([]traceEvent, 0, 2*len(res.Stages))
 	meta := func(pid, tid int, what, name string) {
-		evs = append(evs, traceEvent{Name: what, Ph: "M", Pid: pid, Tid: tid, Args: map[string]any{"name": name}})
+		metas = append(metas, traceEvent{Name: what, Ph: "M", Pid: pid, Tid: tid, Args: []arg{{"name", name}}})
 	}
 	meta(hostPid, 0, "process_name", "pipehost "+p.Config.RunID)
 	slots := map[int]bool{}
@@ -50,15 +92,26 @@ func (c *Collector) Trace(p *plan.Plan, res *engine.Result, startNs int64) ([]by
 		if r == nil || r.StartNs == 0 {
 			continue
 		}
-		args := map[string]any{"kind": r.Kind, "status": string(r.Status), "cache": string(r.Cache)}
+		// In key order: action_digest, cache, error, executor, kind,
+		// peak_rss_bytes, status, where.
+		args := make([]arg, 0, 8)
+		if rr := r.Remote; rr != nil {
+			args = append(args, arg{"action_digest", rr.Action})
+		}
+		args = append(args, arg{"cache", string(r.Cache)})
 		if r.Err != nil {
-			args["error"] = r.Err.Error()
+			args = append(args, arg{"error", r.Err.Error()})
 		}
 		if rr := r.Remote; rr != nil {
-			args["where"], args["executor"], args["action_digest"] = "remote", rr.Executor, rr.Action
+			args = append(args, arg{"executor", rr.Executor})
+		}
+		args = append(args, arg{"kind", r.Kind})
+		tail := []arg{{"status", string(r.Status)}}
+		if r.Remote != nil {
+			tail = append(tail, arg{"where", "remote"})
 		}
 		if r.Cache == engine.CacheHit {
-			evs = append(evs, traceEvent{Name: r.Name, Cat: "cache_hit", Ph: "X", Ts: us(r.StartNs), Dur: dur(r.StartNs, r.EndNs), Pid: hostPid, Tid: cacheTid, Args: args})
+			evs = append(evs, traceEvent{Name: r.Name, Cat: "cache_hit", Ph: "X", Ts: us(r.StartNs), Dur: dur(r.StartNs, r.EndNs), Pid: hostPid, Tid: cacheTid, Args: append(args, tail...)})
 			continue
 		}
 		if r.Slot < 0 {
@@ -66,8 +119,9 @@ func (c *Collector) Trace(p *plan.Plan, res *engine.Result, startNs int64) ([]by
 		}
 		slots[r.Slot] = true
 		if r.Stats != nil {
-			args["peak_rss_bytes"] = r.Stats.GetPeakRssBytes()
+			args = append(args, arg{"peak_rss_bytes", r.Stats.GetPeakRssBytes()})
 		}
+		args = append(args, tail...)
 		evs = append(evs, traceEvent{Name: r.Name, Cat: "stage", Ph: "X", Ts: us(r.StartNs), Dur: dur(r.StartNs, max(r.EndNs, r.StartNs)), Pid: hostPid, Tid: r.Slot + 1, Args: args})
 		if r.Pid == 0 || r.Stats == nil || r.Stats.GetStartNs() == 0 {
 			continue
@@ -76,12 +130,12 @@ func (c *Collector) Trace(p *plan.Plan, res *engine.Result, startNs int64) ([]by
 		key := [2]int{r.Pid, r.Slot}
 		procSlots[key] = true
 		tid := r.Pid*100 + r.Slot + 1
-		evs = append(evs, traceEvent{Name: r.Name, Cat: "plugin_stage", Ph: "X", Ts: us(r.Stats.GetStartNs()), Dur: dur(r.Stats.GetStartNs(), r.Stats.GetEndNs()), Pid: r.Pid, Tid: tid, Args: map[string]any{"kind": r.Kind}})
+		evs = append(evs, traceEvent{Name: r.Name, Cat: "plugin_stage", Ph: "X", Ts: us(r.Stats.GetStartNs()), Dur: dur(r.Stats.GetStartNs(), r.Stats.GetEndNs()), Pid: r.Pid, Tid: tid, Args: []arg{{"kind", r.Kind}}})
 		// Spans that overlap without nesting (from goroutines) go to extra
 		// lanes so every lane nests properly.
 		for i, lane := range lanes(c.Spans(r.Name)) {
 			for _, s := range lane {
-				evs = append(evs, traceEvent{Name: s.GetName(), Cat: "span", Ph: "X", Ts: us(s.GetStartNs()), Dur: dur(s.GetStartNs(), s.GetEndNs()), Pid: r.Pid, Tid: tid + i*10000, Args: map[string]any{"stage": r.Name, "span_id": s.GetId(), "parent_id": s.GetParentId()}})
+				evs = append(evs, traceEvent{Name: s.GetName(), Cat: "span", Ph: "X", Ts: us(s.GetStartNs()), Dur: dur(s.GetStartNs(), s.GetEndNs()), Pid: r.Pid, Tid: tid + i*10000, Args: []arg{{"parent_id", s.GetParentId()}, {"span_id", s.GetId()}, {"stage", r.Name}}})
 				if i > 0 {
 					procSlots[[2]int{r.Pid, r.Slot + i*100}] = true
 				}
@@ -103,8 +157,18 @@ func (c *Collector) Trace(p *plan.Plan, res *engine.Result, startNs int64) ([]by
 		}
 		meta(k[0], k[0]*100+slot+1+lane*10000, "thread_name", name)
 	}
-	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Ph == "M" && evs[j].Ph != "M" })
-	return json.MarshalIndent(map[string]any{"traceEvents": evs, "displayTimeUnit": "ns"}, "", " ")
+	evs = append(metas, evs...)
+	// One event per line: the file stays readable and greppable.
+	b := make([]byte, 0, 64+200*len(evs))
+	b = append(b, `{"displayTimeUnit":"ns","traceEvents":[`...)
+	for i := range evs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '\n')
+		b = evs[i].appendJSON(b)
+	}
+	return append(b, "\n]}\n"...), nil
 }
 
 // lanes splits spans into groups in which any two spans either nest or do

@@ -259,11 +259,26 @@ func Append(b []byte, e Event) []byte {
 	return append(b, '}')
 }
 
+// appendFloat writes f as encoding/json does (shortest form, with an
+// exponent only below 1e-6 or from 1e21 on), so a hand-encoded record reads
+// the same as a marshalled one.
 func appendFloat(b []byte, f float64) []byte {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return append(b, "null"...)
 	}
-	return strconv.AppendFloat(b, f, 'g', -1, 64)
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		// e-07 → e-7, as encoding/json writes it.
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
 }
 
 const hex = "0123456789abcdef"
@@ -284,6 +299,10 @@ func appendString(b []byte, s string) []byte {
 				b = append(b, '\\', 'n')
 			case c == '\t':
 				b = append(b, '\\', 't')
+			case c == '\b':
+				b = append(b, '\\', 'b')
+			case c == '\f':
+				b = append(b, '\\', 'f')
 			case c == '\r':
 				b = append(b, '\\', 'r')
 			default:

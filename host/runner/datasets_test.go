@@ -59,6 +59,12 @@ func TestDummyExampleDatasets(t *testing.T) {
 		if pq := seen[filepath.Join(sess.Reports.Dir, "data", "points.points.parquet")]; pq["rows"] != float64(500) {
 			t.Errorf("%s: GeoParquet %v", round, pq)
 		}
+		meta := checkMetadataEncoding(t, sess.Reports.Dir)
+		src, scale := meta["source"], meta["scale"]
+		if src.Kind != "dummy.source" || src.Params["value"] != 1.5 || scale.Params["factor"] != 2.0 || meta["points"].Params["n"] != 500.0 ||
+			scale.Inputs["in"] != "source.out" || scale.Status != "ok" || len(scale.Outputs["out"].(map[string]any)["sha256"].(string)) != 64 {
+			t.Errorf("%s: metadata.json stages %+v", round, meta)
+		}
 		sum, _ := os.ReadFile(sess.Reports.Summary)
 		if !strings.Contains(string(sum), "![scale.out](previews/scale.out.png)") {
 			t.Errorf("summary.md does not show the preview")
@@ -187,4 +193,61 @@ func TestDatasetsReusedWhenUnchanged(t *testing.T) {
 			t.Errorf("%s: written from the cache, bytes differ from the first run's", p)
 		}
 	}
+}
+
+// metadataStage is one stage of metadata.json, its members in the order
+// the file has them.
+type metadataStage struct {
+	Kind       string             `json:"kind"`
+	Version    string             `json:"version"`
+	Plugin     string             `json:"plugin,omitempty"`
+	Seed       uint64             `json:"seed"`
+	Params     map[string]any     `json:"params"`
+	Inputs     map[string]string  `json:"inputs,omitempty"`
+	Status     string             `json:"status"`
+	Cache      string             `json:"cache"`
+	MissReason string             `json:"miss_reason,omitempty"`
+	TimeNs     int64              `json:"time_ns"`
+	PeakRSS    uint64             `json:"peak_rss_bytes,omitempty"`
+	CPUNs      uint64             `json:"cpu_ns,omitempty"`
+	Metrics    map[string]float64 `json:"metrics,omitempty"`
+	Outputs    map[string]any     `json:"outputs,omitempty"`
+	Error      string             `json:"error,omitempty"`
+}
+
+// checkMetadataEncoding fails unless metadata.json in dir is byte for byte
+// what json.MarshalIndent writes for the same members (its stages are
+// encoded by hand), and returns its stages.
+func checkMetadataEncoding(t *testing.T, dir string) map[string]metadataStage {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "metadata.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(doc["stages"])))
+	dec.DisallowUnknownFields()
+	var stages map[string]metadataStage
+	if err := dec.Decode(&stages); err != nil {
+		t.Fatalf("metadata.json stages: %v", err)
+	}
+	if len(stages) == 0 {
+		t.Fatal("metadata.json has no stages")
+	}
+	again := map[string]any{}
+	for k, v := range doc {
+		again[k] = v
+	}
+	again["stages"] = stages
+	want, err := json.MarshalIndent(again, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != string(want) {
+		t.Errorf("metadata.json is not what encoding/json writes for its members:\n%s\nwant\n%s", b, want)
+	}
+	return stages
 }

@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -17,6 +20,7 @@ import (
 	"github.com/pipehost/pipehost/host/dataset"
 	"github.com/pipehost/pipehost/host/engine"
 	"github.com/pipehost/pipehost/host/plan"
+	"github.com/pipehost/pipehost/host/runlog"
 	"github.com/pipehost/pipehost/internal/atomicfile"
 	pb "github.com/pipehost/pipehost/proto/pipehostv1"
 	"github.com/pipehost/pipehost/shm"
@@ -402,54 +406,6 @@ func (s *Session) palette(o *engine.Output) ([]dataset.PaletteEntry, error) {
 // writeMetadata writes metadata.json: the resolved config, every stage's
 // stats and every artifact's path, format, digest and size.
 func (s *Session) writeMetadata(res *engine.Result, status string, artifacts []SavedArtifact) (string, error) {
-	type stageMeta struct {
-		Kind       string             `json:"kind"`
-		Version    string             `json:"version"`
-		Plugin     string             `json:"plugin,omitempty"`
-		Seed       uint64             `json:"seed"`
-		Params     map[string]any     `json:"params"`
-		Inputs     map[string]string  `json:"inputs,omitempty"`
-		Status     string             `json:"status"`
-		Cache      string             `json:"cache"`
-		MissReason string             `json:"miss_reason,omitempty"`
-		TimeNs     int64              `json:"time_ns"`
-		PeakRSS    uint64             `json:"peak_rss_bytes,omitempty"`
-		CPUNs      uint64             `json:"cpu_ns,omitempty"`
-		Metrics    map[string]float64 `json:"metrics,omitempty"`
-		Outputs    map[string]any     `json:"outputs,omitempty"`
-		Error      string             `json:"error,omitempty"`
-	}
-	stages := map[string]stageMeta{}
-	for _, n := range s.Plan.Nodes {
-		r := res.Stages[n.Index]
-		m := stageMeta{Kind: n.Kind, Version: n.Desc.GetVersion(), Seed: n.Seed, Params: map[string]any{}, Inputs: map[string]string{}}
-		if e, ok := s.Registry.Entry(n.Kind); ok {
-			m.Plugin = e.Plugin.Path
-		}
-		for k, v := range n.Params {
-			m.Params[k] = valueOf(v)
-		}
-		for _, e := range n.Inputs {
-			m.Inputs[e.Input.GetName()] = e.From.Name + "." + e.Output.GetName()
-		}
-		if r != nil {
-			m.Status, m.Cache, m.MissReason, m.Metrics = string(r.Status), string(r.Cache), r.MissReason, r.Metrics
-			if r.Stats != nil {
-				m.TimeNs = r.Stats.GetEndNs() - r.Stats.GetStartNs()
-				m.PeakRSS, m.CPUNs = r.Stats.GetPeakRssBytes(), r.Stats.GetCpuNs()
-			}
-			if r.Err != nil {
-				m.Error = r.Err.Error()
-			}
-			if len(r.Outputs) > 0 {
-				m.Outputs = map[string]any{}
-				for port, o := range r.Outputs {
-					m.Outputs[port] = map[string]any{"sha256": o.Digest.Hash, "size": o.Digest.Size}
-				}
-			}
-		}
-		stages[n.Name] = m
-	}
 	sort.Slice(artifacts, func(i, j int) bool { return artifacts[i].Path < artifacts[j].Path })
 	levels := []map[string]uint32{}
 	for _, l := range s.Plan.Levels {
@@ -465,7 +421,7 @@ func (s *Session) writeMetadata(res *engine.Result, status string, artifacts []S
 				"minor_radius": s.Plan.Topology.GetMinorRadius(), "wrap_x": wrapName(s.Plan.Topology.GetWrapX()), "wrap_y": wrapName(s.Plan.Topology.GetWrapY())},
 			"levels": levels,
 		},
-		"stages":    stages,
+		"stages":    json.RawMessage(s.stagesMetadata(res)),
 		"artifacts": artifacts,
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")
@@ -476,16 +432,93 @@ func (s *Session) writeMetadata(res *engine.Result, status string, artifacts []S
 	return path, atomicfile.Write(path, b)
 }
 
-func valueOf(v *pb.Value) any {
-	switch x := v.GetKind().(type) {
-	case *pb.Value_BoolValue:
-		return x.BoolValue
-	case *pb.Value_IntValue:
-		return x.IntValue
-	case *pb.Value_FloatValue:
-		return x.FloatValue
-	case *pb.Value_StringValue:
-		return x.StringValue
+// stagesMetadata encodes metadata.json's "stages": an object with a member
+// per stage, in name order. It is encoded by hand, as encoding/json would
+// write the same members (its reflection over a map per stage was most of
+// the time spent at the end of a run of many small stages).
+func (s *Session) stagesMetadata(res *engine.Result) []byte {
+	nodes := slices.Clone(s.Plan.Nodes)
+	slices.SortFunc(nodes, func(a, b *plan.Node) int { return strings.Compare(a.Name, b.Name) })
+	o := runlog.Open(make([]byte, 0, 400*len(nodes)))
+	for _, n := range nodes {
+		m := o.Begin(n.Name)
+		m.String("kind", n.Kind)
+		m.String("version", n.Desc.GetVersion())
+		if e, ok := s.Registry.Entry(n.Kind); ok && e.Plugin.Path != "" {
+			m.String("plugin", e.Plugin.Path)
+		}
+		m.Uint("seed", n.Seed)
+		params := m.Begin("params")
+		for _, k := range slices.Sorted(maps.Keys(n.Params)) {
+			switch x := n.Params[k].GetKind().(type) {
+			case *pb.Value_BoolValue:
+				params.Bool(k, x.BoolValue)
+			case *pb.Value_IntValue:
+				params.Int(k, x.IntValue)
+			case *pb.Value_FloatValue:
+				params.Float(k, x.FloatValue)
+			case *pb.Value_StringValue:
+				params.String(k, x.StringValue)
+			default:
+				params.Null(k)
+			}
+		}
+		m.End(&params)
+		if len(n.Inputs) > 0 {
+			inputs := map[string]string{}
+			for _, e := range n.Inputs {
+				inputs[e.Input.GetName()] = e.From.Name + "." + e.Output.GetName()
+			}
+			in := m.Begin("inputs")
+			for _, k := range slices.Sorted(maps.Keys(inputs)) {
+				in.String(k, inputs[k])
+			}
+			m.End(&in)
+		}
+		r := res.Stages[n.Index]
+		if r == nil {
+			m.String("status", "")
+			m.String("cache", "")
+			m.Int("time_ns", 0)
+			o.End(&m)
+			continue
+		}
+		m.String("status", string(r.Status))
+		m.String("cache", string(r.Cache))
+		if r.MissReason != "" {
+			m.String("miss_reason", r.MissReason)
+		}
+		var timeNs int64
+		var peak, cpu uint64
+		if r.Stats != nil {
+			timeNs = r.Stats.GetEndNs() - r.Stats.GetStartNs()
+			peak, cpu = r.Stats.GetPeakRssBytes(), r.Stats.GetCpuNs()
+		}
+		m.Int("time_ns", timeNs)
+		if peak != 0 {
+			m.Uint("peak_rss_bytes", peak)
+		}
+		if cpu != 0 {
+			m.Uint("cpu_ns", cpu)
+		}
+		if len(r.Metrics) > 0 {
+			m.Floats("metrics", r.Metrics)
+		}
+		if len(r.Outputs) > 0 {
+			outs := m.Begin("outputs")
+			for _, port := range slices.Sorted(maps.Keys(r.Outputs)) {
+				d := r.Outputs[port].Digest
+				out := outs.Begin(port)
+				out.String("sha256", d.Hash)
+				out.Int("size", d.Size)
+				outs.End(&out)
+			}
+			m.End(&outs)
+		}
+		if r.Err != nil {
+			m.String("error", r.Err.Error())
+		}
+		o.End(&m)
 	}
-	return nil
+	return o.Close()
 }

@@ -408,6 +408,7 @@ func TestPlanetDatasetsDeterministicAndReadable(t *testing.T) {
 		if err := json.Unmarshal(out, &seen); err != nil {
 			t.Fatalf("%s", out)
 		}
+		checkMetadataEncoding(t, dir)
 		if pq := seen[filepath.Join(dir, "data", "hydro.rivers.parquet")]; pq == nil || pq["rows"].(float64) < 20 {
 			t.Errorf("rivers GeoParquet: %v", pq)
 		}
