@@ -27,10 +27,30 @@ var errHostCancelled = errors.New("the host cancelled the run")
 type channelRuns struct {
 	mu     sync.Mutex
 	cancel map[uint64]context.CancelCauseFunc
+	// idle hands a run to a goroutine that ran one before and waits for
+	// the next: its stack has already grown to what a run needs, where a
+	// new goroutine would grow it (copying it each time) on every run.
+	idle chan func()
+}
+
+// start runs f on an idle run goroutine, or on a new one when all are busy.
+// There are as many as runs were ever in flight at once, which the host's
+// job count bounds.
+func (r *channelRuns) start(f func()) {
+	select {
+	case r.idle <- f:
+	default:
+		go func() {
+			for {
+				f()
+				f = <-r.idle
+			}
+		}()
+	}
 }
 
 // route is the fd channel's handler for RUN and CANCEL. It runs on the
-// channel's reader, so a run starts on a goroutine of its own.
+// channel's reader, so a run goes to a goroutine of its own.
 func (s *server) route(m shm.Message, payload []byte) error {
 	switch m.Type {
 	case shm.MsgRun:
@@ -43,10 +63,11 @@ func (s *server) route(m shm.Message, payload []byte) error {
 		}
 		if s.runs.cancel == nil {
 			s.runs.cancel = map[uint64]context.CancelCauseFunc{}
+			s.runs.idle = make(chan func())
 		}
 		s.runs.cancel[m.Token] = cancel
 		s.runs.mu.Unlock()
-		go s.channelRun(ctx, m.Token, payload)
+		s.runs.start(func() { s.channelRun(ctx, m.Token, payload) })
 	case shm.MsgCancel:
 		s.runs.mu.Lock()
 		if cancel := s.runs.cancel[m.Token]; cancel != nil {
