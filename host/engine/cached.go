@@ -444,12 +444,15 @@ func (e *Engine) recompute(ctx context.Context, n *plan.Node, up *StageResult, r
 	if up.Cache != CacheHit {
 		return nil // another consumer already did it
 	}
-	defer e.releaseInputs(n, results)
+	releaseInputs := sync.OnceFunc(func() { e.releaseInputs(n, results) })
+	defer releaseInputs()
 	if err := e.materializeInputs(ctx, n, results, slots); err != nil {
 		return err
 	}
 	fresh := &StageResult{Name: n.Name, Kind: n.Kind, Slot: -1}
-	e.execute(ctx, n, fresh, results, slots)
+	done := e.execute(ctx, n, fresh, results, slots)
+	releaseInputs()
+	done()
 	if fresh.Status != StatusOK {
 		return fresh.Err
 	}

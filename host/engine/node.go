@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/pipehost/pipehost/host/cache"
@@ -92,9 +93,10 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 		}
 		return
 	}
-	e.execute(runCtx, n, r, results, slots)
+	done := e.execute(runCtx, n, r, results, slots)
 	if r.Status != StatusOK {
 		releaseInputs()
+		done()
 		e.cutOff(ctx, runCtx, n, r, later)
 		return
 	}
@@ -104,7 +106,12 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 		e.digestOutputs(r)
 	}
 	publish()
+	// The consumer publish just woke waits on this processor's run queue:
+	// let it go first, so closing the inputs and writing the record below
+	// happen while it runs rather than before it starts.
+	runtime.Gosched()
 	releaseInputs()
+	done()
 	if c == nil {
 		return
 	}
@@ -136,12 +143,17 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 // slot: a stage holding a slot while it waits for memory could starve the
 // stages that free it) and runs it. Every stage that runs goes through here,
 // recomputations included.
-func (e *Engine) execute(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult, slots chan int) {
+//
+// The caller calls done once it has released the stage's inputs: until
+// then the stage counts as in flight, so a consumer short of memory waits
+// for those inputs to be freed instead of reporting that nothing could
+// free them.
+func (e *Engine) execute(ctx context.Context, n *plan.Node, r *StageResult, results []*StageResult, slots chan int) (done func()) {
 	if err := e.admit(ctx, n, r); err != nil {
 		e.abort(ctx, n, r, err)
-		return
+		return func() {}
 	}
-	defer e.finished()
+	done = sync.OnceFunc(e.finished)
 	releaseRes, err := e.res.acquire(ctx, needs(n))
 	if err != nil {
 		e.abort(ctx, n, r, err)
@@ -158,6 +170,7 @@ func (e *Engine) execute(ctx context.Context, n *plan.Node, r *StageResult, resu
 	r.Slot = slot
 	e.runStage(ctx, n, r, results)
 	slots <- slot
+	return done
 }
 
 // abort ends the stage on err: skipped if its context was stopped, failed
