@@ -74,12 +74,15 @@ func (s *Segment) MapRW() (*Mapping, error) {
 // a segment that is not write-sealed: only the seal makes the bytes
 // immutable, and with it the kernel also refuses mprotect back to writable.
 func (s *Segment) MapRO() (*Mapping, error) {
-	seals, err := s.Seals()
-	if err != nil {
-		return nil, err
-	}
-	if seals&unix.F_SEAL_WRITE == 0 {
-		return nil, fmt.Errorf("map segment %q read-only: %w (seals %s)", s.Name(), ErrNotSealed, SealString(seals))
+	if !s.writeSealed.Load() {
+		seals, err := s.Seals()
+		if err != nil {
+			return nil, err
+		}
+		if seals&unix.F_SEAL_WRITE == 0 {
+			return nil, fmt.Errorf("map segment %q read-only: %w (seals %s)", s.Name(), ErrNotSealed, SealString(seals))
+		}
+		s.writeSealed.Store(true)
 	}
 	return s.mmap(unix.PROT_READ, "read-only")
 }

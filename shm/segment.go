@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,6 +50,9 @@ type Segment struct {
 	mu     sync.RWMutex // RLock: fd in use; Lock: closing
 	fd     int
 	closed bool
+	// writeSealed: F_SEAL_WRITE was seen on the fd. A seal is never
+	// removed, so it need not be asked for again.
+	writeSealed atomic.Bool
 }
 
 // Create makes a sealable memfd of the given size with its size sealed
@@ -117,7 +121,9 @@ func Open(fd int) (*Segment, error) {
 		return nil, fmt.Errorf("open segment fd %d: size is not sealed (seals %s; need shrink,grow)", fd, SealString(seals))
 	}
 	// The name only ever shows in messages: looked up when first asked for.
-	return &Segment{size: st.Size, fd: fd, opened: true}, nil
+	s := &Segment{size: st.Size, fd: fd, opened: true}
+	s.writeSealed.Store(seals&unix.F_SEAL_WRITE != 0)
+	return s, nil
 }
 
 // Name is the name given to Create, or the memfd's name for an opened fd.

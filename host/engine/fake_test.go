@@ -265,18 +265,14 @@ func (p *fakeProc) wasKilled() bool {
 	return p.killed
 }
 
-// Run starts the body on its own goroutine, as a plugin runs a stage
-// while the host waits on the stream.
-func (p *fakeProc) SendSegments(fds []shm.Outgoing) error {
-	for _, o := range fds {
+// Run files the segments, then starts the body on its own goroutine, as a
+// plugin runs a stage while the host waits on the stream.
+func (p *fakeProc) Run(ctx context.Context, req *pb.RunRequest, segs []shm.Outgoing) (RunStream, error) {
+	for _, o := range segs {
 		if err := p.sendSegment(o.Msg, o.FD); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
-}
-
-func (p *fakeProc) Run(ctx context.Context, req *pb.RunRequest) (RunStream, error) {
 	p.mu.Lock()
 	if p.exit != "" {
 		p.mu.Unlock()

@@ -21,12 +21,8 @@ func (pp pluginProcess) Path() string   { return pp.p.Path }
 func (pp pluginProcess) Pid() int       { return pp.p.Pid }
 func (pp pluginProcess) Digest() string { return pp.p.Digest() }
 
-func (pp pluginProcess) SendSegments(fds []shm.Outgoing) error {
-	return pp.p.Channel.SendBatch(fds)
-}
-
-func (pp pluginProcess) Run(ctx context.Context, req *pb.RunRequest) (RunStream, error) {
-	s, err := pp.p.Run(ctx, req)
+func (pp pluginProcess) Run(ctx context.Context, req *pb.RunRequest, segs []shm.Outgoing) (RunStream, error) {
+	s, err := pp.p.RunWithSegments(ctx, req, segs)
 	if err != nil {
 		return nil, err
 	}

@@ -23,13 +23,11 @@ type Process interface {
 	Pid() int
 	// Digest is the executable's content digest, part of every cache key.
 	Digest() string
-	// SendSegments hands the process segments' fds with their
-	// announcements (SEGMENT messages), in one write; the RunRequest then
-	// refers to them by token.
-	SendSegments(fds []shm.Outgoing) error
-	// Run starts a stage. The stream yields its events, then its Result,
+	// Run starts a stage, handing the process first the segments' fds
+	// with their announcements (SEGMENT messages), which the RunRequest
+	// refers to by token. The stream yields its events, then its Result,
 	// then io.EOF; a failed stage ends it with a gRPC status error.
-	Run(ctx context.Context, req *pb.RunRequest) (RunStream, error)
+	Run(ctx context.Context, req *pb.RunRequest, segs []shm.Outgoing) (RunStream, error)
 	// TakeSegment waits for the segment the process sent under token (a
 	// dynamic output); the caller owns the returned fd.
 	TakeSegment(ctx context.Context, token uint64) (shm.Message, int, error)

@@ -61,8 +61,7 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		Levels:   e.plan.Levels,
 	}
 	req.TraceMarker = tracemark.Path()
-	// The segments' fds go in one write, before the request is encoded:
-	// the plugin wakes up to file them meanwhile.
+	// The segments' fds leave with the request (call).
 	var fds []shm.Outgoing
 	for _, op := range n.Desc.GetOutputs() {
 		o := r.Outputs[op.GetName()]
@@ -79,10 +78,6 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 		}
 		req.Inputs = append(req.Inputs, e.bind(&fds, o.Entry, o.Handle, in.Input.GetName()))
 	}
-	if err := p.SendSegments(fds); err != nil {
-		fail(err)
-		return
-	}
 
 	timeout := n.Config.Timeout
 	if timeout == 0 {
@@ -97,7 +92,7 @@ func (e *Engine) runStage(ctx context.Context, n *plan.Node, r *StageResult, res
 	}
 	defer cancel()
 
-	res, err := e.call(runCtx, n, p, req)
+	res, err := e.call(runCtx, n, p, req, fds)
 	if err != nil {
 		// gRPC sends the deadline to the plugin, whose side may reset the
 		// stream a moment before the host's own timer fires.
@@ -146,8 +141,8 @@ func (e *Engine) bind(fds *[]shm.Outgoing, ent *arena.Entry, h *pb.Handle, port 
 }
 
 // call runs the RPC and forwards events until the Result.
-func (e *Engine) call(ctx context.Context, n *plan.Node, p Process, req *pb.RunRequest) (*pb.Result, error) {
-	stream, err := p.Run(ctx, req)
+func (e *Engine) call(ctx context.Context, n *plan.Node, p Process, req *pb.RunRequest, segs []shm.Outgoing) (*pb.Result, error) {
+	stream, err := p.Run(ctx, req, segs)
 	if err != nil {
 		return nil, rpcError(err)
 	}

@@ -62,12 +62,25 @@ type RunEvents interface {
 // (ChannelRuns), else over the gRPC Run call. The caller must have sent every
 // fd the request names first, and must Recv until an error or io.EOF.
 func (p *Plugin) Run(ctx context.Context, req *pb.RunRequest) (RunEvents, error) {
+	return p.RunWithSegments(ctx, req, nil)
+}
+
+// RunWithSegments is Run with the SEGMENT messages of the fds req names
+// that have not been sent yet. On the fd channel they leave with the RUN in
+// one sendmmsg(2), the plugin then wakes once for the whole run; over gRPC
+// they are sent before the call.
+func (p *Plugin) RunWithSegments(ctx context.Context, req *pb.RunRequest, segs []shm.Outgoing) (RunEvents, error) {
 	if p.ChannelRuns {
-		r, err := p.RunOnChannel(ctx, req)
+		r, err := p.runOnChannel(ctx, req, segs)
 		if err != nil {
 			return nil, err // not a typed nil in the interface
 		}
 		return r, nil
+	}
+	if len(segs) > 0 {
+		if err := p.Channel.SendBatch(segs); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "sending the run's segments to the plugin: %v", err)
+		}
 	}
 	s, err := p.Client.Run(ctx, req)
 	if err != nil {
@@ -81,6 +94,10 @@ func (p *Plugin) Run(ctx context.Context, req *pb.RunRequest) (RunEvents, error)
 // so the plugin has them when it reads the RUN), and must Recv until an
 // error or io.EOF.
 func (p *Plugin) RunOnChannel(ctx context.Context, req *pb.RunRequest) (*ChannelRun, error) {
+	return p.runOnChannel(ctx, req, nil)
+}
+
+func (p *Plugin) runOnChannel(ctx context.Context, req *pb.RunRequest, segs []shm.Outgoing) (*ChannelRun, error) {
 	b, err := proto.Marshal(req)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "encoding the run request: %v", err)
@@ -94,7 +111,9 @@ func (p *Plugin) RunOnChannel(ctx context.Context, req *pb.RunRequest) (*Channel
 	}
 	p.chanRuns.runs[r.token] = r
 	p.chanRuns.mu.Unlock()
-	if err := p.Channel.SendPayload(shm.MsgRun, r.token, b); err != nil {
+	// The segments first: the plugin has filed every fd when it reads the RUN.
+	batch := append(segs[:len(segs):len(segs)], shm.Outgoing{Msg: shm.Message{Type: shm.MsgRun, Token: r.token}, FD: -1, Payload: b})
+	if err := p.Channel.SendBatch(batch); err != nil {
 		r.forget()
 		return nil, status.Errorf(codes.Unavailable, "sending the run to the plugin: %v", err)
 	}
