@@ -112,7 +112,7 @@ func runWritePath(t *testing.T, kind, params string, dirs []string, lateWrites i
 		waitGone(t, pid)
 	}
 	if after := countFDs(t); after != fdsBefore {
-		t.Errorf("host fds: %d before the run, %d after", fdsBefore, after)
+		t.Errorf("host fds: %d before the run, %d after: %s", fdsBefore, after, fdTargets())
 	}
 	if after := devShm(); after != shmBefore {
 		t.Errorf("/dev/shm changed: %q → %q", shmBefore, after)
