@@ -169,3 +169,99 @@ func TestRunOverGRPCTurnsChannelRunsOff(t *testing.T) {
 		t.Errorf("%s set, and the plugin still runs on the channel", pluginmgr.EnvRunOverGRPC)
 	}
 }
+
+// launchRust starts the Rust test plugin (bin/testplugins/misbehave-rust,
+// built by make build-rust), stopped at cleanup.
+func launchRust(t *testing.T) *pluginmgr.Plugin {
+	t.Helper()
+	path := nativeBinary(t, "rust", "testplugins/misbehave-rust")
+	m, err := pluginmgr.New(pluginmgr.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	p, err := m.Launch(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// The Rust SDK takes runs on the fd channel: a run ends with its result, a
+// missing kind with NotFound, and a run the host gives up on is cancelled
+// in the plugin, which takes the next one.
+func TestChannelRunsOfARustPlugin(t *testing.T) {
+	p := launchRust(t)
+	if !p.ChannelRuns {
+		t.Fatal("the Rust SDK does not offer runs on the fd channel")
+	}
+	r, err := p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "s", Kind: "probe-rust.noop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := drain(t, r)
+	if err != nil || len(evs) != 1 || evs[0].GetResult().GetStats().GetEndNs() == 0 {
+		t.Fatalf("events %v, error %v; want one result with stats", evs, err)
+	}
+	r, err = p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "s", Kind: "probe-rust.nosuch"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := drain(t, r); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), `no stage kind "probe-rust.nosuch"`) {
+		t.Errorf("a missing kind ended with %v, want NotFound", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	r, err = p.RunOnChannel(ctx, &pb.RunRequest{Stage: "s", Kind: "probe-rust.wait"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := drain(t, r); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("ended with %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the host waited %v past its deadline", d)
+	}
+	r, err = p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "t", Kind: "probe-rust.noop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs, err := drain(t, r); err != nil || len(evs) != 1 || evs[0].GetResult() == nil {
+		t.Fatalf("next run: %v %v", evs, err)
+	}
+	if p.Exited() {
+		t.Fatalf("the plugin exited: %s", strings.Join(p.Stderr.Lines(), "\n"))
+	}
+}
+
+// With PIPEHOST_RUN_OVER_GRPC set the host runs a Rust plugin's stages over
+// the gRPC Run call, which still works.
+func TestRustPluginRunsOverGRPCWhenAsked(t *testing.T) {
+	t.Setenv(pluginmgr.EnvRunOverGRPC, "1")
+	p := launchRust(t)
+	if p.ChannelRuns {
+		t.Fatalf("%s set, and the plugin still runs on the channel", pluginmgr.EnvRunOverGRPC)
+	}
+	stream, err := p.Run(context.Background(), &pb.RunRequest{Stage: "s", Kind: "probe-rust.noop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := stream.(*pluginmgr.ChannelRun); ok {
+		t.Fatal("the run went on the fd channel")
+	}
+	var evs []*pb.RunEvent
+	for {
+		ev, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+	}
+	if len(evs) != 1 || evs[0].GetResult() == nil {
+		t.Fatalf("events %v, want one result", evs)
+	}
+}

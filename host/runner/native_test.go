@@ -1035,6 +1035,8 @@ func BenchmarkNativeStageOverhead(b *testing.B) {
 		// The Go and Python SDKs take runs on the fd channel; these send
 		// them over the gRPC Run call, as every SDK did before.
 		{"noop-grpc/go", "go", "probe.noop"}, {"noop-grpc/py", "py", "probe-py.noop"},
+		// The Rust SDK too: the same plugin on the fd channel and over the Run call.
+		{"noop/rust", "rust", "probe-rust.noop"}, {"noop-grpc/rust", "rust", "probe-rust.noop"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			if strings.HasPrefix(tc.name, "noop-grpc/") {

@@ -99,11 +99,7 @@ pub(crate) fn execute(
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(Failure::Stage(e)),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic payload".into());
+            let what = panic_message(panic.as_ref());
             log::error(&format!("panic in stage {name} ({kind}): {what}"));
             return Err(Failure::Panic(what));
         }
@@ -127,6 +123,15 @@ pub(crate) fn execute(
         })),
     });
     Ok(())
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".into())
 }
 
 /// getrusage's CPU time (ns) and ru_maxrss (KiB).

@@ -1,12 +1,15 @@
 //! The plugin process: go-plugin handshake, the gRPC services, the fd
-//! channel, and running stages on their own threads.
+//! channel, and running stages on their own threads, for the gRPC `Run`
+//! call and for runs on the fd channel (`chanrun`) alike.
+
+mod chanrun;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,6 +22,7 @@ use crate::pb;
 use crate::run::{self, ActiveRuns, Failure};
 use crate::shm::{Channel, ChannelEnd, Mailbox, ENV_FD_CHANNEL};
 use crate::{log, Error, ErrorKind, Stage};
+use chanrun::ChannelRuns;
 
 /// The go-plugin handshake cookie: it tells a program started by hand that
 /// it is not being run by pipehost. Not a security measure.
@@ -55,15 +59,10 @@ fn fail_start(msg: &str) -> ! {
 /// Started by hand (without the host's handshake cookie) it explains what it
 /// is on stderr and exits with status 1.
 pub fn serve(stages: Vec<Stage>) -> ! {
-    let mut by_kind = HashMap::new();
     if stages.is_empty() {
         fail_start("serve was called with no stages");
     }
-    for s in &stages {
-        if by_kind.insert(s.kind().to_string(), s.clone()).is_some() {
-            fail_start(&format!("stage kind {:?} is registered twice", s.kind()));
-        }
-    }
+    let by_kind = index(&stages).unwrap_or_else(|e| fail_start(&e));
     let kinds: Vec<&str> = stages.iter().map(Stage::kind).collect();
 
     if std::env::var(COOKIE_KEY).ok().as_deref() != Some(COOKIE_VALUE) {
@@ -108,30 +107,30 @@ pub fn serve(stages: Vec<Stage>) -> ! {
     let (listener, path) = bind_socket(&dir).unwrap_or_else(|e| fail_start(&e.to_string()));
     let _ = SOCKET_PATH.set(path.clone());
 
-    // The host's end closing (EOF) means the host is gone: nobody will read
-    // our results, so leave at once. CLOSE is a clean stop.
-    let mailbox = Mailbox::start(channel.clone(), |end| match end {
-        ChannelEnd::Closed => exit_now(0),
-        ChannelEnd::Gone => {
-            log::error("host is gone (fd channel EOF); exiting");
-            exit_now(3)
-        }
-        ChannelEnd::Broken(why) => {
-            log::error(&format!("fd channel: {why}; exiting"));
-            exit_now(3)
-        }
-    });
-    let plugin = Arc::new(Plugin {
-        stages: by_kind,
-        order: stages,
-        plane: Some(Arc::new(DataPlane::new(channel, mailbox))),
-        active: ActiveRuns::default(),
-    });
-
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail_start(&format!("starting the runtime: {e}")));
+    // The host's end closing (EOF) means the host is gone: nobody will read
+    // our results, so leave at once. CLOSE is a clean stop.
+    let plugin = Plugin::on_channel(
+        stages,
+        by_kind,
+        channel,
+        rt.handle().clone(),
+        |end| match end {
+            ChannelEnd::Closed => exit_now(0),
+            ChannelEnd::Gone => {
+                log::error("host is gone (fd channel EOF); exiting");
+                exit_now(3)
+            }
+            ChannelEnd::Broken(why) => {
+                log::error(&format!("fd channel: {why}; exiting"));
+                exit_now(3)
+            }
+        },
+    );
+
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)
             .unwrap_or_else(|e| fail_start(&format!("socket {}: {e}", path.display())));
@@ -210,14 +209,61 @@ fn bind_socket(dir: &Path) -> Result<(StdUnixListener, PathBuf), Error> {
     )))
 }
 
+/// Indexes stages by kind; a kind offered twice is an error.
+fn index(stages: &[Stage]) -> Result<HashMap<String, Stage>, String> {
+    let mut by_kind = HashMap::new();
+    for s in stages {
+        if by_kind.insert(s.kind().to_string(), s.clone()).is_some() {
+            return Err(format!("stage kind {:?} is registered twice", s.kind()));
+        }
+    }
+    Ok(by_kind)
+}
+
 pub(crate) struct Plugin {
     stages: HashMap<String, Stage>,
     order: Vec<Stage>,
     plane: Option<Arc<DataPlane>>,
     active: ActiveRuns,
+    /// The runs in flight on the fd channel.
+    runs: ChannelRuns,
 }
 
 impl Plugin {
+    /// A plugin whose fd channel is `channel`: its reader files the fds the
+    /// host sends and takes runs, each run going to a blocking thread of
+    /// `runner`. `on_end` runs on the reader once the channel ends.
+    fn on_channel(
+        order: Vec<Stage>,
+        stages: HashMap<String, Stage>,
+        channel: Arc<Channel>,
+        runner: tokio::runtime::Handle,
+        on_end: impl FnOnce(ChannelEnd) + Send + 'static,
+    ) -> Arc<Plugin> {
+        // The reader holds the plugin weakly: the plugin holds the reader's
+        // mailbox, and the channel must close when the plugin goes.
+        Arc::new_cyclic(|me: &Weak<Plugin>| {
+            let route = chanrun::Route::new(me.clone(), channel.clone(), runner);
+            let mailbox = Mailbox::start_taking_runs(channel.clone(), Box::new(route), on_end);
+            Plugin {
+                stages,
+                order,
+                plane: Some(Arc::new(DataPlane::new(channel, mailbox))),
+                active: ActiveRuns::default(),
+                runs: ChannelRuns::default(),
+            }
+        })
+    }
+
+    /// The stage that runs `req`: `NotFound` when the plugin has no such
+    /// kind, and then the request's fds are let go.
+    fn stage_for(&self, req: &pb::RunRequest) -> Result<Stage, Status> {
+        self.stages.get(&req.kind).cloned().ok_or_else(|| {
+            self.discard(req);
+            Status::not_found(format!("this plugin has no stage kind {:?}", req.kind))
+        })
+    }
+
     /// Closes the fds of a run that will not use them (taken ones are closed
     /// already), so a failed run leaks nothing.
     fn discard(&self, req: &pb::RunRequest) {
@@ -275,9 +321,9 @@ impl pb::stage_server::Stage for StageService {
             sdk: "rust".into(),
             sdk_version: crate::VERSION.into(),
             protocol_revision: PROTOCOL_REVISION,
-            // Runs come over the gRPC call: this SDK does not take them on
-            // the fd channel (docs/protocol.md, "Runs on the fd channel").
-            channel_runs: false,
+            // Runs on the fd channel need the channel; the gRPC Run call
+            // stays for hosts that ask for it (PIPEHOST_RUN_OVER_GRPC).
+            channel_runs: self.0.plane.is_some(),
         }))
     }
 
@@ -286,13 +332,7 @@ impl pb::stage_server::Stage for StageService {
     async fn run(&self, req: Request<pb::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
         let req = req.into_inner();
         let plugin = self.0.clone();
-        let Some(stage) = plugin.stages.get(&req.kind).cloned() else {
-            plugin.discard(&req);
-            return Err(Status::not_found(format!(
-                "this plugin has no stage kind {:?}",
-                req.kind
-            )));
-        };
+        let stage = plugin.stage_for(&req)?;
         let (tx, rx) = mpsc::unbounded_channel::<RunItem>();
         let cancelled = Arc::new(AtomicBool::new(false));
         let events = tx.clone();
@@ -400,6 +440,7 @@ mod tests {
             order: stages,
             plane: None,
             active: ActiveRuns::default(),
+            runs: ChannelRuns::default(),
         })
     }
 
@@ -434,6 +475,7 @@ mod tests {
         assert_eq!((resp.sdk.as_str(), resp.protocol_revision), ("rust", 1));
         let kinds: Vec<&str> = resp.stages.iter().map(|s| s.kind.as_str()).collect();
         assert_eq!(kinds, ["t.ok", "t.param", "t.panic", "t.wait", "t.grid"]);
+        assert!(!resp.channel_runs, "no fd channel, and runs offered on it");
     }
 
     #[test]

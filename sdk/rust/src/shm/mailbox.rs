@@ -1,5 +1,6 @@
 //! The mailbox: reads the plugin's end of the fd channel on a thread and
-//! files each received fd under its token until the Run that names it.
+//! files each received fd under its token until the Run that names it; on a
+//! channel that carries runs it hands their messages to a [`RunRoute`].
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -20,6 +21,18 @@ pub enum ChannelEnd {
     Broken(String),
 }
 
+/// Takes the messages of runs on the fd channel (RUN, EVENT, END, CANCEL)
+/// from a mailbox's reader thread.
+pub(crate) trait RunRoute: Send + 'static {
+    /// A RUN, EVENT or END with its payload, or a CANCEL with an empty one,
+    /// in the order they arrive. Runs on the reader, so it must not block:
+    /// the fds behind the message wait for it. An error (a message this side
+    /// never takes) ends the channel as a protocol violation.
+    fn route(&mut self, m: Message, payload: Vec<u8>) -> Result<(), Error>;
+    /// The channel ended; nothing more will be routed.
+    fn ended(&mut self);
+}
+
 #[derive(Default)]
 struct Pending {
     parcels: HashMap<u64, (Message, OwnedFd)>,
@@ -37,7 +50,26 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// Starts the reader thread. `on_end` runs on it once the channel ends.
+    /// The channel speaks the base protocol: a message of a run is unknown.
     pub fn start(ch: Arc<Channel>, on_end: impl FnOnce(ChannelEnd) + Send + 'static) -> Mailbox {
+        Self::start_reader(ch, None, on_end)
+    }
+
+    /// [`start`](Self::start) for a channel that carries runs: their
+    /// messages go to `runs`, whose `ended` is called before `on_end`.
+    pub(crate) fn start_taking_runs(
+        ch: Arc<Channel>,
+        runs: Box<dyn RunRoute>,
+        on_end: impl FnOnce(ChannelEnd) + Send + 'static,
+    ) -> Mailbox {
+        Self::start_reader(ch, Some(runs), on_end)
+    }
+
+    fn start_reader(
+        ch: Arc<Channel>,
+        mut runs: Option<Box<dyn RunRoute>>,
+        on_end: impl FnOnce(ChannelEnd) + Send + 'static,
+    ) -> Mailbox {
         let shared = Arc::new((Mutex::new(Pending::default()), Condvar::new()));
         let mb = Mailbox {
             shared: shared.clone(),
@@ -46,32 +78,48 @@ impl Mailbox {
             .name("pipehost-fd-channel".into())
             .spawn(move || {
                 let end = loop {
-                    match ch.recv() {
+                    let got = match runs {
+                        Some(_) => ch.recv_payload(),
+                        None => ch.recv(),
+                    };
+                    let (m, fd, payload) = match got {
                         Ok(Received::Eof) => break ChannelEnd::Gone,
-                        Ok(Received::Message(m, _)) if m.kind == MsgType::Close => {
-                            break ChannelEnd::Closed
-                        }
-                        Ok(Received::Message(m, Some(fd))) => {
-                            let (lock, cv) = &*shared;
-                            let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
-                            if p.parcels.contains_key(&m.token) {
-                                drop(p);
-                                break ChannelEnd::Broken(format!(
-                                    "fd channel protocol violation: token {:#x} received twice",
-                                    m.token
-                                ));
-                            }
-                            if p.unwanted.remove(&m.token) {
-                                drop(fd);
-                                continue;
-                            }
-                            p.parcels.insert(m.token, (m, fd));
-                            cv.notify_all();
-                        }
-                        Ok(Received::Message(..)) => unreachable!("recv checks the fd count"),
+                        Ok(Received::Message(m, fd)) => (m, fd, None),
+                        Ok(Received::Payload(m, payload)) => (m, None, Some(payload)),
                         Err(e) => break ChannelEnd::Broken(e.to_string()),
+                    };
+                    if m.kind == MsgType::Close {
+                        break ChannelEnd::Closed;
                     }
+                    if payload.is_some() || m.kind == MsgType::Cancel {
+                        // Only recv_payload, read when there is a route, takes these.
+                        let route = runs.as_mut().expect("a run's message without a route");
+                        match route.route(m, payload.unwrap_or_default()) {
+                            Ok(()) => continue,
+                            Err(e) => break ChannelEnd::Broken(e.to_string()),
+                        }
+                    }
+                    let fd = fd.expect("recv checks the fd count");
+                    let (lock, cv) = &*shared;
+                    let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    if p.parcels.contains_key(&m.token) {
+                        drop(p);
+                        break ChannelEnd::Broken(format!(
+                            "fd channel protocol violation: token {:#x} received twice",
+                            m.token
+                        ));
+                    }
+                    if p.unwanted.remove(&m.token) {
+                        drop(fd);
+                        continue;
+                    }
+                    p.parcels.insert(m.token, (m, fd));
+                    cv.notify_all();
                 };
+                // Runs in flight learn first: nobody is left to read them.
+                if let Some(mut route) = runs.take() {
+                    route.ended();
+                }
                 // The channel, and this thread's hold on the filed fds, go
                 // before anyone learns the channel ended: whoever waits for
                 // the end then finds no fd still open on this thread's behalf.

@@ -10,8 +10,9 @@ mod mailbox;
 mod segment;
 
 pub use channel::{
-    decode_header, encode_header, Channel, Message, MsgType, Received, ENV_FD_CHANNEL, HEADER_SIZE,
-    MAGIC, PLUGIN_TOKEN_BIT, VERSION,
+    decode_header, decode_run_header, encode_header, Channel, Message, MsgType, Outgoing, Received,
+    ENV_FD_CHANNEL, HEADER_SIZE, MAGIC, MAX_FRAME, MAX_PAYLOAD, PLUGIN_TOKEN_BIT, VERSION,
 };
+pub(crate) use mailbox::RunRoute;
 pub use mailbox::{ChannelEnd, Mailbox};
 pub use segment::{seal_string, Mapping, Segment, Writer, SIZE_SEALS};

@@ -11,7 +11,9 @@
 //!
 //! It also offers well-behaved probes of the dynamic-output path:
 //! `probe-rust.blob` creates a blob output, `probe-rust.blobsum` and
-//! `probe-rust.tablebytes` read a blob or an (Arrow) table input.
+//! `probe-rust.tablebytes` read a blob or an (Arrow) table input; and of a
+//! run itself: `probe-rust.noop` does nothing (what a run costs),
+//! `probe-rust.wait` waits until the host cancels it.
 
 use std::os::fd::RawFd;
 
@@ -301,6 +303,14 @@ fn tablebytes(ctx: &RunContext, _: ()) -> Result<(), Error> {
     Ok(())
 }
 
+fn wait(ctx: &RunContext, _: ()) -> Result<(), Error> {
+    ctx.info("probe-rust.wait: waiting for the host to cancel the run");
+    loop {
+        ctx.check_cancelled()?;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 fn main() {
     serve(vec![
         Stage::new("bad-rust.keepmap", "1.0.0", keepmap)
@@ -329,6 +339,12 @@ fn main() {
         Stage::new("probe-rust.tablebytes", "1.0.0", tablebytes)
             .doc("Looks at the raw bytes of a table input.")
             .input(Port::table("in"))
+            .concurrent(true),
+        Stage::new("probe-rust.noop", "1.0.0", |_: &RunContext, _: ()| Ok(()))
+            .doc("Does nothing: what a run itself costs.")
+            .concurrent(true),
+        Stage::new("probe-rust.wait", "1.0.0", wait)
+            .doc("Waits until the host cancels the run.")
             .concurrent(true),
     ])
 }
