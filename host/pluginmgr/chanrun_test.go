@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -170,11 +171,11 @@ func TestRunOverGRPCTurnsChannelRunsOff(t *testing.T) {
 	}
 }
 
-// launchRust starts the Rust test plugin (bin/testplugins/misbehave-rust,
-// built by make build-rust), stopped at cleanup.
-func launchRust(t *testing.T) *pluginmgr.Plugin {
+// launchNative starts a test plugin of the C++ or Rust SDK (rel under
+// bin/, built by make build-cpp or build-rust), stopped at cleanup.
+func launchNative(t *testing.T, lang, rel string) *pluginmgr.Plugin {
 	t.Helper()
-	path := nativeBinary(t, "rust", "testplugins/misbehave-rust")
+	path := nativeBinary(t, lang, rel)
 	m, err := pluginmgr.New(pluginmgr.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +192,7 @@ func launchRust(t *testing.T) *pluginmgr.Plugin {
 // missing kind with NotFound, and a run the host gives up on is cancelled
 // in the plugin, which takes the next one.
 func TestChannelRunsOfARustPlugin(t *testing.T) {
-	p := launchRust(t)
+	p := launchNative(t, "rust", "testplugins/misbehave-rust")
 	if !p.ChannelRuns {
 		t.Fatal("the Rust SDK does not offer runs on the fd channel")
 	}
@@ -239,7 +240,7 @@ func TestChannelRunsOfARustPlugin(t *testing.T) {
 // the gRPC Run call, which still works.
 func TestRustPluginRunsOverGRPCWhenAsked(t *testing.T) {
 	t.Setenv(pluginmgr.EnvRunOverGRPC, "1")
-	p := launchRust(t)
+	p := launchNative(t, "rust", "testplugins/misbehave-rust")
 	if p.ChannelRuns {
 		t.Fatalf("%s set, and the plugin still runs on the channel", pluginmgr.EnvRunOverGRPC)
 	}
@@ -263,5 +264,122 @@ func TestRustPluginRunsOverGRPCWhenAsked(t *testing.T) {
 	}
 	if len(evs) != 1 || evs[0].GetResult() == nil {
 		t.Fatalf("events %v, want one result", evs)
+	}
+}
+
+// The C++ SDK takes runs on the fd channel: events in order, a dynamic
+// output's ADOPT before the Result that names it, the failures' codes, and
+// a cancelled run that leaves the plugin taking the next one.
+func TestCppChannelRuns(t *testing.T) {
+	p := launchNative(t, "cpp", "testplugins/minimal-cpp")
+	if !p.ChannelRuns {
+		t.Fatal("the C++ SDK does not offer runs on the fd channel")
+	}
+	r, err := p.RunOnChannel(context.Background(), &pb.RunRequest{RunId: "r", Stage: "s", Kind: "minimal-cpp.stdout"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := drain(t, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, ev := range evs {
+		switch {
+		case ev.GetSpan() != nil:
+			kinds = append(kinds, "span:"+ev.GetSpan().GetName())
+		case ev.GetLog() != nil:
+			kinds = append(kinds, "log")
+		case ev.GetResult() != nil:
+			kinds = append(kinds, "result")
+		}
+	}
+	if got, want := strings.Join(kinds, " "), "log span:inner span:outer result"; got != want {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+	dyn := evs[len(evs)-1].GetResult().GetDynamicOutputs()
+	if len(dyn) != 1 || dyn[0].GetPort() != "text" {
+		t.Fatalf("dynamic outputs %v, want the blob \"text\"", dyn)
+	}
+	// The ADOPT came first on the same socket: its fd is there already.
+	m, fd, ok := p.Mailbox.TryTake(dyn[0].GetFdToken())
+	if !ok {
+		t.Fatal("the Result came before the ADOPT of its dynamic output")
+	}
+	unix.Close(fd)
+	if m.Size != dyn[0].GetHandle().GetSegmentSize() {
+		t.Errorf("ADOPT of %d bytes, the handle says %d", m.Size, dyn[0].GetHandle().GetSegmentSize())
+	}
+
+	for _, c := range []struct {
+		req  *pb.RunRequest
+		code codes.Code
+		want string
+	}{
+		{&pb.RunRequest{Stage: "s", Kind: "minimal-cpp.nosuch"}, codes.NotFound, `no stage kind "minimal-cpp.nosuch"`},
+		{&pb.RunRequest{Stage: "s", Kind: "minimal-cpp.sleep", Params: map[string]*pb.Value{"ms": {Kind: &pb.Value_StringValue{StringValue: "long"}}}},
+			codes.InvalidArgument, "ms"},
+	} {
+		r, err := p.RunOnChannel(context.Background(), c.req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = drain(t, r)
+		if status.Code(err) != c.code || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %v saying %q", c.req.Kind, err, c.code, c.want)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	r, err = p.RunOnChannel(ctx, &pb.RunRequest{Stage: "s", Kind: "minimal-cpp.sleep",
+		Params: map[string]*pb.Value{"ms": {Kind: &pb.Value_IntValue{IntValue: 60_000}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err = drain(t, r); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("ended with %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the host waited %v past its deadline", d)
+	}
+	r, err = p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "t", Kind: "minimal-cpp.noop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs, err := drain(t, r); err != nil || len(evs) != 1 || evs[0].GetResult() == nil {
+		t.Fatalf("next run: %v %v", evs, err)
+	}
+}
+
+// With PIPEHOST_RUN_OVER_GRPC set the host uses the C++ plugin's gRPC Run
+// call, which works as before.
+func TestCppRunOverGRPCStillWorks(t *testing.T) {
+	t.Setenv(pluginmgr.EnvRunOverGRPC, "1")
+	p := launchNative(t, "cpp", "testplugins/minimal-cpp")
+	if p.ChannelRuns {
+		t.Fatalf("%s set, and the plugin still runs on the channel", pluginmgr.EnvRunOverGRPC)
+	}
+	s, err := p.Run(context.Background(), &pb.RunRequest{RunId: "r", Stage: "s", Kind: "minimal-cpp.noop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.(*pluginmgr.ChannelRun); ok {
+		t.Fatal("the run went on the fd channel")
+	}
+	var evs []*pb.RunEvent
+	for {
+		ev, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+	}
+	if len(evs) != 1 || evs[0].GetResult() == nil {
+		t.Fatalf("events %v, want the result", evs)
 	}
 }

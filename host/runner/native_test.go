@@ -1032,10 +1032,10 @@ func BenchmarkNativeStageOverhead(b *testing.B) {
 		{"blur-chain/cpp", "cpp", "ref.blur-cpp"}, {"blur-chain/rust", "rust", "ref.blur-rust"},
 		{"blur-chain/go", "go", "ref.blur-go"}, {"blur-chain/py", "py", "ref.blur-py"},
 		{"noop/cpp", "cpp", "minimal-cpp.noop"}, {"noop/go", "go", "probe.noop"}, {"noop/py", "py", "probe-py.noop"},
-		// The Go and Python SDKs take runs on the fd channel; these send
-		// them over the gRPC Run call, as every SDK did before.
-		{"noop-grpc/go", "go", "probe.noop"}, {"noop-grpc/py", "py", "probe-py.noop"},
-		// The Rust SDK too: the same plugin on the fd channel and over the Run call.
+		// The C++, Go, Python and Rust SDKs take runs on the fd channel;
+		// these send them over the gRPC Run call, as every SDK did before.
+		{"noop-grpc/cpp", "cpp", "minimal-cpp.noop"}, {"noop-grpc/go", "go", "probe.noop"},
+		{"noop-grpc/py", "py", "probe-py.noop"},
 		{"noop/rust", "rust", "probe-rust.noop"}, {"noop-grpc/rust", "rust", "probe-rust.noop"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {

@@ -199,4 +199,33 @@ RunStatus run_stage(const StageDef& def, const pb::RunRequest& req, FdChannel* c
   return {};
 }
 
+Stages::Stages(std::vector<Stage> stages, FdChannel* ch, Mailbox* mb) : stages_(std::move(stages)), ch_(ch), mb_(mb) {
+  for (const Stage& s : stages_) by_kind_[s.def().kind] = &s.def();
+}
+
+RunStatus Stages::run(const pb::RunRequest& req, const std::function<void(const pb::RunEvent&)>& send,
+                      std::function<bool()> cancelled) const {
+  RunStatus st;
+  auto it = by_kind_.find(req.kind());
+  if (it == by_kind_.end()) {
+    st = {RunStatus::NotFound, "this plugin has no stage kind \"" + req.kind() + "\""};
+  } else {
+    try {
+      st = run_stage(*it->second, req, ch_, mb_, send, std::move(cancelled));
+    } catch (const std::exception& e) {
+      // Failures of the stage itself are caught inside; this is the SDK's.
+      st = {RunStatus::Internal, "pipehost SDK error: " + std::string(e.what())};
+    }
+  }
+  if (!st.ok() && mb_ != nullptr) {
+    // A run that failed before it took its fds (an unknown kind, a refused
+    // param or binding) leaves them filed; nobody else will take them.
+    std::vector<uint64_t> tokens;
+    for (const auto& b : req.inputs()) tokens.push_back(b.fd_token());
+    for (const auto& b : req.outputs()) tokens.push_back(b.fd_token());
+    mb_->discard(tokens);
+  }
+  return st;
+}
+
 }  // namespace pipehost::detail

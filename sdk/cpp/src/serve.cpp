@@ -23,6 +23,7 @@
 #include <string>
 #include <thread>
 
+#include "chanrun.hpp"
 #include "context_impl.hpp"
 #include "data.hpp"
 #include "run.hpp"
@@ -137,28 +138,23 @@ pb::StageDescriptor descriptor(const StageDef& d) {
 
 class StageService final : public pb::Stage::Service {
  public:
-  StageService(std::vector<Stage> stages, detail::FdChannel* ch, detail::Mailbox* mb)
-      : stages_(std::move(stages)), ch_(ch), mb_(mb) {
-    for (const Stage& s : stages_) {
-      by_kind_[s.def().kind] = &s.def();
-      descriptors_.push_back(descriptor(s.def()));
-    }
+  explicit StageService(const detail::Stages& stages) : stages_(stages) {
+    for (const Stage& s : stages_.all()) descriptors_.push_back(descriptor(s.def()));
   }
 
   grpc::Status Describe(grpc::ServerContext*, const pb::DescribeRequest*, pb::DescribeResponse* resp) override {
     resp->set_sdk("cpp");
     resp->set_sdk_version(sdk_version());
     resp->set_protocol_revision(kProtocolRevision);
+    // The host sends runs on the fd channel (ChannelRuns) unless told to
+    // use this service's Run.
+    resp->set_channel_runs(true);
     for (const auto& d : descriptors_) *resp->add_stages() = d;
     return grpc::Status::OK;
   }
 
   grpc::Status Run(grpc::ServerContext* sctx, const pb::RunRequest* req,
                    grpc::ServerWriter<pb::RunEvent>* writer) override {
-    auto it = by_kind_.find(req->kind());
-    if (it == by_kind_.end()) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND, "this plugin has no stage kind \"" + req->kind() + "\"");
-    }
     std::mutex send_mu;
     const auto send = [&](const pb::RunEvent& ev) {
       std::lock_guard<std::mutex> lock(send_mu);
@@ -166,18 +162,14 @@ class StageService final : public pb::Stage::Service {
       // that never comes.
       writer->Write(ev);
     };
-    const detail::RunStatus st =
-        detail::run_stage(*it->second, *req, ch_, mb_, send, [sctx] { return sctx->IsCancelled(); });
+    const detail::RunStatus st = stages_.run(*req, send, [sctx] { return sctx->IsCancelled(); });
     if (st.ok()) return grpc::Status::OK;
     return grpc::Status(static_cast<grpc::StatusCode>(st.code), st.message);
   }
 
  private:
-  std::vector<Stage> stages_;
-  std::map<std::string, const StageDef*> by_kind_;
+  const detail::Stages& stages_;
   std::vector<pb::StageDescriptor> descriptors_;
-  detail::FdChannel* ch_;
-  detail::Mailbox* mb_;
 };
 
 class ControllerService final : public plugin::GRPCController::Service {
@@ -282,16 +274,21 @@ void serve(std::vector<Stage> stages) {
   } catch (const Error& e) {
     die(e.what());
   }
-  // The host is gone (EOF) or said goodbye (CLOSE): exit at once.
+  // The host is gone (EOF), said goodbye (CLOSE) or broke the protocol:
+  // exit at once, and the runs in flight with the process.
   detail::Mailbox mailbox(*channel, [](detail::Mailbox::End why, const std::string& msg) {
     if (why == detail::Mailbox::End::Closed) exit_now(0);
     log_error("pipehost plugin: host is gone: " + msg);
     exit_now(3);
   });
 
+  detail::Stages table(std::move(stages), channel.get(), &mailbox);
+  detail::ChannelRuns runs(table, *channel);
+  mailbox.route([&runs](const detail::Message& m, std::string&& payload) { return runs.route(m, std::move(payload)); });
+
   g_socket_path = socket_path();
   grpc::EnableDefaultHealthCheckService(true);
-  StageService stage_svc(std::move(stages), channel.get(), &mailbox);
+  StageService stage_svc(table);
   ControllerService controller_svc;
   StdioService stdio_svc;
   grpc::ServerBuilder builder;

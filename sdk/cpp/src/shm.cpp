@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <sstream>
@@ -72,13 +73,13 @@ uint64_t get64(const uint8_t* p) {
   return v;
 }
 
+}  // namespace
+
 std::string hex(uint64_t v) {
   std::ostringstream o;
   o << "0x" << std::hex << v;
   return o.str();
 }
-
-}  // namespace
 
 int64_t now_ns() {
   struct timespec ts;
@@ -298,9 +299,17 @@ const char* msg_type_name(uint16_t t) {
     case 1: return "SEGMENT";
     case 2: return "ADOPT";
     case 3: return "CLOSE";
+    case 4: return "RUN";
+    case 5: return "EVENT";
+    case 6: return "END";
+    case 7: return "CANCEL";
   }
   return "unknown";
 }
+
+bool carries_fd(MsgType t) { return t == MsgType::Segment || t == MsgType::Adopt; }
+
+bool carries_payload(MsgType t) { return t == MsgType::Run || t == MsgType::Event || t == MsgType::End; }
 
 std::array<uint8_t, kHeaderSize> encode_header(const Message& m) {
   std::array<uint8_t, kHeaderSize> b{};
@@ -314,6 +323,7 @@ std::array<uint8_t, kHeaderSize> encode_header(const Message& m) {
 }
 
 std::string check_token(const Message& m) {
+  const std::string name = msg_type_name(static_cast<uint16_t>(m.type));
   switch (m.type) {
     case MsgType::Segment:
       if (m.token == 0 || (m.token & kPluginTokenBit)) {
@@ -324,12 +334,49 @@ std::string check_token(const Message& m) {
       if (!(m.token & kPluginTokenBit)) return "ADOPT token " + hex(m.token) + " is not a plugin token (top bit set)";
       return "";
     case MsgType::Close: return "";
+    case MsgType::Run:
+    case MsgType::Event:
+    case MsgType::End:
+    case MsgType::Cancel: break;
   }
-  return "unknown message type " + std::to_string(static_cast<uint16_t>(m.type));
+  if (m.type != MsgType::Run && m.type != MsgType::Event && m.type != MsgType::End && m.type != MsgType::Cancel) {
+    return "unknown message type " + std::to_string(static_cast<uint16_t>(m.type));
+  }
+  // The host numbers runs in its own token space, so a run's token never
+  // names an fd of the other direction.
+  if (m.token == 0 || (m.token & kPluginTokenBit)) {
+    return name + " token " + hex(m.token) + " is not a run token (a host token, 1 ≤ token < 2^63)";
+  }
+  if (m.type == MsgType::Cancel) {
+    if (m.segment_id != 0 || m.size != 0) {
+      return "CANCEL message for token " + hex(m.token) + " has total " + std::to_string(m.segment_id) + " and size " +
+             std::to_string(m.size) + ", want 0 and 0";
+    }
+    return "";
+  }
+  const std::string frame = name + " frame for token " + hex(m.token);
+  if (m.segment_id > kMaxPayload) {
+    return name + " payload for token " + hex(m.token) + " is " + std::to_string(m.segment_id) +
+           " bytes, more than the limit of " + std::to_string(kMaxPayload);
+  }
+  if (m.size > kMaxFrame) {
+    return frame + " says it carries " + std::to_string(m.size) + " bytes, more than a frame's " +
+           std::to_string(kMaxFrame);
+  }
+  if (m.size > m.segment_id) {
+    return frame + " carries " + std::to_string(m.size) + " bytes, but only " + std::to_string(m.segment_id) +
+           " of its " + std::to_string(m.segment_id) + "-byte payload are missing";
+  }
+  if (m.size == 0 && m.segment_id > 0) {
+    return frame + " is empty, but its " + std::to_string(m.segment_id) + "-byte payload is not";
+  }
+  return "";
 }
 
-bool decode_header(const uint8_t* b, size_t n, Message& out, std::string& why) {
-  if (n != kHeaderSize) {
+bool decode_header(const uint8_t* b, size_t n, Message& out, std::string& why, bool runs) {
+  // Without runs every message is exactly a header; with them a frame may
+  // follow it, and its length is checked once the header says how long.
+  if (runs ? n < kHeaderSize : n != kHeaderSize) {
     why = "message is " + std::to_string(n) + " bytes, want 32";
     return false;
   }
@@ -342,7 +389,7 @@ bool decode_header(const uint8_t* b, size_t n, Message& out, std::string& why) {
     return false;
   }
   const uint16_t t = get16(b + 6);
-  if (t < 1 || t > 3) {
+  if (t < 1 || t > (runs ? 7 : 3)) {
     why = "unknown message type " + std::to_string(t);
     return false;
   }
@@ -353,6 +400,18 @@ bool decode_header(const uint8_t* b, size_t n, Message& out, std::string& why) {
   m.size = get64(b + 24);
   why = check_token(m);
   if (!why.empty()) return false;
+  if (runs) {
+    const char* name = msg_type_name(t);
+    if (carries_payload(m.type) && n != kHeaderSize + m.size) {
+      why = std::string(name) + " frame for token " + hex(m.token) + " is " + std::to_string(n) +
+            " bytes, want 32 + its size " + std::to_string(m.size);
+      return false;
+    }
+    if (!carries_payload(m.type) && n != kHeaderSize) {
+      why = std::string(name) + " message is " + std::to_string(n) + " bytes, want 32";
+      return false;
+    }
+  }
   out = m;
   return true;
 }
@@ -391,51 +450,178 @@ std::unique_ptr<FdChannel> FdChannel::from_env() {
   return std::make_unique<FdChannel>(UniqueFd(static_cast<int>(fd)));
 }
 
+namespace {
+
+// Datagram is one record on the wire: a header, the bytes of one frame of a
+// payload, and at most one fd.
+struct Datagram {
+  std::array<uint8_t, kHeaderSize> hdr;
+  std::string_view body;
+  int fd = -1;
+};
+
+// layout checks o as every receiver would and cuts it into datagrams: one
+// for a base message or CANCEL, one per frame (at least one) for a payload.
+void layout(const Outgoing& o, std::vector<Datagram>& out) {
+  const Message& m = o.msg;
+  const std::string name = msg_type_name(static_cast<uint16_t>(m.type));
+  if (carries_payload(m.type)) {
+    if (o.fd >= 0) throw Error("fd channel: a " + name + " message must not carry an fd");
+    const uint64_t total = o.payload.size();
+    Message first{m.type, m.token, total, std::min<uint64_t>(total, kMaxFrame)};
+    if (const std::string bad = check_token(first); !bad.empty()) throw Error("fd channel: " + bad);
+    size_t off = 0;
+    do {
+      const size_t n = std::min<size_t>(o.payload.size() - off, kMaxFrame);
+      out.push_back(Datagram{encode_header(Message{m.type, m.token, total, n}), o.payload.substr(off, n), -1});
+      off += n;
+    } while (off < o.payload.size());
+    return;
+  }
+  if (!o.payload.empty()) throw Error("fd channel: a " + name + " message carries no payload");
+  if (const std::string bad = check_token(m); !bad.empty()) throw Error("fd channel: " + bad);
+  if (carries_fd(m.type) != (o.fd >= 0)) {
+    throw Error("fd channel: " + name + (o.fd >= 0 ? " message must not carry an fd" : " message needs an fd"));
+  }
+  out.push_back(Datagram{encode_header(m), {}, o.fd});
+}
+
+// Control is room for one SCM_RIGHTS fd, aligned as the kernel wants it.
+union Control {
+  char buf[CMSG_SPACE(sizeof(int))];
+  struct cmsghdr align;
+};
+
+}  // namespace
+
 void FdChannel::send(const Message& m, int fd) {
-  const std::string bad = check_token(m);
-  if (!bad.empty()) throw Error("fd channel: " + bad);
-  const bool wants_fd = m.type == MsgType::Segment || m.type == MsgType::Adopt;
-  if (wants_fd != (fd >= 0)) {
-    throw Error(std::string("fd channel: ") + msg_type_name(static_cast<uint16_t>(m.type)) +
-                (fd >= 0 ? " message must not carry an fd" : " message needs an fd"));
+  if (carries_payload(m.type)) {
+    throw Error(std::string("fd channel: a ") + msg_type_name(static_cast<uint16_t>(m.type)) +
+                " message is sent with send_payload");
   }
-  auto hdr = encode_header(m);
-  struct iovec iov;
-  iov.iov_base = hdr.data();
-  iov.iov_len = hdr.size();
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(struct cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))];
-  if (fd >= 0) {
-    memset(ctrl, 0, sizeof ctrl);
-    msg.msg_control = ctrl;
-    msg.msg_controllen = sizeof ctrl;
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  send_batch({Outgoing{m, fd, {}}});
+}
+
+void FdChannel::send_payload(MsgType t, uint64_t token, std::string_view payload) {
+  if (!carries_payload(t)) {
+    throw Error(std::string("fd channel: a ") + msg_type_name(static_cast<uint16_t>(t)) + " message has no payload");
   }
+  send_batch({Outgoing{Message{t, token, 0, 0}, -1, payload}});
+}
+
+void FdChannel::send_batch(const std::vector<Outgoing>& batch) {
+  std::vector<Datagram> grams;
+  for (const Outgoing& o : batch) layout(o, grams);
+  if (grams.empty()) return;
+  std::vector<struct iovec> iovs(grams.size() * 2);
+  std::vector<Control> ctrl(grams.size());
+  std::vector<struct mmsghdr> hdrs(grams.size());
+  for (size_t i = 0; i < grams.size(); ++i) {
+    Datagram& g = grams[i];
+    struct msghdr& h = hdrs[i].msg_hdr;
+    memset(&hdrs[i], 0, sizeof hdrs[i]);
+    iovs[2 * i] = {g.hdr.data(), g.hdr.size()};
+    iovs[2 * i + 1] = {const_cast<char*>(g.body.data()), g.body.size()};
+    h.msg_iov = &iovs[2 * i];
+    h.msg_iovlen = g.body.empty() ? 1 : 2;
+    if (g.fd >= 0) {
+      memset(&ctrl[i], 0, sizeof ctrl[i]);
+      h.msg_control = ctrl[i].buf;
+      h.msg_controllen = sizeof ctrl[i].buf;
+      struct cmsghdr* c = CMSG_FIRSTHDR(&h);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(c), &g.fd, sizeof(int));
+    }
+  }
+  const Message& first = batch.front().msg;
+  const auto fail = [&](const std::string& why) {
+    std::string what = std::string("fd channel: send ") + msg_type_name(static_cast<uint16_t>(first.type)) +
+                       " token " + hex(first.token);
+    if (batch.size() > 1) what += " and " + std::to_string(batch.size() - 1) + " more";
+    return Error(what + ": " + why);
+  };
+  // One lock for the whole batch: the frames of a payload, and a Result
+  // with its END, reach the peer with nothing of ours in between.
   std::lock_guard<std::mutex> lock(send_mu_);
-  for (;;) {
-    const ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
-    if (n == static_cast<ssize_t>(kHeaderSize)) return;
+  size_t sent = 0;
+  while (sent < hdrs.size()) {
+    // The kernel takes at most UIO_MAXIOV records a call; the loop sends the rest.
+    const int n = ::sendmmsg(fd_.get(), &hdrs[sent], static_cast<unsigned>(hdrs.size() - sent), MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    const int e = errno;
-    throw Error(std::string("fd channel: send ") + msg_type_name(static_cast<uint16_t>(m.type)) + " token " +
-                hex(m.token) + ": " + (n < 0 ? errstr(e) : "short write"));
+    if (n < 0) throw fail(errstr(errno));
+    if (n == 0) throw fail("the socket took nothing");
+    sent += static_cast<size_t>(n);
   }
 }
 
-FdChannel::Received FdChannel::recv() {
+FdChannel::Received FdChannel::recv(bool runs) {
+  std::lock_guard<std::mutex> lock(recv_mu_);
   Received r;
-  uint8_t buf[kHeaderSize];
+  Frame f = recv_frame(runs);
+  r.status = f.status;
+  r.error = std::move(f.error);
+  if (f.status != Status::Ok) return r;
+  r.msg = f.msg;
+  r.fd = std::move(f.fd);
+  if (!carries_payload(f.msg.type)) return r;
+  const Message first = f.msg;
+  const std::string name = msg_type_name(static_cast<uint16_t>(first.type));
+  r.payload.reserve(first.segment_id);
+  r.payload.append(reinterpret_cast<const char*>(recv_buf_.data() + kHeaderSize), first.size);
+  auto fail = [&](std::string why) {
+    Received bad;
+    bad.status = Status::Protocol;
+    bad.error = "fd channel protocol violation: " + why;
+    return bad;
+  };
+  while (r.payload.size() < first.segment_id) {
+    const std::string incomplete = " while the " + std::to_string(first.segment_id) + "-byte " + name +
+                                   " payload for token " + hex(first.token) + " is incomplete (" +
+                                   std::to_string(r.payload.size()) + " bytes arrived)";
+    Frame next = recv_frame(true);  // a rejected frame's fds are closed with it
+    if (next.status == Status::Eof) {
+      return fail("the channel ended inside the " + std::to_string(first.segment_id) + "-byte " + name +
+                  " payload for token " + hex(first.token) + " (" + std::to_string(r.payload.size()) +
+                  " bytes arrived)");
+    }
+    if (next.status != Status::Ok) {
+      Received bad;
+      bad.status = next.status;
+      bad.error = std::move(next.error);
+      return bad;
+    }
+    const Message& m = next.msg;
+    const std::string mname = msg_type_name(static_cast<uint16_t>(m.type));
+    if (m.type != first.type || m.token != first.token || m.segment_id != first.segment_id) {
+      const std::string what = carries_payload(m.type) ? mname + " frame for token " + hex(m.token) + " of a " +
+                                                             std::to_string(m.segment_id) + "-byte payload"
+                                                       : mname + " message";
+      return fail(what + incomplete);
+    }
+    const uint64_t missing = first.segment_id - r.payload.size();
+    if (m.size > missing) {
+      return fail(mname + " frame for token " + hex(m.token) + " carries " + std::to_string(m.size) +
+                  " bytes, but only " + std::to_string(missing) + " of its " + std::to_string(first.segment_id) +
+                  "-byte payload are missing");
+    }
+    r.payload.append(reinterpret_cast<const char*>(recv_buf_.data() + kHeaderSize), m.size);
+  }
+  r.msg.size = 0;
+  return r;
+}
+
+FdChannel::Frame FdChannel::recv_frame(bool runs) {
+  Frame f;
+  // Room for one whole frame with runs; without them a 32-byte buffer, so
+  // that anything longer comes with MSG_TRUNC.
+  const size_t room = runs ? kHeaderSize + kMaxFrame : kHeaderSize;
+  if (recv_buf_.size() < room) recv_buf_.resize(room);
   alignas(struct cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * kMaxFds)];
   struct iovec iov;
-  iov.iov_base = buf;
-  iov.iov_len = sizeof buf;
+  iov.iov_base = recv_buf_.data();
+  iov.iov_len = room;
   struct msghdr msg;
   ssize_t n;
   for (;;) {
@@ -448,9 +634,9 @@ FdChannel::Received FdChannel::recv() {
     if (n >= 0 || errno != EINTR) break;
   }
   if (n < 0) {
-    r.status = Status::Error;
-    r.error = "fd channel: receive: " + errstr(errno);
-    return r;
+    f.status = Status::Error;
+    f.error = "fd channel: receive: " + errstr(errno);
+    return f;
   }
   // Collect every fd first, so that a rejected message leaks none.
   std::vector<UniqueFd> fds;
@@ -470,31 +656,31 @@ FdChannel::Received FdChannel::recv() {
     }
   }
   auto fail = [&](std::string why) {
-    r.status = Status::Protocol;
-    r.error = "fd channel protocol violation: " + why;
-    return std::move(r);
+    f.status = Status::Protocol;
+    f.error = "fd channel protocol violation: " + why;
+    return std::move(f);
   };
   if (n == 0 && msg.msg_controllen == 0 && !(msg.msg_flags & MSG_TRUNC)) {
-    r.status = Status::Eof;
-    return r;
+    f.status = Status::Eof;
+    return f;
   }
   if (odd_cmsg) return fail("unexpected control message");
   if (msg.msg_flags & MSG_CTRUNC) {
     return fail("control data truncated (more than 16 fds, or the fd limit is reached)");
   }
-  if (msg.msg_flags & MSG_TRUNC) return fail("message longer than 32 bytes");
+  if (msg.msg_flags & MSG_TRUNC) return fail("message longer than " + std::to_string(room) + " bytes");
   Message m;
   std::string why;
-  if (!decode_header(buf, static_cast<size_t>(n), m, why)) return fail(why);
-  const size_t want = (m.type == MsgType::Segment || m.type == MsgType::Adopt) ? 1 : 0;
+  if (!decode_header(recv_buf_.data(), static_cast<size_t>(n), m, why, runs)) return fail(why);
+  const size_t want = carries_fd(m.type) ? 1 : 0;
   if (fds.size() != want) {
     return fail(std::string(msg_type_name(static_cast<uint16_t>(m.type))) + " message for token " + hex(m.token) +
                 " carries " + std::to_string(fds.size()) + " fds, want " + std::to_string(want));
   }
-  r.status = Status::Ok;
-  r.msg = m;
-  if (want == 1) r.fd = std::move(fds[0]);
-  return r;
+  f.status = Status::Ok;
+  f.msg = m;
+  if (want == 1) f.fd = std::move(fds[0]);
+  return f;
 }
 
 // --- Mailbox -------------------------------------------------------------------------------
@@ -527,9 +713,15 @@ void Mailbox::finish(End why, const std::string& msg) {
   if (call && on_end_) on_end_(why, msg);
 }
 
+void Mailbox::route(Route f) {
+  auto r = std::make_shared<const Route>(std::move(f));
+  std::lock_guard<std::mutex> lock(mu_);
+  route_ = std::move(r);
+}
+
 void Mailbox::loop() {
   for (;;) {
-    FdChannel::Received r = ch_.recv();
+    FdChannel::Received r = ch_.recv(true);
     switch (r.status) {
       case FdChannel::Status::Eof: return finish(End::Eof, "fd channel: peer is gone (EOF)");
       case FdChannel::Status::Protocol: return finish(End::Protocol, r.error);
@@ -537,6 +729,18 @@ void Mailbox::loop() {
       case FdChannel::Status::Ok: break;
     }
     if (r.msg.type == MsgType::Close) return finish(End::Closed, "fd channel: peer closed the channel cleanly");
+    if (!carries_fd(r.msg.type)) {
+      std::shared_ptr<const Route> route;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        route = route_;
+      }
+      const std::string name = msg_type_name(static_cast<uint16_t>(r.msg.type));
+      const std::string bad = route ? (*route)(r.msg, std::move(r.payload))
+                                    : "a " + name + " message, and this side takes no runs on the channel";
+      if (bad.empty()) continue;
+      return finish(End::Protocol, "fd channel protocol violation: " + bad);
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (pending_.count(r.msg.token) == 0) {
@@ -546,6 +750,17 @@ void Mailbox::loop() {
       }
     }
     return finish(End::Protocol, "fd channel protocol violation: token " + hex(r.msg.token) + " received twice");
+  }
+}
+
+void Mailbox::discard(const std::vector<uint64_t>& tokens) {
+  std::vector<UniqueFd> drop;  // closed after the lock is let go
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const uint64_t t : tokens) {
+    auto it = pending_.find(t);
+    if (it == pending_.end()) continue;
+    drop.push_back(std::move(it->second.second));
+    pending_.erase(it);
   }
 }
 

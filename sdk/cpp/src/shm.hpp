@@ -11,10 +11,15 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
+#include <vector>
 
 namespace pipehost::detail {
+
+// hex renders a token or id as the messages about it do, e.g. "0x1f".
+std::string hex(uint64_t v);
 
 // now_ns is CLOCK_MONOTONIC in nanoseconds, the clock the host uses too.
 int64_t now_ns();
@@ -125,10 +130,22 @@ inline constexpr size_t kHeaderSize = 32;
 inline constexpr uint64_t kPluginTokenBit = uint64_t{1} << 63;
 inline constexpr int kMaxFds = 16;
 inline constexpr const char* kEnvFdChannel = "PIPEHOST_FD_CHANNEL";
+// kMaxFrame is the most payload bytes one datagram carries after its
+// header: far below any socket buffer, so a send never fails for size.
+inline constexpr size_t kMaxFrame = 32 << 10;
+// kMaxPayload bounds a whole payload (a RunRequest or a RunEvent).
+inline constexpr uint64_t kMaxPayload = uint64_t{64} << 20;
 
-enum class MsgType : uint16_t { Segment = 1, Adopt = 2, Close = 3 };
+// Types 4 to 7 carry runs on the channel (docs/protocol.md, "Runs on the
+// fd channel"); a receiver that takes no runs rejects them.
+enum class MsgType : uint16_t { Segment = 1, Adopt = 2, Close = 3, Run = 4, Event = 5, End = 6, Cancel = 7 };
 const char* msg_type_name(uint16_t t);
+bool carries_fd(MsgType t);
+bool carries_payload(MsgType t);
 
+// Message is a decoded header. For one frame of a RUN, EVENT or END
+// payload, segment_id is the whole payload's length and size the bytes the
+// frame carries; a message received whole has size 0.
 struct Message {
   MsgType type = MsgType::Close;
   uint64_t token = 0;
@@ -138,13 +155,25 @@ struct Message {
 
 std::array<uint8_t, kHeaderSize> encode_header(const Message& m);
 // decode_header checks length, magic, version, type and token space; on
-// error it returns false and says why.
-bool decode_header(const uint8_t* b, size_t n, Message& out, std::string& why);
-// check_token: "" when the token is in its type's space.
+// error it returns false and says why. With runs, types 4 to 7 are known
+// too, n is the whole datagram (a header and a frame) and the payload
+// fields are checked against kMaxFrame and kMaxPayload.
+bool decode_header(const uint8_t* b, size_t n, Message& out, std::string& why, bool runs = false);
+// check_token: "" when the token is in its type's space (and, for the
+// types of runs, the payload fields are within bounds).
 std::string check_token(const Message& m);
 
 // next_plugin_token is 2^63+1, 2^63+2, ... for ADOPT messages.
 uint64_t next_plugin_token();
+
+// Outgoing is one message of a batch: a base message with its fd (-1 for
+// none), or a RUN, EVENT or END with its payload (which must outlive the
+// send).
+struct Outgoing {
+  Message msg;
+  int fd = -1;
+  std::string_view payload;
+};
 
 class FdChannel {
  public:
@@ -155,25 +184,48 @@ class FdChannel {
   static std::unique_ptr<FdChannel> from_env();
 
   // send writes one message; fd must be >= 0 for SEGMENT and ADOPT and -1
-  // for CLOSE. The caller keeps its fd. Throws Error.
+  // otherwise. The caller keeps its fd. Throws Error.
   void send(const Message& m, int fd);
+  // send_payload writes a RUN, EVENT or END: the payload cut into frames
+  // of at most kMaxFrame bytes, sent back to back. Throws Error.
+  void send_payload(MsgType t, uint64_t token, std::string_view payload);
+  // send_batch writes every message of batch with sendmmsg(2), in order and
+  // with nothing else this side sends in between: the peer sees the same
+  // datagrams as from one send each, but wakes once for all of them.
+  // Throws Error.
+  void send_batch(const std::vector<Outgoing>& batch);
 
   enum class Status { Ok, Eof, Protocol, Error };
   struct Received {
     Status status = Status::Error;
     Message msg;
     UniqueFd fd;
+    std::string payload;  // a RUN, EVENT or END's, whole
     std::string error;
   };
-  // recv reads one message. A malformed message is Status::Protocol and
+  // recv reads one message. With runs, a RUN, EVENT or END comes whole, its
+  // frames joined into payload. A malformed message is Status::Protocol and
   // every fd it carried is closed.
-  Received recv();
+  Received recv(bool runs = false);
 
   int fd() const { return fd_.get(); }
 
  private:
+  struct Frame {
+    Status status = Status::Error;
+    Message msg;
+    UniqueFd fd;
+    std::string error;
+  };
+  // recv_frame reads one datagram; a frame's bytes are left in recv_buf_.
+  Frame recv_frame(bool runs);
+
   UniqueFd fd_;
   std::mutex send_mu_;
+  // recv_mu_ keeps one reader at a time: a payload's frames are joined in
+  // order in one buffer.
+  std::mutex recv_mu_;
+  std::vector<uint8_t> recv_buf_;
 };
 
 // Mailbox reads a channel on a background thread and files each received
@@ -184,15 +236,24 @@ class Mailbox {
  public:
   enum class End { None, Closed, Eof, Protocol, Error };
   using OnEnd = std::function<void(End, const std::string&)>;
+  // Route takes a RUN, EVENT, END or CANCEL message, with its payload, on
+  // the reader thread; it must not block. A non-empty result is a protocol
+  // violation, and ends the channel.
+  using Route = std::function<std::string(const Message&, std::string&&)>;
 
   Mailbox(FdChannel& ch, OnEnd on_end);
   ~Mailbox();
   Mailbox(const Mailbox&) = delete;
   Mailbox& operator=(const Mailbox&) = delete;
 
+  // route hands every message of runs to f from now on; until then each is
+  // a protocol violation.
+  void route(Route f);
   // take waits up to timeout for the fd sent under token and hands it over.
   // Throws Error on timeout or when the channel ended first.
   std::pair<Message, UniqueFd> take(uint64_t token, std::chrono::milliseconds timeout);
+  // discard closes the fds filed under tokens that a run will not take.
+  void discard(const std::vector<uint64_t>& tokens);
   End ended() const;
 
  private:
@@ -204,6 +265,7 @@ class Mailbox {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<uint64_t, std::pair<Message, UniqueFd>> pending_;
+  std::shared_ptr<const Route> route_;
   End end_ = End::None;
   std::string err_;
   bool stopping_ = false;

@@ -102,10 +102,12 @@ namespace {
 const char* status_name(RunStatus::Code c) {
   switch (c) {
     case RunStatus::Ok: return "OK";
+    case RunStatus::Cancelled: return "CANCELLED";
     case RunStatus::InvalidArgument: return "INVALID_ARGUMENT";
     case RunStatus::NotFound: return "NOT_FOUND";
     case RunStatus::FailedPrecondition: return "FAILED_PRECONDITION";
     case RunStatus::Aborted: return "ABORTED";
+    case RunStatus::Internal: return "INTERNAL";
   }
   return "UNKNOWN";
 }

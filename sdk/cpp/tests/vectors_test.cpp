@@ -1,6 +1,7 @@
 // The shared vectors of testdata/ that pin behaviour the Go SDK defines:
 // param conversion (params.json), fd channel framing on a real socket pair
-// with real fds (fdchannel.json) and the handle of an adopted dynamic output
+// with real fds (fdchannel.json, and fdchannel-runs.json for the payloads of
+// runs on the channel) and the handle of an adopted dynamic output
 // (adopted.json). handshake.json is checked against a real plugin process in
 // plugin_test.cpp.
 #include <sys/mman.h>
@@ -14,6 +15,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "context_impl.hpp"
 #include "data.hpp"
@@ -166,6 +168,29 @@ const std::map<std::string, std::string> kFramePhrases = {
     {"host_token", "is not a host token"},      {"plugin_token", "is not a plugin token"},
     {"fd_count", "fds, want"}};
 
+// The reason classes of fdchannel-runs.json, in this SDK's words (any one
+// of them).
+const std::map<std::string, std::vector<std::string>> kRunFramePhrases = {
+    {"long", {"longer than 32800 bytes"}},
+    {"short", {"bytes, want 32"}},
+    {"unknown_type", {"unknown message type"}},
+    {"run_token", {"is not a run token"}},
+    {"cancel_fields", {"want 0 and 0"}},
+    {"payload_too_big", {"more than the limit of 67108864"}},
+    {"frame_size", {"more than a frame's 32768", "payload are missing"}},
+    {"empty_frame", {"is empty, but its"}},
+    {"length", {"want 32 + its size"}},
+    {"interleaved", {"is incomplete"}},
+    {"truncated", {"the channel ended inside"}},
+    {"fd_count", {"fds, want 0"}}};
+
+bool says_one_of(const std::string& error, const std::vector<std::string>& phrases) {
+  for (const auto& p : phrases) {
+    if (error.find(p) != std::string::npos) return true;
+  }
+  return false;
+}
+
 std::string u64hex(uint64_t v) {
   char b[24];
   std::snprintf(b, sizeof b, "0x%016llx", static_cast<unsigned long long>(v));
@@ -244,6 +269,55 @@ TEST(Vectors, FdChannelFraming) {
       EXPECT_EQ(r.fd.get(), -1) << name;
     }
     r.fd.reset();
+    EXPECT_EQ(open_count(memfd_name), 1) << name << ": every received fd is closed";
+  }
+  EXPECT_EQ(seen.size(), v["reasons"].size()) << "a reason class without a case";
+}
+
+TEST(Vectors, FdChannelRunsFraming) {
+  const auto v = testdata::load("fdchannel-runs.json");
+  ASSERT_EQ(v["schema"], "pipehost.fdchannel-runs/1");
+  for (const auto& [name, rule] : v["reasons"].items()) ASSERT_TRUE(kRunFramePhrases.count(name)) << name;
+  std::set<std::string> seen;
+  int i = 0;
+  for (const auto& c : v["cases"]) {
+    const std::string name = c["name"];
+    const std::string memfd_name = "vec-run-frame-" + std::to_string(i++);
+    detail::UniqueFd mem(::memfd_create(memfd_name.c_str(), MFD_CLOEXEC));
+    ASSERT_GE(mem.get(), 0);
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    detail::UniqueFd host(sv[0]);
+    detail::FdChannel ch{detail::UniqueFd(sv[1])};
+    // A sender of its own: the datagrams break the rules on purpose, and
+    // the largest fill the socket's buffer, so they go while the receiver reads.
+    std::vector<std::pair<std::string, int>> grams;
+    for (const auto& d : c["datagrams"]) {
+      grams.emplace_back(testdata::unhex(d["data"].get<std::string>()) + std::string(d.value("fill", 0), '\xa5'),
+                         d.value("fds", 0));
+    }
+    std::thread sender([&] {
+      for (const auto& [data, nfds] : grams) send_raw(host.get(), data, mem.get(), nfds);
+      if (c.value("close", false)) host.reset();
+    });
+    auto r = ch.recv(true);
+    sender.join();
+    if (c["outcome"] == "message") {
+      ASSERT_EQ(r.status, detail::FdChannel::Status::Ok) << name << ": " << r.error;
+      const auto& m = c["message"];
+      EXPECT_EQ(std::to_string(static_cast<int>(r.msg.type)), m["type"].get<std::string>()) << name;
+      EXPECT_EQ(u64hex(r.msg.token), m["token"].get<std::string>()) << name;
+      EXPECT_EQ(std::to_string(r.payload.size()), m["length"].get<std::string>()) << name;
+      EXPECT_EQ(testdata::sha256_hex(r.payload), m["sha256"].get<std::string>()) << name;
+      EXPECT_EQ(r.fd.get(), -1) << name;
+    } else {
+      const std::string reason = c["reason"];
+      seen.insert(reason);
+      ASSERT_EQ(r.status, detail::FdChannel::Status::Protocol) << name << ": want a " << reason << " reject";
+      EXPECT_TRUE(says_one_of(r.error, kRunFramePhrases.at(reason)))
+          << name << ": want a " << reason << " reject, got: " << r.error;
+      EXPECT_EQ(r.fd.get(), -1) << name;
+    }
     EXPECT_EQ(open_count(memfd_name), 1) << name << ": every received fd is closed";
   }
   EXPECT_EQ(seen.size(), v["reasons"].size()) << "a reason class without a case";
