@@ -100,18 +100,21 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 		e.cutOff(ctx, runCtx, n, r, later)
 		return
 	}
-	// Consumers start first: closing the inputs' segments (the kernel frees
-	// their pages then) and the stage's record need not delay them.
+	// Consumers start as soon as the outputs are sealed: digesting them
+	// (started here, on other goroutines), storing them and the stage's
+	// record need not delay them.
 	if c != nil {
 		e.digestOutputs(r)
 	}
 	publish()
-	// The consumer publish just woke waits on this processor's run queue:
-	// let it go first, so closing the inputs and writing the record below
-	// happen while it runs rather than before it starts.
-	runtime.Gosched()
+	// The inputs go before the consumer starts: it may admit its own
+	// consumer's outputs, which must not find them still held.
 	releaseInputs()
 	done()
+	// The consumer publish woke waits on this processor's run queue: let it
+	// go first, so digests, stores and the stage's record happen while it
+	// runs rather than before it starts.
+	runtime.Gosched()
 	if c == nil {
 		return
 	}
