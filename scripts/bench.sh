@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bench-handoff.sh
 scripts/bench-stages.sh
+scripts/bench-native-runs.sh
 scripts/bench-engine.sh
 scripts/bench-cog.sh
 scripts/bench-remote.sh
