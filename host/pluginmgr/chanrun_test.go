@@ -35,7 +35,7 @@ func launchProbe(t *testing.T) *pluginmgr.Plugin {
 
 // drain reads a run to its end: its events, and the error that ended it
 // (nil for a successful END).
-func drain(t *testing.T, r *pluginmgr.ChannelRun) ([]*pb.RunEvent, error) {
+func drain(t *testing.T, r pluginmgr.RunEvents) ([]*pb.RunEvent, error) {
 	t.Helper()
 	var evs []*pb.RunEvent
 	for {
@@ -236,37 +236,6 @@ func TestChannelRunsOfARustPlugin(t *testing.T) {
 	}
 }
 
-// With PIPEHOST_RUN_OVER_GRPC set the host runs a Rust plugin's stages over
-// the gRPC Run call, which still works.
-func TestRustPluginRunsOverGRPCWhenAsked(t *testing.T) {
-	t.Setenv(pluginmgr.EnvRunOverGRPC, "1")
-	p := launchNative(t, "rust", "testplugins/misbehave-rust")
-	if p.ChannelRuns {
-		t.Fatalf("%s set, and the plugin still runs on the channel", pluginmgr.EnvRunOverGRPC)
-	}
-	stream, err := p.Run(context.Background(), &pb.RunRequest{Stage: "s", Kind: "probe-rust.noop"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := stream.(*pluginmgr.ChannelRun); ok {
-		t.Fatal("the run went on the fd channel")
-	}
-	var evs []*pb.RunEvent
-	for {
-		ev, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		evs = append(evs, ev)
-	}
-	if len(evs) != 1 || evs[0].GetResult() == nil {
-		t.Fatalf("events %v, want one result", evs)
-	}
-}
-
 // The C++ SDK takes runs on the fd channel: events in order, a dynamic
 // output's ADOPT before the Result that names it, the failures' codes, and
 // a cancelled run that leaves the plugin taking the next one.
@@ -353,33 +322,33 @@ func TestCppChannelRuns(t *testing.T) {
 	}
 }
 
-// With PIPEHOST_RUN_OVER_GRPC set the host uses the C++ plugin's gRPC Run
-// call, which works as before.
-func TestCppRunOverGRPCStillWorks(t *testing.T) {
+// With PIPEHOST_RUN_OVER_GRPC set the host runs the native SDKs' stages over
+// their gRPC Run call, which still works.
+func TestNativeRunsOverGRPCWhenAsked(t *testing.T) {
 	t.Setenv(pluginmgr.EnvRunOverGRPC, "1")
-	p := launchNative(t, "cpp", "testplugins/minimal-cpp")
-	if p.ChannelRuns {
-		t.Fatalf("%s set, and the plugin still runs on the channel", pluginmgr.EnvRunOverGRPC)
-	}
-	s, err := p.Run(context.Background(), &pb.RunRequest{RunId: "r", Stage: "s", Kind: "minimal-cpp.noop"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := s.(*pluginmgr.ChannelRun); ok {
-		t.Fatal("the run went on the fd channel")
-	}
-	var evs []*pb.RunEvent
-	for {
-		ev, err := s.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		evs = append(evs, ev)
-	}
-	if len(evs) != 1 || evs[0].GetResult() == nil {
-		t.Fatalf("events %v, want the result", evs)
+	for _, c := range []struct{ lang, plugin, kind string }{
+		{"cpp", "testplugins/minimal-cpp", "minimal-cpp.noop"},
+		{"rust", "testplugins/misbehave-rust", "probe-rust.noop"},
+	} {
+		t.Run(c.lang, func(t *testing.T) {
+			p := launchNative(t, c.lang, c.plugin)
+			if p.ChannelRuns {
+				t.Fatalf("%s set, and the plugin still runs on the channel", pluginmgr.EnvRunOverGRPC)
+			}
+			s, err := p.Run(context.Background(), &pb.RunRequest{RunId: "r", Stage: "s", Kind: c.kind})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := s.(*pluginmgr.ChannelRun); ok {
+				t.Fatal("the run went on the fd channel")
+			}
+			evs, err := drain(t, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(evs) != 1 || evs[0].GetResult() == nil {
+				t.Fatalf("events %v, want the result", evs)
+			}
+		})
 	}
 }

@@ -26,10 +26,13 @@
 #include "chanrun.hpp"
 #include "pipehost/pipehost.hpp"
 #include "run.hpp"
+#include "fdtest.hpp"
 #include "shm.hpp"
 
 using namespace pipehost;
 using namespace pipehost::detail;
+using fdtest::open_count;
+using fdtest::send_raw;
 namespace pb = pipehost::v1;
 
 namespace {
@@ -45,41 +48,6 @@ struct Pair {
     plugin.reset(fds[1]);
   }
 };
-
-// open_count is how many of this process's fds are the memfd called name.
-int open_count(const std::string& name) {
-  int n = 0;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
-    std::error_code ec;
-    const auto target = std::filesystem::read_symlink(e.path(), ec);
-    if (!ec && target.string().rfind("/memfd:" + name + " ", 0) == 0) ++n;
-  }
-  return n;
-}
-
-// send_raw sends bytes with nfds copies of fd (the test's own sender, to
-// break rules).
-void send_raw(int sock, const std::string& data, int fd, int nfds) {
-  struct iovec iov;
-  iov.iov_base = const_cast<char*>(data.data());
-  iov.iov_len = data.size();
-  struct msghdr msg;
-  std::memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  std::vector<char> ctrl;
-  if (nfds > 0) {
-    ctrl.assign(CMSG_SPACE(sizeof(int) * nfds), 0);
-    msg.msg_control = ctrl.data();
-    msg.msg_controllen = ctrl.size();
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    for (int i = 0; i < nfds; ++i) std::memcpy(CMSG_DATA(c) + i * sizeof(int), &fd, sizeof fd);
-  }
-  ASSERT_EQ(::sendmsg(sock, &msg, MSG_NOSIGNAL), static_cast<ssize_t>(data.size())) << std::strerror(errno);
-}
 
 // frame is one datagram: a header and body.
 std::string frame(MsgType t, uint64_t token, uint64_t total, uint64_t size, const std::string& body) {

@@ -18,9 +18,12 @@
 
 #include "data.hpp"
 #include "pipehost/error.hpp"
+#include "fdtest.hpp"
 #include "shm.hpp"
 
 using namespace pipehost::detail;
+using fdtest::open_count;
+using fdtest::send_raw;
 namespace pb = pipehost::v1;
 
 namespace {
@@ -34,28 +37,6 @@ struct Pair {
     plugin.reset(fds[1]);
   }
 };
-
-// send_raw sends bytes with n fds (the test's own sender, to break rules).
-void send_raw(int sock, const void* data, size_t len, const std::vector<int>& fds) {
-  struct iovec iov;
-  iov.iov_base = const_cast<void*>(data);
-  iov.iov_len = len;
-  struct msghdr msg;
-  std::memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  std::vector<char> ctrl(CMSG_SPACE(sizeof(int) * fds.size()));
-  if (!fds.empty()) {
-    msg.msg_control = ctrl.data();
-    msg.msg_controllen = ctrl.size();
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  ASSERT_GE(::sendmsg(sock, &msg, MSG_NOSIGNAL), 0) << strerror(errno);
-}
 
 int open_fds() {
   int n = 0;

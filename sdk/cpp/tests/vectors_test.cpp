@@ -21,9 +21,12 @@
 #include "data.hpp"
 #include "pipehost/pipehost.hpp"
 #include "shm.hpp"
+#include "fdtest.hpp"
 #include "testdata.hpp"
 
 using namespace pipehost;
+using fdtest::open_count;
+using fdtest::send_raw;
 using nlohmann::json;
 namespace pb = pipehost::v1;
 
@@ -127,39 +130,6 @@ bool is_nan_result(const json& r) {
 }
 
 // ---- fd channel ------------------------------------------------------------------------------
-
-void send_raw(int sock, const std::string& data, int fd, int nfds) {
-  struct iovec iov;
-  iov.iov_base = const_cast<char*>(data.data());
-  iov.iov_len = data.size();
-  struct msghdr msg;
-  std::memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  std::vector<char> ctrl;
-  if (nfds > 0) {
-    ctrl.assign(CMSG_SPACE(sizeof(int) * nfds), 0);
-    msg.msg_control = ctrl.data();
-    msg.msg_controllen = ctrl.size();
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    for (int i = 0; i < nfds; ++i) std::memcpy(CMSG_DATA(c) + i * sizeof(int), &fd, sizeof fd);
-  }
-  ASSERT_EQ(::sendmsg(sock, &msg, 0), static_cast<ssize_t>(data.size())) << std::strerror(errno);
-}
-
-// open_count is how many of this process's fds are the memfd called name.
-int open_count(const std::string& name) {
-  int n = 0;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
-    std::error_code ec;
-    const auto target = std::filesystem::read_symlink(e.path(), ec);
-    if (!ec && target.string().rfind("/memfd:" + name + " ", 0) == 0) ++n;
-  }
-  return n;
-}
 
 const std::map<std::string, std::string> kFramePhrases = {
     {"too_many_fds", "control data truncated"}, {"long", "longer than 32 bytes"},
