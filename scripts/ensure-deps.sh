@@ -28,7 +28,7 @@ apt_ensure() {
 
 ensure_protoc() { apt_ensure protobuf-compiler libprotobuf-dev; }
 
-ensure_cpp() { apt_ensure build-essential cmake pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler googletest libgtest-dev nlohmann-json3-dev; }
+ensure_cpp() { apt_ensure build-essential cmake pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler googletest libgtest-dev nlohmann-json3-dev libssl-dev; }
 
 # Python readers nobody here wrote: NumPy, pyarrow, GeoPandas, rasterio, rio-cogeo, GDAL's
 # COG validator (Debian's python3-gdal, seen through --system-site-packages), Perfetto.

@@ -20,17 +20,50 @@ import (
 // launchProbe starts the Go probe plugin, stopped at cleanup.
 func launchProbe(t *testing.T) *pluginmgr.Plugin {
 	t.Helper()
-	dir := testbin.Build(t, "testplugins/go")
+	return launchAt(t, testbin.Copy(t, testbin.Build(t, "testplugins/go"), "probe")+"/probe")
+}
+
+// launchAt starts the plugin at path under a manager of its own, stopped at
+// cleanup.
+func launchAt(t *testing.T, path string) *pluginmgr.Plugin {
+	t.Helper()
 	m, err := pluginmgr.New(pluginmgr.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	p, err := m.Launch(context.Background(), testbin.Copy(t, dir, "probe")+"/probe")
+	p, err := m.Launch(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// cancelledThenNext runs slow, which must outlast a 300 ms deadline: it
+// must end DeadlineExceeded soon after it, and the plugin, having cancelled
+// it, must then run next to its result.
+func cancelledThenNext(t *testing.T, p *pluginmgr.Plugin, slow, next *pb.RunRequest) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	r, err := p.RunOnChannel(ctx, slow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := drain(t, r); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("ended with %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the host waited %v past its deadline", d)
+	}
+	r, err = p.RunOnChannel(context.Background(), next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs, err := drain(t, r); err != nil || len(evs) != 1 || evs[0].GetResult() == nil {
+		t.Fatalf("next run: %v %v", evs, err)
+	}
 }
 
 // drain reads a run to its end: its events, and the error that ended it
@@ -122,29 +155,8 @@ func TestChannelRunFailuresKeepTheirStatus(t *testing.T) {
 
 func TestChannelRunIsCancelledAndThePluginGoesOn(t *testing.T) {
 	p := launchProbe(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
 	wait := map[string]*pb.Value{"wait": {Kind: &pb.Value_BoolValue{BoolValue: true}}}
-	r, err := p.RunOnChannel(ctx, &pb.RunRequest{Stage: "s", Kind: "probe.say", Params: wait})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	_, err = drain(t, r)
-	if status.Code(err) != codes.DeadlineExceeded {
-		t.Fatalf("ended with %v, want DeadlineExceeded", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("the host waited %v past its deadline", d)
-	}
-	// The plugin cancelled that run and takes the next.
-	r, err = p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "t", Kind: "probe.noop"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if evs, err := drain(t, r); err != nil || len(evs) != 1 || evs[0].GetResult() == nil {
-		t.Fatalf("next run: %v %v", evs, err)
-	}
+	cancelledThenNext(t, p, &pb.RunRequest{Stage: "s", Kind: "probe.say", Params: wait}, &pb.RunRequest{Stage: "t", Kind: "probe.noop"})
 }
 
 func TestChannelRunFailsWhenThePluginDies(t *testing.T) {
@@ -175,17 +187,7 @@ func TestRunOverGRPCTurnsChannelRunsOff(t *testing.T) {
 // bin/, built by make build-cpp or build-rust), stopped at cleanup.
 func launchNative(t *testing.T, lang, rel string) *pluginmgr.Plugin {
 	t.Helper()
-	path := nativeBinary(t, lang, rel)
-	m, err := pluginmgr.New(pluginmgr.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	p, err := m.Launch(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return launchAt(t, nativeBinary(t, lang, rel))
 }
 
 // The Rust SDK takes runs on the fd channel: a run ends with its result, a
@@ -211,26 +213,7 @@ func TestChannelRunsOfARustPlugin(t *testing.T) {
 	if _, err := drain(t, r); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), `no stage kind "probe-rust.nosuch"`) {
 		t.Errorf("a missing kind ended with %v, want NotFound", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	r, err = p.RunOnChannel(ctx, &pb.RunRequest{Stage: "s", Kind: "probe-rust.wait"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if _, err := drain(t, r); status.Code(err) != codes.DeadlineExceeded {
-		t.Fatalf("ended with %v, want DeadlineExceeded", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("the host waited %v past its deadline", d)
-	}
-	r, err = p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "t", Kind: "probe-rust.noop"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if evs, err := drain(t, r); err != nil || len(evs) != 1 || evs[0].GetResult() == nil {
-		t.Fatalf("next run: %v %v", evs, err)
-	}
+	cancelledThenNext(t, p, &pb.RunRequest{Stage: "s", Kind: "probe-rust.wait"}, &pb.RunRequest{Stage: "t", Kind: "probe-rust.noop"})
 	if p.Exited() {
 		t.Fatalf("the plugin exited: %s", strings.Join(p.Stderr.Lines(), "\n"))
 	}
@@ -299,27 +282,9 @@ func TestCppChannelRuns(t *testing.T) {
 		}
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	r, err = p.RunOnChannel(ctx, &pb.RunRequest{Stage: "s", Kind: "minimal-cpp.sleep",
-		Params: map[string]*pb.Value{"ms": {Kind: &pb.Value_IntValue{IntValue: 60_000}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if _, err = drain(t, r); status.Code(err) != codes.DeadlineExceeded {
-		t.Fatalf("ended with %v, want DeadlineExceeded", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("the host waited %v past its deadline", d)
-	}
-	r, err = p.RunOnChannel(context.Background(), &pb.RunRequest{Stage: "t", Kind: "minimal-cpp.noop"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if evs, err := drain(t, r); err != nil || len(evs) != 1 || evs[0].GetResult() == nil {
-		t.Fatalf("next run: %v %v", evs, err)
-	}
+	cancelledThenNext(t, p, &pb.RunRequest{Stage: "s", Kind: "minimal-cpp.sleep",
+		Params: map[string]*pb.Value{"ms": {Kind: &pb.Value_IntValue{IntValue: 60_000}}}},
+		&pb.RunRequest{Stage: "t", Kind: "minimal-cpp.noop"})
 }
 
 // With PIPEHOST_RUN_OVER_GRPC set the host runs the native SDKs' stages over

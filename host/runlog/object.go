@@ -1,7 +1,8 @@
 package runlog
 
 import (
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 )
 
@@ -73,21 +74,12 @@ func (o *Object) Object(k string, v *Object) { o.key(k); o.b = v.appendJSON(o.b)
 // Floats adds an object of numbers with sorted keys; NaN and infinities,
 // which JSON has no words for, become null.
 func (o *Object) Floats(k string, m map[string]float64) {
-	keys := make([]string, 0, len(m))
-	for name := range m {
-		keys = append(keys, name)
+	sub := o.Begin(k)
+	for _, name := range slices.Sorted(maps.Keys(m)) {
+		sub.Float(name, m[name])
 	}
-	sort.Strings(keys)
-	var sub Object
-	for _, name := range keys {
-		sub.key(name)
-		sub.b = appendFloat(sub.b, m[name])
-	}
-	o.Object(k, &sub)
+	o.End(&sub)
 }
-
-// AppendJSON appends the object, braces included, to b.
-func (o *Object) AppendJSON(b []byte) []byte { return o.appendJSON(b) }
 
 func (o *Object) appendJSON(b []byte) []byte {
 	b = append(b, '{')

@@ -17,7 +17,7 @@ import (
 // /proc/self/clear_refs = 5). Errors are ignored: peaks are then since
 // process start.
 func ResetPeak() {
-	if fd := clearRefs.get("/proc/self/clear_refs", unix.O_WRONLY); fd >= 0 {
+	if fd := clearRefs.get(); fd >= 0 {
 		_, _ = unix.Write(fd, []byte("5"))
 	}
 }
@@ -29,15 +29,21 @@ func ResetPeak() {
 // share the one memory map it reports), and pread at offset 0 makes the
 // kernel render it afresh each time.
 type keptFile struct {
+	path string
+	mode int
 	once sync.Once
 	fd   int // -1 when it cannot be opened
 }
 
-var clearRefs, statm, status keptFile
+var (
+	clearRefs = keptFile{path: "/proc/self/clear_refs", mode: unix.O_WRONLY}
+	statm     = keptFile{path: "/proc/self/statm", mode: unix.O_RDONLY}
+	status    = keptFile{path: "/proc/self/status", mode: unix.O_RDONLY}
+)
 
-func (k *keptFile) get(path string, mode int) int {
+func (k *keptFile) get() int {
 	k.once.Do(func() {
-		fd, err := unix.Open(path, mode|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(k.path, k.mode|unix.O_CLOEXEC, 0)
 		if err != nil {
 			fd = -1
 		}
@@ -49,9 +55,9 @@ func (k *keptFile) get(path string, mode int) int {
 // Open opens the /proc files this package keeps open, where the first use
 // would: a process that counts its fds (a leak check) opens them first.
 func Open() {
-	clearRefs.get("/proc/self/clear_refs", unix.O_WRONLY)
-	statm.get("/proc/self/statm", unix.O_RDONLY)
-	status.get("/proc/self/status", unix.O_RDONLY)
+	clearRefs.get()
+	statm.get()
+	status.get()
 }
 
 // Peak is this process's VmHWM in bytes, 0 when unknown.
@@ -78,7 +84,7 @@ func PeakSince(startMaxRSS int64, rss uint64, endMaxRSS int64) uint64 {
 // RSS is this process's current VmRSS in bytes, 0 when unknown. It reads
 // /proc/self/statm (a few µs, against tens for /proc/self/status).
 func RSS() uint64 {
-	fd := statm.get("/proc/self/statm", unix.O_RDONLY)
+	fd := statm.get()
 	if fd < 0 {
 		return field("VmRSS:")
 	}
@@ -102,7 +108,7 @@ func RSS() uint64 {
 // field reads one "Name:   123 kB" line of /proc/self/status into a stack
 // buffer: it runs after most stages.
 func field(name string) uint64 {
-	fd := status.get("/proc/self/status", unix.O_RDONLY)
+	fd := status.get()
 	if fd < 0 {
 		return 0
 	}

@@ -32,22 +32,13 @@
 using namespace pipehost;
 using namespace pipehost::detail;
 using fdtest::open_count;
+using fdtest::Pair;
 using fdtest::send_raw;
 namespace pb = pipehost::v1;
 
 namespace {
 
 constexpr int kOk = 0, kCancelled = 1, kInvalidArgument = 3, kNotFound = 5, kAborted = 10;
-
-struct Pair {
-  UniqueFd host, plugin;
-  Pair() {
-    int fds[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) throw std::runtime_error("socketpair");
-    host.reset(fds[0]);
-    plugin.reset(fds[1]);
-  }
-};
 
 // frame is one datagram: a header and body.
 std::string frame(MsgType t, uint64_t token, uint64_t total, uint64_t size, const std::string& body) {

@@ -7,11 +7,25 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <system_error>
 #include <vector>
 
+#include "shm.hpp"
+
 namespace fdtest {
+
+// Pair is a fresh fd channel: the host's end and the plugin's.
+struct Pair {
+  pipehost::detail::UniqueFd host, plugin;
+  Pair() {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) throw std::runtime_error("socketpair");
+    host.reset(fds[0]);
+    plugin.reset(fds[1]);
+  }
+};
 
 // send_raw sends len bytes with fds attached as SCM_RIGHTS: the test's own
 // sender, free to break every rule of the protocol.

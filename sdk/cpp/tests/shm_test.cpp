@@ -23,20 +23,11 @@
 
 using namespace pipehost::detail;
 using fdtest::open_count;
+using fdtest::Pair;
 using fdtest::send_raw;
 namespace pb = pipehost::v1;
 
 namespace {
-
-struct Pair {
-  UniqueFd host, plugin;
-  Pair() {
-    int fds[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) throw std::runtime_error("socketpair");
-    host.reset(fds[0]);
-    plugin.reset(fds[1]);
-  }
-};
 
 int open_fds() {
   int n = 0;

@@ -211,10 +211,9 @@ TEST(Vectors, FdChannelFraming) {
     const std::string memfd_name = "vec-frame-" + std::to_string(i++);
     detail::UniqueFd mem(::memfd_create(memfd_name.c_str(), MFD_CLOEXEC));
     ASSERT_GE(mem.get(), 0);
-    int sv[2];
-    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-    detail::UniqueFd host(sv[0]);
-    detail::FdChannel ch{detail::UniqueFd(sv[1])};
+    fdtest::Pair pair;
+    detail::UniqueFd& host = pair.host;
+    detail::FdChannel ch{std::move(pair.plugin)};
     send_raw(host.get(), testdata::unhex(c["data"].get<std::string>()), mem.get(), c["fds"].get<int>());
     auto r = ch.recv();
     const std::string outcome = c["outcome"];
@@ -255,10 +254,9 @@ TEST(Vectors, FdChannelRunsFraming) {
     const std::string memfd_name = "vec-run-frame-" + std::to_string(i++);
     detail::UniqueFd mem(::memfd_create(memfd_name.c_str(), MFD_CLOEXEC));
     ASSERT_GE(mem.get(), 0);
-    int sv[2];
-    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-    detail::UniqueFd host(sv[0]);
-    detail::FdChannel ch{detail::UniqueFd(sv[1])};
+    fdtest::Pair pair;
+    detail::UniqueFd& host = pair.host;
+    detail::FdChannel ch{std::move(pair.plugin)};
     // A sender of its own: the datagrams break the rules on purpose, and
     // the largest fill the socket's buffer, so they go while the receiver reads.
     std::vector<std::pair<std::string, int>> grams;
