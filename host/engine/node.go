@@ -106,10 +106,11 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 	if c != nil {
 		e.digestOutputs(r)
 	}
-	publish()
-	// The inputs go before the consumer starts: it may admit its own
-	// consumer's outputs, which must not find them still held.
+	// The inputs go before publish wakes the consumers: once a consumer is
+	// admitted, its own consumers preallocate their outputs, and the
+	// inputs must not still be held then (in a chain, three grids at most).
 	releaseInputs()
+	publish()
 	done()
 	// The consumer publish woke waits on this processor's run queue: let it
 	// go first, so digests, stores and the stage's record happen while it
