@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -853,5 +854,35 @@ inputs.in = "b.out"
 	}
 	if live, _ := a.Live(); live != 0 {
 		t.Errorf("%d live segment(s) after the stores", live)
+	}
+}
+
+// In a chain, a stage's inputs are freed before its consumers wake: once a
+// consumer is admitted, its own consumer preallocates its outputs, and the
+// ledger must not hold the inputs then too. The hook stretches the time
+// between the wake-up and the producer's bookkeeping, so holding them too
+// long shows every time, not once in many runs.
+func TestChainHoldsThreeGridsAtMost(t *testing.T) {
+	testHookPublished = func(*plan.Node) { time.Sleep(20 * time.Millisecond) }
+	defer func() { testHookPublished = nil }()
+	s := newFakeSys(t)
+	s.kind("src", "/bin/a", nil, []string{"out"}, concurrent(), source(1))
+	s.kind("inc", "/bin/a", []string{"in"}, []string{"out"}, concurrent(), plusOne)
+	s.kind("sink", "/bin/a", []string{"in"}, nil, concurrent(), sink)
+	cfg := "[stages.s0]\nkind = \"src\"\n"
+	for i := 1; i <= 4; i++ {
+		cfg += fmt.Sprintf("[stages.s%d]\nkind = \"inc\"\ninputs.in = \"s%d.out\"\n", i, i-1)
+	}
+	cfg += "[stages.end]\nkind = \"sink\"\ninputs.in = \"s4.out\"\n"
+	a := arena.New(0)
+	res := s.run(context.Background(), s.pipeline(cfg), a, Options{Jobs: 1})
+	if err := res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.seen["end"]; len(got) != outBytes || got[0] != 5 {
+		t.Fatalf("sink read %d bytes starting %v, want %d bytes of 5", len(got), got[:min(1, len(got))], outBytes)
+	}
+	if peak := a.Peak(); peak > 3*outBytes {
+		t.Errorf("the ledger held %d grids at once in a chain, more than 3: a stage's inputs outlived its consumer's start", peak/outBytes)
 	}
 }

@@ -16,6 +16,10 @@ import (
 // known, once they show its result is already in the cache.
 var errCutoff = errors.New("its result is already in the cache (early cutoff)")
 
+// testHookPublished, when set by a test, runs right after a stage has
+// woken its consumers: the time its own bookkeeping may take then.
+var testHookPublished func(n *plan.Node)
+
 // runNode takes one stage whose producers are all done from "inputs ready"
 // to a final status: skip, cache hit, or admission and execution. publish
 // lets the stage's consumers start; it is called as soon as the outputs
@@ -111,6 +115,9 @@ func (e *Engine) runNode(ctx context.Context, n *plan.Node, r *StageResult, resu
 	// inputs must not still be held then (in a chain, three grids at most).
 	releaseInputs()
 	publish()
+	if testHookPublished != nil {
+		testHookPublished(n)
+	}
 	done()
 	// The consumer publish woke waits on this processor's run queue: let it
 	// go first, so digests, stores and the stage's record happen while it
