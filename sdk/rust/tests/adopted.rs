@@ -6,6 +6,9 @@ use pipehost::pb;
 use prost::Message;
 use serde_json::Value;
 
+mod common;
+use common::{unhex, vectors};
+
 fn hex(v: &Value) -> u64 {
     let s = v
         .as_str()
@@ -17,19 +20,9 @@ fn hexes(v: &Value) -> Vec<u64> {
     v.as_array().unwrap().iter().map(hex).collect()
 }
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 #[test]
 fn shared_vectors() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/adopted.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["schema"], "pipehost.adopted/1");
+    let v = vectors("adopted.json", "pipehost.adopted/1");
     let cases = v["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
     for c in cases {

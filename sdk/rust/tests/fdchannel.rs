@@ -13,15 +13,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use pipehost::shm::{
     decode_run_header, Channel, Message, MsgType, Received, HEADER_SIZE, MAX_FRAME, MAX_PAYLOAD,
 };
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
+mod common;
+use common::{open_count, reason_classes, send_raw, unhex, vectors};
 
 fn memfd(name: &str) -> OwnedFd {
     let c = CString::new(name).unwrap();
@@ -32,56 +27,9 @@ fn memfd(name: &str) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// How many of this process's fds are the memfd called `name`.
-fn open_count(name: &str) -> usize {
-    let want = format!("/memfd:{name} ");
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|t| t.to_string_lossy().starts_with(&want))
-        .count()
-}
-
-/// One sendmsg of `data` with `n` copies of `fd` in one SCM_RIGHTS message.
-fn send_raw(sock: RawFd, data: &[u8], fd: RawFd, n: usize) {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut _,
-        iov_len: data.len(),
-    };
-    let space = unsafe { libc::CMSG_SPACE((n * 4) as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8).max(1)];
-    // SAFETY: plain data; every pointer outlives sendmsg.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if n > 0 {
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN((n * 4) as u32) as _;
-            for i in 0..n {
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>().add(i), fd);
-            }
-        }
-    }
-    let sent = unsafe { libc::sendmsg(sock, &msg, 0) };
-    assert_eq!(
-        sent,
-        data.len() as isize,
-        "sendmsg: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 #[test]
 fn shared_vectors() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/fdchannel.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["schema"], "pipehost.fdchannel/1");
+    let v = vectors("fdchannel.json", "pipehost.fdchannel/1");
     let phrases = HashMap::from([
         ("too_many_fds", "control data truncated"),
         ("long", "longer than 32 bytes"),
@@ -93,13 +41,7 @@ fn shared_vectors() {
         ("plugin_token", "is not a plugin token"),
         ("fd_count", "fds, want"),
     ]);
-    let classes = v["reasons"].as_object().unwrap();
-    for class in classes.keys() {
-        assert!(
-            phrases.contains_key(class.as_str()),
-            "no phrase for {class}"
-        );
-    }
+    let classes = reason_classes(&v, &phrases);
     let mut seen = std::collections::HashSet::new();
     for (i, c) in v["cases"].as_array().unwrap().iter().enumerate() {
         let name = c["name"].as_str().unwrap();
@@ -109,8 +51,7 @@ fn shared_vectors() {
         send_raw(
             host.as_fd().as_raw_fd(),
             &unhex(c["data"].as_str().unwrap()),
-            mem.as_raw_fd(),
-            c["fds"].as_u64().unwrap() as usize,
+            &vec![mem.as_raw_fd(); c["fds"].as_u64().unwrap() as usize],
         );
         let got = plugin.recv();
         match c["outcome"].as_str().unwrap() {
@@ -155,7 +96,7 @@ fn shared_vectors() {
             "{name}: every received fd is closed"
         );
     }
-    assert_eq!(seen.len(), classes.len(), "a reason class without a case");
+    assert_eq!(seen.len(), classes, "a reason class without a case");
 }
 
 /// SHA-256 in hex, as the vectors give payload digests.
@@ -168,13 +109,7 @@ fn sha256(data: &[u8]) -> String {
 
 #[test]
 fn shared_run_vectors() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../testdata/fdchannel-runs.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["schema"], "pipehost.fdchannel-runs/1");
+    let v = vectors("fdchannel-runs.json", "pipehost.fdchannel-runs/1");
     // What each reason class's message says, and nothing else's does.
     let phrases = HashMap::from([
         ("long", "longer than 32800 bytes"),
@@ -190,13 +125,7 @@ fn shared_run_vectors() {
         ("truncated", "the channel ended inside"),
         ("fd_count", "fds, want"),
     ]);
-    let classes = v["reasons"].as_object().unwrap();
-    for class in classes.keys() {
-        assert!(
-            phrases.contains_key(class.as_str()),
-            "no phrase for {class}"
-        );
-    }
+    let classes = reason_classes(&v, &phrases);
     let mut seen = std::collections::HashSet::new();
     for (i, c) in v["cases"].as_array().unwrap().iter().enumerate() {
         let name = c["name"].as_str().unwrap();
@@ -209,7 +138,7 @@ fn shared_run_vectors() {
             data.resize(data.len() + d["fill"].as_u64().unwrap_or(0) as usize, 0xa5);
             sent_payload.extend_from_slice(&data[HEADER_SIZE.min(data.len())..]);
             let fds = d["fds"].as_u64().unwrap_or(0) as usize;
-            send_raw(host.as_fd().as_raw_fd(), &data, mem.as_raw_fd(), fds);
+            send_raw(host.as_fd().as_raw_fd(), &data, &vec![mem.as_raw_fd(); fds]);
         }
         // The host's end stays open through the receive unless the case closes it.
         let host = (!c["close"].as_bool().unwrap_or(false)).then_some(host);
@@ -254,7 +183,7 @@ fn shared_run_vectors() {
         );
         drop(host);
     }
-    assert_eq!(seen.len(), classes.len(), "a reason class without a case");
+    assert_eq!(seen.len(), classes, "a reason class without a case");
 }
 
 /// Reads one datagram as it is on the wire: its header, decoded, and body.

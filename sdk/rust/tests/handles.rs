@@ -6,6 +6,9 @@ use pipehost::handle::{grid_handle, is_dense, validate, Reason};
 use pipehost::{pb, DType};
 use serde_json::Value;
 
+mod common;
+use common::vectors;
+
 fn hex(v: &Value) -> u64 {
     let s = v
         .as_str()
@@ -19,10 +22,7 @@ fn hexes(v: &Value) -> Vec<u64> {
 
 #[test]
 fn shared_vectors() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/handles.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["schema"], "pipehost.handles/1");
+    let v = vectors("handles.json", "pipehost.handles/1");
     let classes = v["reasons"].as_object().unwrap();
     let cases = v["cases"].as_array().unwrap();
     assert!(cases.len() >= 50, "only {} cases", cases.len());

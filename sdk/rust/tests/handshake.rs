@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use pipehost::shm::{Channel, Message, MsgType};
 use pipehost::{Error, RunContext, Stage};
-use serde_json::Value;
+
+mod common;
+use common::vectors;
 
 const CHILD: &str = "PIPEHOST_TEST_HANDSHAKE_CHILD";
 
@@ -83,10 +85,7 @@ fn main() {
     if std::env::var_os(CHILD).is_some() {
         pipehost::serve(vec![Stage::new("vectors.noop", "1.0.0", noop)]);
     }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/handshake.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["schema"], "pipehost.handshake/1");
+    let v = vectors("handshake.json", "pipehost.handshake/1");
     let s = |key: &str| v[key].as_str().unwrap().to_string();
     let n = |key: &str| v[key].as_u64().unwrap();
     let e = |key: &str| v["env"][key].as_str().unwrap().to_string();

@@ -8,6 +8,9 @@ use pipehost::pb::value::Kind;
 use pipehost::{pb, Error, ErrorKind, FromValue, ParamSpec, ParamValues};
 use serde_json::{json, Value};
 
+mod common;
+use common::{reason_classes, vectors};
+
 fn hex(v: &Value) -> u64 {
     let s = v
         .as_str()
@@ -101,21 +104,13 @@ fn is_nan(r: &Value) -> bool {
 
 #[test]
 fn shared_vectors() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/params.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["schema"], "pipehost.params/1");
+    let v = vectors("params.json", "pipehost.params/1");
     let phrases = HashMap::from([
         ("no_value", "has no value"),
         ("type", "expected "),
         ("range", "does not fit"),
     ]);
-    for class in v["reasons"].as_object().unwrap().keys() {
-        assert!(
-            phrases.contains_key(class.as_str()),
-            "no phrase for {class}"
-        );
-    }
+    reason_classes(&v, &phrases);
     let (mut accepted, mut rejected) = (0, 0);
     for c in v["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();

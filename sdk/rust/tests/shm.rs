@@ -12,6 +12,9 @@ use pipehost::shm::{
     Segment, HEADER_SIZE, MAGIC, PLUGIN_TOKEN_BIT,
 };
 
+mod common;
+use common::send_raw;
+
 /// The tests count this process's open fds, so they run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -274,41 +277,6 @@ fn segments_travel_with_their_fd() {
     assert!(matches!(plugin.recv().unwrap(), Received::Eof));
 }
 
-/// Sends raw bytes and fds, bypassing every check of Channel::send.
-fn send_raw(ch: &Channel, data: &[u8], fds: &[RawFd]) {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut _,
-        iov_len: data.len(),
-    };
-    let mut cbuf = [0u64; 64];
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        unsafe {
-            let len = std::mem::size_of_val(fds) as u32;
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(len) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(len) as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr(),
-                libc::CMSG_DATA(c).cast::<RawFd>(),
-                fds.len(),
-            );
-        }
-    }
-    let n = unsafe { libc::sendmsg(ch.as_fd().as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    assert_eq!(
-        n,
-        data.len() as isize,
-        "raw send: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -390,7 +358,7 @@ fn malformed_messages_are_rejected_and_their_fds_closed() {
     let before = open_fds();
     for (name, data, nfds, want) in cases {
         let fds = vec![seg.fd().as_raw_fd(); nfds];
-        send_raw(&host, &data, &fds);
+        send_raw(host.as_fd().as_raw_fd(), &data, &fds);
         let err = plugin.recv().expect_err(name);
         assert!(err.message().contains(want), "{name}: {err}");
         assert_eq!(open_fds(), before, "{name}: received fds leaked");
@@ -509,7 +477,7 @@ fn mailbox_reports_eof_and_duplicate_tokens() {
     }
 
     let (host, _mb, ends) = mailbox();
-    send_raw(&host, &[0u8; HEADER_SIZE], &[]);
+    send_raw(host.as_fd().as_raw_fd(), &[0u8; HEADER_SIZE], &[]);
     assert!(
         matches!(ends.recv_timeout(Duration::from_secs(5)).unwrap(), ChannelEnd::Broken(w) if w.contains("magic"))
     );

@@ -5,15 +5,14 @@ use pipehost::pb;
 use pipehost::topology::{self, Level, Options, Topology, Wrap};
 use serde_json::Value;
 
+mod common;
+use common::vectors;
+
 fn load(name: &str) -> Value {
-    let path = format!(
-        "{}/../../testdata/topology/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let v: Value = serde_json::from_str(&text).expect("vectors parse");
-    assert_eq!(v["schema"], format!("pipehost.topology.{name}/1"));
-    v
+    vectors(
+        &format!("topology/{name}.json"),
+        &format!("pipehost.topology.{name}/1"),
+    )
 }
 
 fn cases(v: &Value) -> &Vec<Value> {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -17,6 +17,11 @@ use crate::pb;
 use crate::shm::{Channel, ChannelEnd, Message, MsgType, Received, Segment};
 use crate::{DType, Error, Port, RunContext, Stage};
 
+// The integration tests' helpers (fd counts, raw sends).
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+use common::{open_count, send_raw};
+
 const OK: i32 = 0;
 const CANCELLED: i32 = 1;
 const INVALID_ARGUMENT: i32 = 3;
@@ -25,17 +30,6 @@ const ABORTED: i32 = 10;
 
 const W: u64 = 16;
 const H: u64 = 8;
-
-/// How many of this process's fds are the memfd called `name` (each test
-/// names its own).
-fn open_count(name: &str) -> usize {
-    let want = format!("/memfd:{name} ");
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|t| t.to_string_lossy().starts_with(&want))
-        .count()
-}
 
 struct Host {
     ch: Channel,
@@ -431,29 +425,6 @@ fn two_runs_are_in_flight_at_once() {
     }
 }
 
-/// One sendmsg of `data` with `fd` attached.
-fn send_with_fd(sock: RawFd, data: &[u8], fd: RawFd) {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut _,
-        iov_len: data.len(),
-    };
-    let mut cbuf = [0u64; 4];
-    // SAFETY: plain data; every pointer outlives sendmsg.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    unsafe {
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(4) as _;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
-        assert_eq!(libc::sendmsg(sock, &msg, 0), data.len() as isize);
-    }
-}
-
 #[test]
 fn a_protocol_violation_ends_the_channel_closes_its_fds_and_cancels_runs() {
     let saw_cancel = Arc::new(AtomicBool::new(false));
@@ -479,10 +450,10 @@ fn a_protocol_violation_ends_the_channel_closes_its_fds_and_cancels_runs() {
         segment_id: 2,
         size: 2,
     });
-    send_with_fd(
+    send_raw(
         host.ch.as_fd().as_raw_fd(),
         &[&bad[..], b"ab"].concat(),
-        mem.as_raw_fd(),
+        &[mem.as_raw_fd()],
     );
     let why = broken(&host);
     assert!(
